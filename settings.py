@@ -1,0 +1,52 @@
+"""The one settings object: every knob of GRM Studio, read from GRM_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BackendName = Literal["transformers", "openai", "vllm"]
+ProtocolName = Literal["pairwise", "pointwise", "verifier"]
+
+
+def _default_model_cache() -> Path:
+    # Converted models live outside GRM_HOME so a fresh data directory (every test) reuses them.
+    return Path.home() / ".cache" / "grm-studio" / "models"
+
+
+class Settings(BaseSettings):
+    """Defaults work on a fresh laptop: SQLite under ./.grm and the embedded SmolLM2 judge."""
+
+    model_config = SettingsConfigDict(env_prefix="GRM_", extra="ignore")
+
+    home: Path = Path(".grm")
+    database_url: str | None = None
+    model_cache: Path = _default_model_cache()
+
+    judge_backend: BackendName = "transformers"
+    judge_model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    openai_base_url: str = "http://127.0.0.1:8000/v1"
+    openai_api_key: str = "not-needed"
+    openai_timeout_s: float = 60.0
+    judge_protocol: ProtocolName = "pairwise"
+    max_new_tokens: int = 320
+    temperature: float = 0.0
+    judge_batch_size: int = 8
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    max_import_mb: int = 200
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy URL: GRM_DATABASE_URL, else a SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'grm.sqlite3').resolve()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; callers pass the object on instead of re-reading it."""
+    return Settings(**overrides)

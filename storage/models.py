@@ -1,0 +1,184 @@
+"""SQLAlchemy 2.0 typed tables: what was imported, what judges said, what people decided."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# Every constraint gets a predictable name, so later Alembic batch migrations on SQLite
+# (which rebuild tables) can find and drop them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Dataset(Base):
+    """A named import: one or more files loaded under one name."""
+
+    __tablename__ = "dataset"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(Text, default="")
+    format: Mapped[str] = mapped_column(String(40), default="")
+    pair_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Pair(Base):
+    """A prompt and two responses. The prompt is text, or chat turns kept as JSON turns."""
+
+    __tablename__ = "pair"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "content_hash", name="uq_pair_dataset_hash"),
+        Index("ix_pair_dataset_position", "dataset_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"))
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    prompt: Mapped[str] = mapped_column(Text, default="")  # text prompt ("" when chat)
+    prompt_turns: Mapped[list[Any] | None] = mapped_column(JSON)  # [{role, content}, ...]
+    response_a: Mapped[str] = mapped_column(Text)
+    response_b: Mapped[str] = mapped_column(Text)
+    reference: Mapped[str | None] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(String(200))
+    gold_label: Mapped[str | None] = mapped_column(String(10))  # "A" | "B" | "tie"
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JudgeVersion(Base):
+    """A judge that can be asked: base model + backend (+ a LoRA adapter trained here)."""
+
+    __tablename__ = "judge_version"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    base_model: Mapped[str] = mapped_column(Text)
+    backend: Mapped[str] = mapped_column(String(40))
+    adapter_path: Mapped[str | None] = mapped_column(Text)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("judge_version.id"))
+    training_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("training_run.id", use_alter=True, name="fk_judge_version_training_run")
+    )
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Judgment(Base):
+    """One judge sample for one pair, stored in the pair's original order."""
+
+    __tablename__ = "judgment"
+    __table_args__ = (Index("ix_judgment_pair", "pair_id", "judge_version_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pair.id", ondelete="CASCADE"))
+    judge_version_id: Mapped[int | None] = mapped_column(ForeignKey("judge_version.id"))
+    protocol: Mapped[str] = mapped_column(String(40))
+    prompt_version: Mapped[str] = mapped_column(String(40))
+    verdict: Mapped[str] = mapped_column(String(10))  # "A" | "B" | "tie" | "none"
+    status: Mapped[str] = mapped_column(String(20))
+    principles: Mapped[str] = mapped_column(Text, default="")
+    critique: Mapped[str] = mapped_column(Text, default="")
+    score_a: Mapped[float | None] = mapped_column(Float)
+    score_b: Mapped[float | None] = mapped_column(Float)
+    verdict_probability: Mapped[float | None] = mapped_column(Float)
+    verdict_source: Mapped[str] = mapped_column(String(20), default="none")
+    raw_text: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    swapped: Mapped[bool] = mapped_column(Boolean, default=False)
+    sample_index: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Label(Base):
+    """A person's current decision on a pair: one row per (pair, annotator)."""
+
+    __tablename__ = "label"
+    __table_args__ = (
+        UniqueConstraint("pair_id", "annotator", name="uq_label_pair_annotator"),
+        Index("ix_label_annotator_pair", "annotator", "pair_id"),
+        Index("ix_label_annotator_updated", "annotator", "updated_at"),  # undo: latest label
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pair.id", ondelete="CASCADE"))
+    annotator: Mapped[str] = mapped_column(String(200))
+    verdict: Mapped[str] = mapped_column(String(12))  # "A" | "B" | "tie" | "both_bad" | "skip"
+    judgment_id: Mapped[int | None] = mapped_column(ForeignKey("judgment.id"))
+    agreed_with_judge: Mapped[bool | None] = mapped_column(Boolean)
+    corrected_critique: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LabelEvent(Base):
+    """Append-only history of every label change; nothing a person did is ever lost."""
+
+    __tablename__ = "label_event"
+    __table_args__ = (
+        Index("ix_label_event_annotator", "annotator", "id"),
+        Index("ix_label_event_pair", "pair_id", "id"),  # a pair's history; client_token lookup
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pair.id", ondelete="CASCADE"))
+    annotator: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(20))  # "save" | "undo"
+    verdict: Mapped[str | None] = mapped_column(String(12))  # verdict after the event
+    previous_verdict: Mapped[str | None] = mapped_column(String(12))
+    judgment_id: Mapped[int | None] = mapped_column(Integer)
+    corrected_critique: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    client_token: Mapped[str | None] = mapped_column(String(64))  # dedupes a double submit
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrainingRun(Base):
+    """One retraining job: what it used, how far it got, what it measured, why it failed."""
+
+    __tablename__ = "training_run"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    method: Mapped[str] = mapped_column(String(20))  # "sft" | "dpo" | "dpo+sft"
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    base_version_id: Mapped[int | None] = mapped_column(ForeignKey("judge_version.id"))
+    label_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # ids + split
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # step, loss, eta ...
+    metrics_before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    metrics_after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    log_path: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
