@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Execution option marking a connection whose transactions only read (see read_session).
+READ_ONLY_OPTION = "grm_read_only"
 
 
 def make_engine(url: str) -> Engine:
@@ -39,6 +48,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            # A WAL reader needs no lock and must not queue behind writers.
+            connection.exec_driver_sql("BEGIN")
+            return
         # Take the write lock up front: a writer waits at BEGIN (busy_timeout) instead of
         # failing half-way when a reader upgrades to a writer.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -47,3 +60,81 @@ def _configure_sqlite(engine: Engine) -> None:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded values readable after commit (we hand out plain values)."""
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads only: on SQLite a plain (deferred) BEGIN, so it never waits for
+    the write lock; it is rolled back at the end. Writes belong in `factory.begin()`."""
+    with factory() as session:
+        session.connection(execution_options={READ_ONLY_OPTION: True})
+        try:
+            yield session
+        finally:
+            session.rollback()
+
+
+def open_database(url: str) -> tuple[Engine, sessionmaker[Session]]:
+    """Engine + session factory for `url`, with the schema migrated to the latest revision."""
+    engine = make_engine(url)
+    init_db(engine)
+    return engine, make_session_factory(engine)
+
+
+def make_alembic_config(url: str | None = None) -> Config:
+    """Alembic configuration built in code: users need no alembic.ini."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    """The newest schema revision this code knows."""
+    head = ScriptDirectory.from_config(make_alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no Alembic revisions in {MIGRATIONS_DIR}")
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at (None: never migrated)."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def init_db(engine: Engine) -> None:
+    """Upgrade the schema to head: creates everything on an empty database, no-op when current.
+
+    The whole upgrade is one transaction (SQLite and PostgreSQL both have transactional DDL):
+    a failed migration leaves the database as it was, and on SQLite the BEGIN IMMEDIATE
+    serialises two processes starting at once.
+    """
+    config = make_alembic_config()
+    with engine.connect() as connection:
+        is_sqlite = connection.dialect.name == "sqlite"
+        if is_sqlite:
+            # Batch migrations rebuild tables with DROP TABLE; with foreign keys on that
+            # would cascade-delete child rows (labels!). The pragma only works outside a
+            # transaction, so set it on the raw connection before BEGIN.
+            _sqlite_foreign_keys(connection, on=False)
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                if is_sqlite:
+                    _raise_on_foreign_key_violations(connection)
+        finally:
+            if is_sqlite:
+                _sqlite_foreign_keys(connection, on=True)
+
+
+def _sqlite_foreign_keys(connection: Connection, *, on: bool) -> None:
+    connection.connection.driver_connection.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
+def _raise_on_foreign_key_violations(connection: Connection) -> None:
+    rows = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if rows:
+        raise RuntimeError(f"migration left broken foreign keys (table, rowid, parent): {rows[:5]}")
