@@ -11,7 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -24,7 +24,7 @@ def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets WAL, synchronous=FULL, busy_timeout and foreign keys."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, connect_args=_server_connect_args(parsed))
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
@@ -32,6 +32,17 @@ def make_engine(url: str) -> Engine:
     )
     _configure_sqlite(engine)
     return engine
+
+
+def _server_connect_args(parsed: URL) -> dict[str, str]:
+    """PostgreSQL (libpq drivers): a writer waiting for a lock gives up after as long as SQLite's
+    busy_timeout, with an error the caller can report, instead of hanging a request forever."""
+    driver = parsed.get_driver_name()
+    if parsed.get_backend_name() != "postgresql" or driver not in ("psycopg", "psycopg2"):
+        return {}
+    if "options" in parsed.query:  # the URL's own server options win
+        return {}
+    return {"options": f"-c lock_timeout={SQLITE_BUSY_TIMEOUT_MS}"}
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,12 @@ from storage.db import init_db, make_engine, make_session_factory
 
 # Set to a PostgreSQL URL to run the storage tests there; its public schema is wiped per test.
 TEST_DATABASE_URL_ENV = "GRM_TEST_DATABASE_URL"
+# A PostgreSQL URL (its public schema is wiped per test): every test using `db` then runs on
+# SQLite and on PostgreSQL. .ci/postgres.sh starts such a server and exports it. Unset, the
+# postgresql runs are skipped, unless GRM_REQUIRE_POSTGRES=1 (CI), where they fail.
+POSTGRES_URL_ENV = "GRM_TEST_POSTGRES_URL"
+REQUIRE_POSTGRES_ENV = "GRM_REQUIRE_POSTGRES"
+DB_BACKENDS = ("sqlite", "postgresql")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,16 +44,47 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return load_settings()
 
 
-@pytest.fixture
-def db(settings: Settings) -> Iterator[DatabaseFixture]:
-    """A fresh database migrated with init_db: SQLite in tmp_path, or GRM_TEST_DATABASE_URL."""
-    url = settings.db_url
+@pytest.fixture(params=DB_BACKENDS)
+def db(
+    request: pytest.FixtureRequest, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[DatabaseFixture]:
+    """A fresh database migrated with init_db, once on SQLite in tmp_path (or
+    GRM_TEST_DATABASE_URL) and once on GRM_TEST_POSTGRES_URL. `settings` and GRM_DATABASE_URL
+    (read by Services.open and by child processes) point at the same database."""
+    url = settings.db_url if request.param == "sqlite" else _postgres_url()
+    settings.database_url = url
+    monkeypatch.setenv("GRM_DATABASE_URL", url)
     engine = make_engine(url)
     if engine.dialect.name == "postgresql":
         _wipe_postgres(engine)
     init_db(engine)
     yield DatabaseFixture(engine, make_session_factory(engine), url)
     engine.dispose()
+
+
+def _postgres_url() -> str:
+    """GRM_TEST_POSTGRES_URL if its server answers; otherwise skip, or fail where required."""
+    url = os.environ.get(POSTGRES_URL_ENV)
+    problem = f"{POSTGRES_URL_ENV} is not set" if not url else _unreachable(url)
+    if problem is None:
+        return url
+    if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+        pytest.fail(f"PostgreSQL required ({REQUIRE_POSTGRES_ENV}=1): {problem}")
+    pytest.skip(f"PostgreSQL tests: {problem}")
+
+
+@functools.cache
+def _unreachable(url: str) -> str | None:
+    """Why the server cannot be used (None when it can), asked once per test session."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is reported the same way
+        return f"cannot connect: {str(exc).splitlines()[0]}"
+    finally:
+        engine.dispose()
+    return None
 
 
 def _wipe_postgres(engine: Engine) -> None:
@@ -62,3 +100,71 @@ def llmbar_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"LLMBar data not found at {path}")
     return path
+
+
+# -- judge backends (appended by the backends helper) --------------------------------------
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The embedded SmolLM2 converted to safetensors, in the shared model cache (converted once)."""
+    from judges.embedded import ensure_embedded_model
+
+    return ensure_embedded_model(load_settings().model_cache)
+
+
+@pytest.fixture(scope="session")
+def embedded_backend(embedded_model_dir: Path) -> Iterator[object]:
+    """One TransformersBackend on the embedded model, loaded once per test session."""
+    from judges.backends.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(embedded_model_dir, max_batch_size=8)
+    yield backend
+    backend.close()
+
+
+# -- web app (appended by the web-app helper) ----------------------------------------------
+
+
+class RunningApp(NamedTuple):
+    """The launched web app: where it listens and the services behind it (to check the DB)."""
+
+    url: str
+    services: object
+    settings: Settings
+    demo: object
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def running_app(
+    tmp_path_factory: pytest.TempPathFactory, embedded_backend: object
+) -> Iterator[RunningApp]:
+    """One web app for every API and browser test: a fresh data directory with the demo pairs,
+    the session's embedded judge, a free loopback port. Tests label as their own annotators,
+    so each test has its own queue."""
+    from app import build_app, serve
+    from services import Services
+
+    settings = load_settings(
+        home=tmp_path_factory.mktemp("app-home"),
+        database_url=None,  # SQLite: the PostgreSQL fixture wipes its schema per test
+        judge_backend="transformers",
+        judge_model=None,
+        max_new_tokens=192,
+        port=free_port(),
+    )
+    services = Services.open(settings)
+    services.use_backend(embedded_backend)
+    services.load_demo_if_empty()
+    demo = build_app(services)
+    _, url = serve(demo, settings, prevent_thread_lock=True, quiet=True)
+    yield RunningApp(url, services, settings, demo)
+    demo.close()
