@@ -93,3 +93,5 @@ class AggregateJudgment:
     votes: dict[str, int] = field(default_factory=dict)
     position_consistent: bool | None = None  # None when swap was off or a side had no verdict
     pair_id: int | None = None
+    # pointwise: scores summed over samples; verifier: mean P(Yes); pairwise: None
+    scores: tuple[float, float] | None = None

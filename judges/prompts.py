@@ -1,0 +1,187 @@
+"""Judge prompts as data: one named, versioned template per protocol, and the truncation they use.
+
+A template's `version` (e.g. "pairwise-v1") is stored with every judgment, so changing a prompt
+means registering a new version, never editing an old one in place. The prompts are short and
+carry a format example because the embedded judge is a 135M model that copies formats better than
+it follows descriptions of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+Messages = list[dict[str, str]]
+
+OMITTED = "[... {n} characters omitted ...]"
+
+
+def truncate_middle(text: str, budget: int) -> str:
+    """`text` cut to at most `budget` characters, keeping the head and the tail.
+
+    The middle is replaced by "[... N characters omitted ...]" (N counts exactly what was cut);
+    the head keeps about two thirds of the room because instructions and answers usually start
+    with what matters, the tail keeps how the response ends (a final answer, a conclusion).
+    Cuts move back to a whitespace boundary when one is near, so words are not split.
+    """
+    if budget <= 0:
+        raise ValueError(f"truncate_middle: budget must be positive, got {budget}")
+    if len(text) <= budget:
+        return text
+    # The marker's length depends on N, which depends on the marker: size it for the worst case.
+    room = budget - len(OMITTED.format(n=len(text))) - 2  # two newlines around the marker
+    if room < 2:
+        return text[:budget]
+    head_end = _snap_back(text, (room * 2) // 3)
+    tail_start = _snap_forward(text, len(text) - (room - head_end))
+    omitted = tail_start - head_end
+    return f"{text[:head_end]}\n{OMITTED.format(n=omitted)}\n{text[tail_start:]}"
+
+
+def _snap_back(text: str, index: int) -> int:
+    """Move a head cut back to just after whitespace, if there is some within 10% of it."""
+    floor = index - max(1, index // 10)
+    for i in range(index, max(floor, 0), -1):
+        if text[i - 1].isspace():
+            return i
+    return index
+
+
+def _snap_forward(text: str, index: int) -> int:
+    """Move a tail cut forward to just after whitespace, if there is some within 10% of the tail."""
+    ceiling = index + max(1, (len(text) - index) // 10)
+    for i in range(index, min(ceiling, len(text))):
+        if text[i].isspace():
+            return i + 1
+    return index
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """One protocol's prompt: a system message and a user message with {placeholders}.
+
+    Placeholders: {prompt}, {reference_block}, and {response_a} {response_b} (two-response
+    protocols) or {response} (one response). Literal braces in the template are doubled.
+    Every text is cut to its stated character budget before it is inserted.
+    """
+
+    name: str  # the protocol it serves: "pairwise" | "pointwise" | "verifier"
+    version: str  # stored with every judgment: "pairwise-v1"
+    system: str
+    user: str
+    max_prompt_chars: int = 1500
+    max_response_chars: int = 1200
+    max_reference_chars: int = 800
+
+    def render(self, prompt: str, reference: str | None = None, **responses: str) -> Messages:
+        """The chat messages for one judge call; responses by placeholder name (response_a=...)."""
+        values = {
+            key: truncate_middle(text, self.max_response_chars) for key, text in responses.items()
+        }
+        values["prompt"] = truncate_middle(prompt, self.max_prompt_chars)
+        values["reference_block"] = ""
+        if reference:
+            reference = truncate_middle(reference, self.max_reference_chars)
+            values["reference_block"] = f"[Reference answer]\n{reference}\n\n"
+        try:
+            user = self.user.format(**values)
+        except KeyError as exc:
+            raise ValueError(f"prompt {self.version}: no value for placeholder {exc}") from exc
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+
+PAIRWISE_V1 = PromptTemplate(
+    name="pairwise",
+    version="pairwise-v1",
+    system="You are a fair judge. You compare two responses to a question and pick the better one.",
+    user="""Which response answers the question better?
+
+[Question]
+{prompt}
+
+[Response A]
+{response_a}
+
+[Response B]
+{response_b}
+
+{reference_block}Judge by what the question asks for: following the instruction, correctness, \
+helpfulness. Ignore the order and the length of the responses.
+Write three short sections in this exact format:
+Principles: the 2 or 3 things that matter most for this question.
+Critique: the strengths and weaknesses of Response A, then of Response B.
+Verdict: [[A]] if Response A is better, [[B]] if Response B is better, [[C]] for a tie.
+
+Example:
+Principles: Follow the instruction exactly. Be correct.
+Critique: Response A is correct but ignores the word limit. Response B is correct and short.
+Verdict: [[B]]""",
+)
+
+POINTWISE_V1 = PromptTemplate(
+    name="pointwise",
+    version="pointwise-v1",
+    system="You are a fair judge. You rate responses to a question with scores from 1 to 10.",
+    user="""Rate each response to the question.
+
+[Question]
+{prompt}
+
+[Response A]
+{response_a}
+
+[Response B]
+{response_b}
+
+{reference_block}First write the criteria that matter for this question, then analyse both \
+responses, then give each an integer score from 1 (bad) to 10 (excellent).
+Write three short sections in this exact format:
+Specific Criteria: the 2 or 3 criteria for this question.
+Analysis: how well Response A, then Response B, meets them.
+Scores: \\boxed{{score of A, score of B}}
+
+Example:
+Specific Criteria: Correct facts. Answers the exact question.
+Analysis: Response A is correct but vague. Response B has a factual error.
+Scores: \\boxed{{7, 3}}""",
+)
+
+VERIFIER_V1 = PromptTemplate(
+    name="verifier",
+    version="verifier-v1",
+    system="You are a careful verifier. You check whether a response answers a question correctly.",
+    user="""Is this response a correct and complete answer to the question?
+
+[Question]
+{prompt}
+
+[Response]
+{response}
+
+{reference_block}Write a short verification, then answer with Yes or No, in this exact format:
+Verification: check the response against the question, step by step, briefly.
+Is the answer correct (Yes/No)? Yes or No
+
+Example:
+Verification: The question asks for the capital of France. The response says Paris. That is right.
+Is the answer correct (Yes/No)? Yes""",
+)
+
+# Registered by version; `get_prompt(protocol)` returns the latest version of that protocol.
+PROMPTS: Mapping[str, PromptTemplate] = MappingProxyType(
+    {t.version: t for t in (PAIRWISE_V1, POINTWISE_V1, VERIFIER_V1)}
+)
+LATEST: Mapping[str, str] = MappingProxyType(
+    {"pairwise": "pairwise-v1", "pointwise": "pointwise-v1", "verifier": "verifier-v1"}
+)
+
+
+def get_prompt(name_or_version: str) -> PromptTemplate:
+    """A template by exact version ("pairwise-v1") or by protocol name (its latest version)."""
+    version = LATEST.get(name_or_version, name_or_version)
+    try:
+        return PROMPTS[version]
+    except KeyError:
+        known = ", ".join(sorted(PROMPTS))
+        raise ValueError(f"unknown prompt {name_or_version!r}; known: {known}") from None
