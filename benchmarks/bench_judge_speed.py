@@ -1,0 +1,226 @@
+"""Judge speed on this machine: time to first token, decode tokens/s, pairs/minute sequential
+vs batched, for the transformers backend in fp32 and bf16.
+
+Run: .venv/bin/python benchmarks/bench_judge_speed.py [--pairs 8] [--max-new-tokens 192]
+     [--rounds 2] [--dtypes float32,bfloat16] [--model-dir DIR]
+Judge prompts are the real pairwise prompt (judges.prompts) over the demo pairs shipped in
+assets/. Greedy decoding; sequential = one pair per generate call, batched = all pairs in
+left-padded batches of `--batch-size`. Prints the figures and the batched/sequential ratio,
+and saves them to benchmarks/results/bench_judge_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from judges.backends.base import Generation, GenerationOptions, Messages  # noqa: E402
+from judges.embedded import ensure_embedded_model  # noqa: E402
+from judges.prompts import get_prompt  # noqa: E402
+from settings import load_settings  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "bench_judge_speed.json"
+DEMO_PAIRS = REPO / "assets" / "demo_pairs.jsonl"
+
+
+@dataclass
+class SpeedConfig:
+    pairs: int = 8  # judged sequentially and then batched
+    batch_size: int = 8
+    max_new_tokens: int = 192
+    ttft_runs: int = 3  # streamed single pairs for time to first token / decode speed
+    rounds: int = 2  # sequential and batched alternate, so both see the same machine load
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    full_dtypes: tuple[str, ...] = ("float32",)  # dtypes that also get the throughput runs
+    model_dir: str | None = None
+
+
+def judge_messages(count: int) -> list[Messages]:
+    """Pairwise judge prompts over the demo pairs (repeated if more are asked for)."""
+    rows = [json.loads(line) for line in DEMO_PAIRS.read_text().splitlines() if line.strip()]
+    template = get_prompt("pairwise")
+    return [
+        template.render(row["prompt"], response_a=row["response_a"], response_b=row["response_b"])
+        for row in (rows[i % len(rows)] for i in range(count))
+    ]
+
+
+def measure_stream(backend, messages: Messages, options: GenerationOptions) -> dict:
+    """Time to first piece and decode speed after it, for one streamed answer."""
+    start = time.perf_counter()
+    first = None
+    summary: Generation | None = None
+    for item in backend.stream(messages, options):
+        if isinstance(item, Generation):
+            summary = item
+        elif first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    decode_tokens = max(summary.completion_tokens - 1, 0)
+    return {
+        "ttft_s": first - start,
+        "decode_tokens_per_s": decode_tokens / (end - first) if end > first else 0.0,
+        "prompt_tokens": summary.prompt_tokens,
+        "completion_tokens": summary.completion_tokens,
+    }
+
+
+def measure_throughput(backend, conversations: list[Messages], options, batched: bool) -> dict:
+    start = time.perf_counter()
+    if batched:
+        results = backend.generate_batch(conversations, options)
+    else:
+        results = [backend.generate_batch([c], options)[0] for c in conversations]
+    seconds = time.perf_counter() - start
+    tokens = sum(r.completion_tokens for r in results)
+    return {
+        "seconds": round(seconds, 2),
+        "pairs_per_minute": round(60 * len(conversations) / seconds, 2),
+        "completion_tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 2),
+        "texts": [r.text for r in results],
+    }
+
+
+def compare_throughput(backend, conversations, options, rounds: int) -> dict:
+    """Sequential vs batched in alternating rounds (A B, B A, ...); medians and their ratio."""
+    runs: dict[str, list[dict]] = {"sequential": [], "batched": []}
+    for index in range(rounds):
+        modes = ["sequential", "batched"] if index % 2 == 0 else ["batched", "sequential"]
+        for mode in modes:
+            run = measure_throughput(backend, conversations, options, batched=mode == "batched")
+            run["load_average_1m"] = round(os.getloadavg()[0], 2)
+            runs[mode].append(run)
+            print(f"  round {index + 1} {mode}: {run['seconds']}s", flush=True)
+    texts = {tuple(run.pop("texts")) for mode in runs.values() for run in mode}
+    ratios = [
+        b["pairs_per_minute"] / s["pairs_per_minute"]
+        for s, b in zip(runs["sequential"], runs["batched"], strict=True)
+    ]
+    return {
+        "same_texts_batched_and_sequential": len(texts) == 1,
+        "sequential": _median_run(runs["sequential"]),
+        "batched": _median_run(runs["batched"]),
+        "batched_over_sequential": round(statistics.median(ratios), 2),
+        "rounds": runs,
+    }
+
+
+def _median_run(runs: list[dict]) -> dict:
+    return {
+        key: round(statistics.median(run[key] for run in runs), 2)
+        for key in ("seconds", "pairs_per_minute", "tokens_per_s")
+    } | {"completion_tokens": runs[0]["completion_tokens"]}
+
+
+def bench_dtype(model_dir: Path, dtype: str, config: SpeedConfig) -> dict:
+    from judges.backends.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(model_dir, dtype=dtype, max_batch_size=config.batch_size)
+    options = GenerationOptions(max_new_tokens=config.max_new_tokens)
+    conversations = judge_messages(config.pairs)
+    backend.generate_batch(conversations[:1], GenerationOptions(max_new_tokens=4))  # warm-up
+    print(f"{dtype}: loaded in {backend.load_seconds:.1f}s; streaming", flush=True)
+    streams = [measure_stream(backend, m, options) for m in conversations[: config.ttft_runs]]
+    figures = {
+        "dtype": dtype,
+        "load_s": round(backend.load_seconds, 2),
+        "ttft_s": round(statistics.median(s["ttft_s"] for s in streams), 3),
+        "decode_tokens_per_s_batch1": round(
+            statistics.median(s["decode_tokens_per_s"] for s in streams), 2
+        ),
+        "prompt_tokens_median": statistics.median(s["prompt_tokens"] for s in streams),
+    }
+    if dtype in config.full_dtypes:
+        print(f"{dtype}: {streams}; throughput rounds", flush=True)
+        figures.update(compare_throughput(backend, conversations, options, config.rounds))
+    backend.close()
+    return figures
+
+
+def main(config: SpeedConfig) -> dict:
+    # The backend module sets OpenMP's wait policy before torch loads: take torch from it.
+    from judges.backends import transformers_backend
+
+    torch = transformers_backend.torch
+
+    model_dir = Path(config.model_dir or ensure_embedded_model(load_settings().model_cache))
+    runs = [bench_dtype(model_dir, dtype, config) for dtype in config.dtypes]
+    report = {
+        "benchmark": "bench_judge_speed",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+        },
+        "model": model_dir.name,
+        "config": asdict(config),
+        "runs": runs,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print_report(report)
+    return report
+
+
+def print_report(report: dict) -> None:
+    print(f"model {report['model']}  machine {report['machine']}")
+    for run in report["runs"]:
+        print(
+            f"{run['dtype']:>9}: load {run['load_s']}s  TTFT {run['ttft_s']}s "
+            f"(prompt ~{run['prompt_tokens_median']} tokens)  "
+            f"decode {run['decode_tokens_per_s_batch1']} tokens/s at batch 1"
+        )
+        if "batched" in run:
+            seq, bat = run["sequential"], run["batched"]
+            print(
+                f"{'':>9}  sequential {seq['pairs_per_minute']} pairs/min "
+                f"({seq['tokens_per_s']} tok/s)  batched {bat['pairs_per_minute']} pairs/min "
+                f"({bat['tokens_per_s']} tok/s)  ratio {run['batched_over_sequential']}x  "
+                f"same texts: {run['same_texts_batched_and_sequential']}"
+            )
+    print(f"saved {RESULTS}")
+
+
+def parse_args(argv: list[str] | None = None) -> SpeedConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=SpeedConfig.pairs)
+    parser.add_argument("--batch-size", type=int, default=SpeedConfig.batch_size)
+    parser.add_argument("--max-new-tokens", type=int, default=SpeedConfig.max_new_tokens)
+    parser.add_argument("--ttft-runs", type=int, default=SpeedConfig.ttft_runs)
+    parser.add_argument("--rounds", type=int, default=SpeedConfig.rounds)
+    parser.add_argument("--dtypes", default=",".join(SpeedConfig.dtypes))
+    parser.add_argument(
+        "--full-dtypes",
+        default=",".join(SpeedConfig.full_dtypes),
+        help="dtypes that also get the sequential vs batched throughput runs",
+    )
+    parser.add_argument("--model-dir", default=None, help="default: the embedded model")
+    args = parser.parse_args(argv)
+    return SpeedConfig(
+        pairs=args.pairs,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        ttft_runs=args.ttft_runs,
+        rounds=args.rounds,
+        dtypes=tuple(args.dtypes.split(",")),
+        full_dtypes=tuple(args.full_dtypes.split(",")),
+        model_dir=args.model_dir,
+    )
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,267 @@
+"""The GPU judge: vLLM's engine, stepped in-process, streamed with delta outputs.
+
+vLLM is an optional extra (`pip install grm-studio[vllm]`) and is imported only inside the
+constructor. One synchronous `LLMEngine` is stepped under a lock: a stream steps it until its
+request finishes; a batch adds every request first so vLLM schedules them together. The mapping
+between our options/outputs and vLLM's objects is in pure functions, tested without a GPU.
+Log-probabilities are vLLM's default, taken from the raw model logits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from judges.backends.adapters import check_base_model, read_adapter_config
+from judges.backends.base import (
+    Backend,
+    BackendError,
+    Generation,
+    GenerationOptions,
+    Messages,
+    TokenLogprob,
+)
+
+log = logging.getLogger(__name__)
+
+
+class VLLMBackend(Backend):
+    """A model directory (or name) served by an in-process vLLM engine."""
+
+    name = "vllm"
+    supports_logprobs = True
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        max_batch_size: int = 64,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+        adapter_path: str | Path | None = None,
+        seed: int = 0,
+        **engine_kwargs: Any,
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            from vllm import EngineArgs, LLMEngine
+        except ImportError as exc:
+            hint = "pip install 'grm-studio[vllm]'"
+            raise BackendError(f"vLLM is not installed ({hint}): {exc}") from exc
+        self.model_path = str(model_path)
+        self.max_batch_size = max_batch_size
+        self.adapter_path = Path(adapter_path) if adapter_path else None
+        self._lora = None
+        if self.adapter_path is not None:
+            check_base_model(read_adapter_config(self.adapter_path), self.adapter_path, model_path)
+            self._lora = _lora_request(self.adapter_path)
+            engine_kwargs.setdefault("enable_lora", True)
+            engine_kwargs.setdefault("max_lora_rank", 64)
+        args = EngineArgs(
+            model=self.model_path,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            max_num_seqs=max_batch_size,
+            seed=seed,
+            **engine_kwargs,
+        )
+        self._engine = LLMEngine.from_engine_args(args)
+        self._tokenizer = _engine_tokenizer(self._engine, self.model_path)
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._prefix = uuid.uuid4().hex[:8]
+        self.load_seconds = time.perf_counter() - started
+
+    @property
+    def model_name(self) -> str:
+        suffix = f"+{self.adapter_path.name}" if self.adapter_path else ""
+        return f"{Path(self.model_path).name}{suffix}"
+
+    def stream(self, messages: Messages, options: GenerationOptions) -> Iterator[str | Generation]:
+        """Step the engine, yielding each delta of this request's text as vLLM produces it."""
+        from vllm.sampling_params import RequestOutputKind
+
+        prompt = prompt_token_ids(self._tokenizer, messages)
+        params = self._params(sampling_kwargs(options), RequestOutputKind.DELTA)
+        pieces: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        completion_tokens, finished, finish = 0, False, None
+        with self._lock:
+            request_id = self._add(prompt, params)
+            try:
+                while not finished:
+                    for output in self._step(request_id):
+                        completion = output.outputs[0]
+                        completion_tokens += len(completion.token_ids)
+                        logprobs += token_logprobs(completion, self._decode) or []
+                        finished, finish = output.finished, completion.finish_reason
+                        if completion.text:
+                            pieces.append(completion.text)
+                            yield completion.text
+            finally:
+                if not finished:  # the consumer left early (or the engine failed): free the slot
+                    self._engine.abort_request([request_id])
+        yield Generation(
+            text="".join(pieces),
+            finish_reason=finish_reason(finish),
+            prompt_tokens=len(prompt),
+            completion_tokens=completion_tokens,
+            token_logprobs=logprobs if options.top_logprobs > 0 else None,
+        )
+
+    def generate_batch(
+        self, conversations: list[Messages], options: GenerationOptions
+    ) -> list[Generation]:
+        """Add every request, then step until all finish; vLLM batches them continuously."""
+        prompts = [prompt_token_ids(self._tokenizer, m) for m in conversations]
+        outputs = self._run_all(prompts, sampling_kwargs(options))
+        return [map_output(o, self._decode, options.top_logprobs > 0) for o in outputs]
+
+    def next_token_logprobs(
+        self, requests: list[tuple[Messages, str]], top_k: int = 20
+    ) -> list[dict[str, float]] | None:
+        """A one-token greedy step after each prefix, keeping the top-k log-probs there."""
+        prompts = [prompt_token_ids(self._tokenizer, m, prefix) for m, prefix in requests]
+        kwargs = {"max_tokens": 1, "temperature": 0.0, "logprobs": top_k}
+        outputs = self._run_all(prompts, kwargs)
+        return [logprob_table(o.outputs[0].logprobs[0], self._decode) for o in outputs]
+
+    def close(self) -> None:
+        self._engine = None
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _params(self, kwargs: dict, output_kind: Any) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(**kwargs, output_kind=output_kind)
+
+    def _add(self, prompt: list[int], params: Any) -> str:
+        request_id = f"grm-{self._prefix}-{next(self._ids)}"
+        extra = {"lora_request": self._lora} if self._lora is not None else {}
+        self._engine.add_request(request_id, {"prompt_token_ids": prompt}, params, **extra)
+        return request_id
+
+    def _step(self, request_id: str | None = None) -> list[Any]:
+        if not self._engine.has_unfinished_requests():
+            raise BackendError("the vLLM engine dropped a request before finishing it")
+        try:
+            outputs = self._engine.step()
+        except Exception as exc:
+            raise BackendError(f"the vLLM engine failed: {exc}") from exc
+        return [o for o in outputs if request_id is None or o.request_id == request_id]
+
+    def _run_all(self, prompts: list[list[int]], kwargs: dict) -> list[Any]:
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._params(kwargs, RequestOutputKind.FINAL_ONLY)
+        with self._lock:
+            ids = [self._add(prompt, params) for prompt in prompts]
+            done: dict[str, Any] = {}
+            try:
+                while len(done) < len(ids):
+                    done.update({o.request_id: o for o in self._step() if o.finished})
+            finally:
+                unfinished = [i for i in ids if i not in done]
+                if unfinished:
+                    self._engine.abort_request(unfinished)
+        return [done[i] for i in ids]
+
+    def _decode(self, token_id: int) -> str:
+        return self._tokenizer.decode([token_id])
+
+
+def sampling_kwargs(options: GenerationOptions) -> dict[str, Any]:
+    """vLLM SamplingParams arguments for our options (temperature 0 is greedy in vLLM too)."""
+    kwargs: dict[str, Any] = {
+        "max_tokens": options.max_new_tokens,
+        "temperature": options.temperature,
+        "top_p": options.top_p if options.temperature > 0 else 1.0,
+        "seed": options.seed,
+    }
+    if options.top_logprobs > 0:
+        kwargs["logprobs"] = options.top_logprobs
+    return kwargs
+
+
+def prompt_token_ids(tokenizer: Any, messages: Messages, assistant_prefix: str = "") -> list[int]:
+    """Token ids of the chat prompt (plus text the assistant already said), no extra BOS."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text + assistant_prefix, add_special_tokens=False)["input_ids"])
+
+
+def finish_reason(reason: str | None) -> str:
+    """vLLM says 'stop', 'length' or 'abort'; ours is 'stop', 'length' or 'error'."""
+    return {"stop": "stop", "length": "length"}.get(reason or "", "error")
+
+
+def map_output(output: Any, decode: Any, with_logprobs: bool) -> Generation:
+    """A finished vLLM RequestOutput as a Generation."""
+    completion = output.outputs[0]
+    reason = finish_reason(completion.finish_reason)
+    return Generation(
+        text=completion.text,
+        finish_reason=reason,
+        prompt_tokens=len(output.prompt_token_ids or []),
+        completion_tokens=len(completion.token_ids),
+        token_logprobs=token_logprobs(completion, decode) if with_logprobs else None,
+        error="the vLLM engine aborted the request" if reason == "error" else None,
+    )
+
+
+def token_logprobs(completion: Any, decode: Any) -> list[TokenLogprob] | None:
+    """Per generated token: its logprob and the top alternatives (vLLM's list of dicts)."""
+    if completion.logprobs is None:
+        return None
+    tokens = []
+    for token_id, position in zip(completion.token_ids, completion.logprobs, strict=False):
+        chosen = position.get(token_id)
+        tokens.append(
+            TokenLogprob(
+                token=_text(chosen, token_id, decode),
+                logprob=chosen.logprob if chosen is not None else float("-inf"),
+                top=logprob_table(position, decode),
+            )
+        )
+    return tokens
+
+
+def logprob_table(position: dict[int, Any], decode: Any) -> dict[str, float]:
+    """{token id: Logprob} -> {token text: logprob}; ids decoding alike add up (log-sum-exp)."""
+    table: dict[str, float] = {}
+    for token_id, entry in position.items():
+        text = _text(entry, token_id, decode)
+        if text in table:
+            high, low = max(table[text], entry.logprob), min(table[text], entry.logprob)
+            table[text] = high + math.log1p(math.exp(low - high))
+        else:
+            table[text] = entry.logprob
+    return table
+
+
+def _text(entry: Any, token_id: int, decode: Any) -> str:
+    decoded = getattr(entry, "decoded_token", None)
+    return decoded if decoded is not None else decode(token_id)
+
+
+def _engine_tokenizer(engine: Any, model_path: str) -> Any:
+    """The engine's own tokenizer (its accessor moved between vLLM versions), else the model's."""
+    if hasattr(engine, "get_tokenizer"):
+        return engine.get_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+def _lora_request(adapter_path: Path) -> Any:
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(adapter_path.name, 1, str(adapter_path))
