@@ -1,0 +1,731 @@
+"""Turn human labels and the judge's own judgments into SFT and DPO examples (pure, exact).
+
+The rules, per labeled pair (label A, B or tie; "both_bad" and "skip" are not trained on):
+- a judgment whose verdict equals the label is a positive; one that contradicts it (another
+  verdict, or no verdict) is a negative (Con-J / GenRM); judgments that errored are ignored;
+- a human-corrected critique is a positive (it gets the label's verdict appended if it does not
+  state it already);
+- a pair with no positive gets up to N more sampled judgments through a hook, and those that
+  agree are kept (rejective fine-tuning, as SPCT / STaR); those that disagree become negatives;
+- a pair still without a positive gets a verdict-only target (DJPO's "standard judgement");
+- every example is also produced in the swapped order, with the verdict flipped in the target
+  text, so response position carries no signal.
+Prompts are built by the protocol's own message builder (passed in, so training and inference
+read the same prompt) from a pair whose texts were cut to a budget, keeping both ends visible.
+Held-out pairs are chosen by a seeded hash of the pair id, so a pair's side never changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from judges.types import ChatTurn, PairInput, Verdict
+
+Messages = list[dict[str, str]]
+MessageBuilder = Callable[[PairInput], Messages]
+# Called once with every pair that still lacks a positive: returns, per pair, judgment dicts
+# shaped like a record's "judgments" (verdict in the pair's original order, raw_text, swapped).
+SampleMore = Callable[[list[PairInput], int], list[list[Mapping[str, Any]]]]
+
+TRAINABLE_LABELS = (Verdict.A, Verdict.B, Verdict.TIE)
+KNOWN_LABELS = ("A", "B", "tie", "both_bad", "skip")
+
+
+# ---------------------------------------------------------------- records in
+
+
+@dataclass(frozen=True)
+class JudgmentRecord:
+    """One stored judgment: verdict in the pair's original order, text as it was generated."""
+
+    verdict: Verdict
+    raw_text: str
+    swapped: bool = False  # True: generated with B shown first, so raw_text names it "A"
+    protocol: str = "pairwise"
+    status: str = "complete"
+    judgment_id: int | None = None
+
+
+@dataclass(frozen=True)
+class LabeledPair:
+    """One pair with the human's current verdict and everything the judge said about it."""
+
+    pair: PairInput
+    label: str  # "A" | "B" | "tie" | "both_bad" | "skip"
+    judgments: tuple[JudgmentRecord, ...] = ()
+    corrected_critique: str | None = None
+    label_id: int | None = None
+    category: str | None = None
+
+    @property
+    def pair_id(self) -> int:
+        assert self.pair.pair_id is not None  # parse_records guarantees it
+        return self.pair.pair_id
+
+    @property
+    def trainable(self) -> bool:
+        return self.label in ("A", "B", "tie")
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict(self.label)
+
+
+def parse_records(records: Iterable[Mapping[str, Any]]) -> list[LabeledPair]:
+    """Validate plain records (one per pair) into LabeledPairs; errors name the record and field.
+
+    A record holds pair_id, prompt (text) or prompt_turns ([{role, content}]), response_a,
+    response_b, label, and optionally reference, category, corrected_critique, label_id and
+    judgments ([{verdict, raw_text, swapped, protocol, status, id}]).
+    """
+    parsed: list[LabeledPair] = []
+    seen: set[int] = set()
+    for index, record in enumerate(records):
+        item = _parse_record(record, index)
+        if item.pair_id in seen:
+            raise ValueError(
+                f"record {index}: pair {item.pair_id} appears twice (one label per pair)"
+            )
+        seen.add(item.pair_id)
+        parsed.append(item)
+    return parsed
+
+
+def _parse_record(record: Mapping[str, Any], index: int) -> LabeledPair:
+    where = f"record {index} (pair {record.get('pair_id')!r})"
+    for key in ("pair_id", "response_a", "response_b", "label"):
+        if record.get(key) is None:
+            raise ValueError(f"{where}: missing {key!r}")
+    if not isinstance(record["pair_id"], int):
+        raise ValueError(f"{where}: pair_id must be an integer")
+    label = str(record["label"])
+    if label not in KNOWN_LABELS:
+        raise ValueError(f"{where}: label {label!r} is not one of {', '.join(KNOWN_LABELS)}")
+    pair = PairInput(
+        prompt=_parse_prompt(record, where),
+        response_a=str(record["response_a"]),
+        response_b=str(record["response_b"]),
+        reference=record.get("reference"),
+        pair_id=record["pair_id"],
+    )
+    judgments = tuple(
+        _parse_judgment(j, f"{where} judgment {k}")
+        for k, j in enumerate(record.get("judgments") or [])
+    )
+    return LabeledPair(
+        pair=pair,
+        label=label,
+        judgments=judgments,
+        corrected_critique=record.get("corrected_critique") or None,
+        label_id=record.get("label_id"),
+        category=record.get("category"),
+    )
+
+
+def _parse_prompt(record: Mapping[str, Any], where: str) -> str | list[ChatTurn]:
+    turns = record.get("prompt_turns")
+    if turns:
+        try:
+            return [ChatTurn(role=str(t["role"]), content=str(t["content"])) for t in turns]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{where}: prompt_turns must be a list of {{role, content}}") from exc
+    if record.get("prompt") is None:
+        raise ValueError(f"{where}: missing 'prompt' (or 'prompt_turns')")
+    return str(record["prompt"])
+
+
+def _parse_judgment(raw: Mapping[str, Any], where: str) -> JudgmentRecord:
+    try:
+        verdict = Verdict(str(raw.get("verdict", "none")))
+    except ValueError as exc:
+        raise ValueError(
+            f"{where}: verdict {raw.get('verdict')!r} is not A, B, tie or none"
+        ) from exc
+    return JudgmentRecord(
+        verdict=verdict,
+        raw_text=str(raw.get("raw_text") or ""),
+        swapped=bool(raw.get("swapped", False)),
+        protocol=str(raw.get("protocol", "pairwise")),
+        status=str(raw.get("status", "complete")),
+        judgment_id=raw.get("id", raw.get("judgment_id")),
+    )
+
+
+# ---------------------------------------------------------------- swapping target text
+
+_NOUNS = (
+    r"responses?|assistants?|answers?|outputs?|models?|candidates?|options?|completions?"
+    r"|replies|reply|solutions?|submissions?"
+)
+_LETTER = r"\(?[AB]\)?"
+_CONNECTOR = r"[ \t]*(?:,|and|or|&|/|vs\.?|versus)[ \t]*"
+# "Response A", "Assistant B's", "Responses A and B", "Output (A)"; only the noun ignores case,
+# so "the answer a student gives" is left alone.
+_NAMED = re.compile(
+    rf"\b(?P<noun>(?i:{_NOUNS}))(?P<rest>[ \t]+{_LETTER}(?:{_CONNECTOR}{_LETTER})*(?!\w))"
+)
+# LLMBar's "Output (a)" / "Output (b)".
+_LOWER_PAREN = re.compile(
+    rf"\b(?P<noun>(?i:{_NOUNS}))(?P<rest>[ \t]+\([ab]\)(?:{_CONNECTOR}\([ab]\))*)"
+)
+_BRACKETED = re.compile(r"\[\[([ \t]*)([AaBb])([ \t]*)\]\]")
+# "Verdict: A", "Final verdict: **B**", "Verdict: A is better": a bare letter the parser reads.
+_VERDICT_LINE = re.compile(
+    r"(?P<lead>\b(?i:(?:final[ \t]+)?verdict)[ \t*_]*(?::|is)[ \t*_]*)(?P<v>[AB])"
+    r"(?=[ \t*_.!]*$|[ \t]+is[ \t]+better)",
+    re.MULTILINE,
+)
+_ORDINAL = re.compile(rf"\b(first|second)(?=\s+(?:{_NOUNS}|one)\b)", re.IGNORECASE)
+_LETTERS = str.maketrans({"A": "B", "B": "A", "a": "b", "b": "a"})
+# Pointwise scores are positional: "\boxed{7, 3}" and "Scores: 7, 3" trade places.
+_BOXED_SCORES = re.compile(r"(\\boxed\{[ \t]*)(\d+(?:\.\d+)?)([ \t]*[,;/][ \t]*)(\d+(?:\.\d+)?)")
+_LINE_SCORES = re.compile(
+    r"^([ \t#*_>-]*(?i:(?:final[ \t]+)?scores?)[ \t*_]*:[ \t*_]*)(\d+(?:\.\d+)?)"
+    r"([ \t]*(?:[,;/]|and)[ \t]*)(\d+(?:\.\d+)?)(?=[ \t*_.]*$)",
+    re.MULTILINE,
+)
+
+
+def swap_labels_in_text(text: str) -> str:
+    """The same judgment written for the other order: every name of A becomes B and back.
+
+    Swaps "[[A]]"/"[[B]]" verdict tokens, "Verdict: A" lines, letters after a response noun
+    ("Response A", "Assistant B's", "Responses A and B", "Output (a)") and "first/second
+    response". Bare letters elsewhere are left alone because "A" is also an English word.
+    """
+    text = _BRACKETED.sub(lambda m: f"[[{m[1]}{m[2].translate(_LETTERS)}{m[3]}]]", text)
+    text = _VERDICT_LINE.sub(lambda m: m.group("lead") + m.group("v").translate(_LETTERS), text)
+    text = _NAMED.sub(_swap_rest_upper, text)
+    text = _LOWER_PAREN.sub(lambda m: m.group("noun") + m.group("rest").translate(_LETTERS), text)
+    return _ORDINAL.sub(_swap_ordinal, text)
+
+
+def swap_scores_in_text(text: str) -> str:
+    """Pointwise judgments: the names swapped as above, and the two positional scores."""
+    text = swap_labels_in_text(text)
+    for pattern in (_BOXED_SCORES, _LINE_SCORES):
+        text = pattern.sub(lambda m: m.group(1) + m.group(4) + m.group(3) + m.group(2), text)
+    return text
+
+
+def _swap_rest_upper(match: re.Match[str]) -> str:
+    rest = re.sub(r"\b[AB]\b", lambda m: m.group(0).translate(_LETTERS), match.group("rest"))
+    return match.group("noun") + rest
+
+
+def _swap_ordinal(match: re.Match[str]) -> str:
+    word = match.group(1)
+    other = "second" if word.lower() == "first" else "first"
+    if word.isupper():
+        return other.upper()
+    return other.capitalize() if word[0].isupper() else other
+
+
+# ---------------------------------------------------------------- truncation
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How the prompt budget is counted: characters by default, or a tokenizer's tokens."""
+
+    encode: Callable[[str], Sequence[Any]]
+    decode: Callable[[Sequence[Any]], str]
+    unit: str = "characters"
+
+    def length(self, text: str) -> int:
+        return len(self.encode(text))
+
+
+CHARACTERS = Measure(encode=list, decode="".join)
+
+
+def token_measure(tokenizer: Any) -> Measure:
+    """A Measure in tokens of a Hugging Face tokenizer (no special tokens added)."""
+    return Measure(
+        encode=lambda text: tokenizer.encode(text, add_special_tokens=False),
+        decode=lambda ids: tokenizer.decode(list(ids)),
+        unit="tokens",
+    )
+
+
+def truncate_middle(text: str, keep: int, measure: Measure = CHARACTERS) -> str:
+    """Cut the middle out of `text` so it measures at most `keep`, keeping head and tail.
+
+    The cut is marked ("[... 120 characters omitted ...]") and the marker counts toward `keep`.
+    The tail matters as much as the head: a long answer states its conclusion at the end.
+    """
+    units = measure.encode(text)
+    if len(units) <= keep:
+        return text
+    marker = f"\n[... {len(units)} {measure.unit} omitted ...]\n"  # upper bound on the digits
+    room = keep - measure.length(marker)
+    if room < 2:
+        return measure.decode(units[: max(keep, 0)])
+    head = room // 2
+    tail = room - head
+    omitted = len(units) - head - tail
+    marker = f"\n[... {omitted} {measure.unit} omitted ...]\n"
+    return measure.decode(units[:head]) + marker + measure.decode(units[len(units) - tail :])
+
+
+def allocate_budget(lengths: Sequence[int], budget: int) -> list[int]:
+    """Share `budget` among texts: short ones keep everything, long ones split the rest evenly."""
+    allowances = [0] * len(lengths)
+    remaining = budget
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    for position, index in enumerate(order):
+        share = remaining // (len(order) - position)
+        allowances[index] = min(lengths[index], share)
+        remaining -= allowances[index]
+    return allowances
+
+
+def truncate_pair(pair: PairInput, budget: int | None, measure: Measure = CHARACTERS) -> PairInput:
+    """The pair with prompt turns, both responses and the reference fitted into `budget` together.
+
+    The budget covers the texts only, not the protocol's template around them. A pair that
+    already fits is returned unchanged.
+    """
+    if budget is None:
+        return pair
+    texts = _pair_texts(pair)
+    lengths = [measure.length(t) for t in texts]
+    if sum(lengths) <= budget:
+        return pair
+    allowances = allocate_budget(lengths, budget)
+    cut = [truncate_middle(t, keep, measure) for t, keep in zip(texts, allowances, strict=True)]
+    return _with_texts(pair, cut)
+
+
+def _pair_texts(pair: PairInput) -> list[str]:
+    prompt = [pair.prompt] if isinstance(pair.prompt, str) else [t.content for t in pair.prompt]
+    reference = [pair.reference] if pair.reference else []
+    return [*prompt, pair.response_a, pair.response_b, *reference]
+
+
+def _with_texts(pair: PairInput, texts: list[str]) -> PairInput:
+    turns = 1 if isinstance(pair.prompt, str) else len(pair.prompt)
+    prompt_texts, rest = texts[:turns], texts[turns:]
+    if isinstance(pair.prompt, str):
+        prompt: str | list[ChatTurn] = prompt_texts[0]
+    else:
+        prompt = [replace(t, content=c) for t, c in zip(pair.prompt, prompt_texts, strict=True)]
+    reference = rest[2] if pair.reference else pair.reference
+    return replace(pair, prompt=prompt, response_a=rest[0], response_b=rest[1], reference=reference)
+
+
+# ---------------------------------------------------------------- split
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which labeled pairs train and which are held out; stored with the run as-is."""
+
+    train: tuple[int, ...]
+    heldout: tuple[int, ...]
+    seed: int
+    heldout_share: float
+    method: str = "sha256(seed:pair_id) < share"
+
+    def as_record(self) -> dict[str, Any]:
+        return asdict(self) | {"train": list(self.train), "heldout": list(self.heldout)}
+
+
+def split_unit(pair_id: int, seed: int) -> float:
+    """A pair's fixed position in [0, 1): it lands in held-out when below the share."""
+    digest = hashlib.sha256(f"grm-split:{seed}:{pair_id}".encode()).hexdigest()
+    return int(digest[:16], 16) / float(1 << 64)
+
+
+def split_pairs(pair_ids: Iterable[int], heldout_share: float, seed: int = 0) -> Split:
+    """Deterministic train / held-out split; a pair's side depends only on its id and the seed.
+
+    So later runs with more labels never move a held-out pair into training. With at least two
+    pairs and 0 < share, each side gets at least one pair (the extreme hash values move).
+    """
+    if not 0.0 <= heldout_share < 1.0:
+        raise ValueError(f"heldout_share must be in [0, 1), got {heldout_share}")
+    ids = list(pair_ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError("split_pairs got the same pair id twice")
+    ranked = sorted(ids, key=lambda pid: (split_unit(pid, seed), pid))
+    heldout = {pid for pid in ranked if split_unit(pid, seed) < heldout_share}
+    if heldout_share > 0 and len(ranked) >= 2:
+        if not heldout:
+            heldout.add(ranked[0])
+        if len(heldout) == len(ranked):
+            heldout.discard(ranked[-1])
+    train = tuple(sorted(pid for pid in ids if pid not in heldout))
+    return Split(
+        train=train, heldout=tuple(sorted(heldout)), seed=seed, heldout_share=heldout_share
+    )
+
+
+# ---------------------------------------------------------------- examples out
+
+
+def default_render_verdict(verdict: Verdict) -> str:
+    """The pairwise prompt's verdict line: [[A]], [[B]], [[C]] for a tie (MT-Bench tokens)."""
+    token = {Verdict.A: "[[A]]", Verdict.B: "[[B]]", Verdict.TIE: "[[C]]"}.get(verdict)
+    return f"Verdict: {token}" if token else ""
+
+
+def render_scores_verdict(verdict: Verdict) -> str:
+    """A pointwise verdict-only target: fixed scores whose order states the verdict."""
+    boxed = {Verdict.A: "8, 3", Verdict.B: "3, 8", Verdict.TIE: "5, 5"}.get(verdict)
+    return f"Scores: \\boxed{{{boxed}}}" if boxed else ""
+
+
+@dataclass(frozen=True)
+class TargetFormat:
+    """How the protocol being trained writes its answer, so built targets read like its own."""
+
+    render_verdict: Callable[[Verdict], str] = default_render_verdict
+    # When given, every target is checked to state the verdict it should (after swapping too);
+    # an example that fails is dropped together with its swapped copy.
+    parse_verdict: Callable[[str], Verdict] | None = None
+    swap_text: Callable[[str], str] = swap_labels_in_text
+    critique_header: str = "Critique:"  # put before a human critique that has no header
+
+
+def target_format(protocol: str) -> TargetFormat:
+    """The target format of a two-response protocol, checked with the judge's own parser."""
+    from judges.parsing import parse  # pure; imported here to keep this module's imports light
+
+    def parse_verdict(text: str) -> Verdict:
+        return parse(protocol, text).verdict
+
+    if protocol == "pairwise":
+        return TargetFormat(default_render_verdict, parse_verdict, swap_labels_in_text, "Critique:")
+    if protocol == "pointwise":
+        return TargetFormat(render_scores_verdict, parse_verdict, swap_scores_in_text, "Analysis:")
+    raise ValueError(
+        f"cannot build training targets for protocol {protocol!r}: human labels compare two "
+        "responses, so only 'pairwise' and 'pointwise' judges can be retrained on them"
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the data builder keeps; the numbers are per pair and per order."""
+
+    protocol: str = "pairwise"
+    max_prompt_units: int | None = 6000  # budget for prompt + responses (+ reference) texts
+    max_per_pair: int = 2  # positives, negatives and DPO pairs kept per pair
+    rft_samples: int = 4  # extra samples asked for a pair with no positive
+    include_swapped: bool = True
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One conversation prompt and the judgment the judge should write for it."""
+
+    pair_id: int
+    source: str  # "judgment" | "human_critique" | "rejection_sample" | "verdict_only"
+    swapped: bool  # True: response B of the pair was shown first
+    prompt: Messages
+    target: str
+    verdict: Verdict  # in the order shown
+    judgment_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    """A judgment to prefer and one to avoid for the same prompt (DPO)."""
+
+    pair_id: int
+    source: str  # source of the chosen side, as in SFTExample
+    swapped: bool
+    prompt: Messages
+    chosen: str
+    rejected: str
+    chosen_verdict: Verdict  # in the order shown
+    rejected_verdict: Verdict
+
+
+@dataclass
+class TrainingData:
+    """Everything built for one run, with counts that say where each example came from."""
+
+    sft: list[SFTExample] = field(default_factory=list)
+    preference: list[PreferenceExample] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def sft_rows(self, style: str = "prompt_completion") -> list[dict[str, Any]]:
+        """TRL SFT rows: {"prompt", "completion"} (loss on the judgment only) or {"messages"}."""
+        rows = []
+        for ex in self.sft:
+            completion = [{"role": "assistant", "content": ex.target}]
+            if style == "messages":
+                rows.append({"messages": [*ex.prompt, *completion]})
+            elif style == "prompt_completion":
+                rows.append({"prompt": ex.prompt, "completion": completion})
+            else:
+                raise ValueError(f"unknown SFT row style {style!r}")
+        return rows
+
+    def preference_rows(self) -> list[dict[str, Any]]:
+        """TRL preference rows in conversational form: {"prompt", "chosen", "rejected"}."""
+        return [
+            {
+                "prompt": ex.prompt,
+                "chosen": [{"role": "assistant", "content": ex.chosen}],
+                "rejected": [{"role": "assistant", "content": ex.rejected}],
+            }
+            for ex in self.preference
+        ]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A target text in one shown order, before prompts are attached."""
+
+    text: str
+    verdict: Verdict  # in the shown order
+    swapped: bool
+    source: str
+    judgment_id: int | None = None
+
+    def mirrored(self, fmt: TargetFormat) -> _Target:
+        if self.source == "verdict_only":
+            text = fmt.render_verdict(self.verdict.swapped())
+        else:
+            text = fmt.swap_text(self.text)
+        return replace(self, text=text, verdict=self.verdict.swapped(), swapped=not self.swapped)
+
+    def states_its_verdict(self, fmt: TargetFormat) -> bool:
+        return fmt.parse_verdict is None or fmt.parse_verdict(self.text) == self.verdict
+
+
+def build_training_data(
+    pairs: Sequence[LabeledPair],
+    build_messages: MessageBuilder,
+    config: DataConfig = DataConfig(),
+    target_format: TargetFormat = TargetFormat(),
+    sample_more: SampleMore | None = None,
+    measure: Measure = CHARACTERS,
+) -> TrainingData:
+    """SFT and preference examples for the trainable pairs, in input order, both orders each."""
+    data = TrainingData(stats=_empty_stats())
+    trainable = [p for p in pairs if p.trainable]
+    data.stats["pairs"] = len(trainable)
+    data.stats["labels_not_trainable"] = len(pairs) - len(trainable)
+    builder = _PoolBuilder(config, target_format, data.stats)
+    pools = {p.pair_id: builder.from_record(p) for p in trainable}
+    builder.reject_sample(trainable, pools, sample_more)
+    for item in trainable:
+        pool = pools[item.pair_id]
+        if not pool.positives:
+            pool.positives.append(_verdict_only(item.verdict, target_format))
+        _count(pool, data.stats)
+        _add_examples(data, item, pool, build_messages, config, target_format, measure)
+    return data
+
+
+def _empty_stats() -> dict[str, int]:
+    keys = (
+        "pairs labels_not_trainable positives_judgment positives_human_critique "
+        "positives_rejection_sample verdict_only negatives rft_pairs rft_samples "
+        "judgments_ignored targets_dropped sft_examples preference_examples"
+    )
+    return dict.fromkeys(keys.split(), 0)
+
+
+@dataclass
+class _Pool:
+    """One pair's sound positive and negative targets, at most max_per_pair of each."""
+
+    positives: list[_Target] = field(default_factory=list)
+    negatives: list[_Target] = field(default_factory=list)
+
+
+@dataclass
+class _PoolBuilder:
+    """Sorts judgments into positives and negatives, keeping only targets sound in both orders."""
+
+    config: DataConfig
+    fmt: TargetFormat
+    stats: dict[str, int]
+
+    def from_record(self, item: LabeledPair) -> _Pool:
+        pool = _Pool()
+        if item.corrected_critique:
+            self._keep(_human_target(item, self.fmt), pool.positives)
+        for judgment in item.judgments:
+            self._sort(item, judgment, "judgment", pool)
+        return pool
+
+    def reject_sample(
+        self,
+        trainable: Sequence[LabeledPair],
+        pools: dict[int, _Pool],
+        sample_more: SampleMore | None,
+    ) -> None:
+        """Ask for more samples for every pair without a positive; keep those that agree."""
+        lacking = [p for p in trainable if not pools[p.pair_id].positives]
+        if sample_more is None or not lacking or self.config.rft_samples <= 0:
+            return
+        results = sample_more([p.pair for p in lacking], self.config.rft_samples)
+        if len(results) != len(lacking):
+            raise ValueError(f"sample_more returned {len(results)} lists for {len(lacking)} pairs")
+        self.stats["rft_pairs"] += len(lacking)
+        for item, raw_judgments in zip(lacking, results, strict=True):
+            for k, raw in enumerate(raw_judgments):
+                judgment = _parse_judgment(raw, f"sampled judgment {k} for pair {item.pair_id}")
+                judgment = replace(judgment, protocol=self.config.protocol)
+                self.stats["rft_samples"] += 1
+                self._sort(item, judgment, "rejection_sample", pools[item.pair_id])
+
+    def _sort(self, item: LabeledPair, judgment: JudgmentRecord, source: str, pool: _Pool) -> None:
+        if not _usable(judgment, self.config):
+            self.stats["judgments_ignored"] += 1
+            return
+        # The raw text was written for the order it was shown in; its verdict is stored un-swapped.
+        shown = judgment.verdict.swapped() if judgment.swapped else judgment.verdict
+        target = _Target(judgment.raw_text, shown, judgment.swapped, source, judgment.judgment_id)
+        if judgment.verdict == item.verdict:
+            if judgment.status == "complete":  # a truncated "right" answer is not a model answer
+                self._keep(target, pool.positives)
+        else:
+            self._keep(target, pool.negatives, negative=True)
+
+    def _keep(self, target: _Target, kept: list[_Target], negative: bool = False) -> None:
+        if len(kept) >= self.config.max_per_pair or any(_same(target, k) for k in kept):
+            return
+        sound = self._sound(target, negative)
+        if sound is None:
+            self.stats["targets_dropped"] += 1  # its text does not say its verdict in both orders
+            return
+        kept.append(sound)
+
+    def _sound(self, target: _Target, negative: bool) -> _Target | None:
+        """The target if its text states its verdict in both orders, else None.
+
+        A negative whose text states no verdict at all (its stored verdict was read from
+        log-probabilities) is still a wrong answer: it is kept as a no-verdict negative.
+        """
+        candidates = [target]
+        if negative and self.fmt.parse_verdict is not None:
+            candidates.append(replace(target, verdict=Verdict.NONE))
+        for candidate in candidates:
+            mirror = candidate.mirrored(self.fmt)
+            if candidate.states_its_verdict(self.fmt) and mirror.states_its_verdict(self.fmt):
+                return candidate
+        return None
+
+
+def _usable(judgment: JudgmentRecord, config: DataConfig) -> bool:
+    return (
+        judgment.protocol == config.protocol
+        and judgment.status != "error"
+        and bool(judgment.raw_text.strip())
+    )
+
+
+def _same(first: _Target, second: _Target) -> bool:
+    """Duplicates: the same words in the same shown order (greedy samples repeat themselves)."""
+    return first.swapped == second.swapped and first.text.split() == second.text.split()
+
+
+def _count(pool: _Pool, stats: dict[str, int]) -> None:
+    for target in pool.positives:
+        key = "verdict_only" if target.source == "verdict_only" else f"positives_{target.source}"
+        stats[key] += 1
+    stats["negatives"] += len(pool.negatives)
+
+
+def _human_target(item: LabeledPair, fmt: TargetFormat) -> _Target:
+    # A person corrects the critique of the pair as stored (original order).
+    text = (item.corrected_critique or "").strip()
+    if fmt.critique_header and not _HEADER.match(text):
+        text = f"{fmt.critique_header} {text}"
+    if fmt.parse_verdict is None or fmt.parse_verdict(text) != item.verdict:
+        text = f"{text}\n{fmt.render_verdict(item.verdict)}"
+    return _Target(text, item.verdict, False, "human_critique")
+
+
+_HEADER = re.compile(r"[\s#*_]*(?i:principles|critique|specific criteria|criteria|analysis)\b")
+
+
+def _verdict_only(label: Verdict, fmt: TargetFormat) -> _Target:
+    return _Target(fmt.render_verdict(label), label, False, "verdict_only")
+
+
+def _add_examples(
+    data: TrainingData,
+    item: LabeledPair,
+    pool: _Pool,
+    build_messages: MessageBuilder,
+    config: DataConfig,
+    fmt: TargetFormat,
+    measure: Measure,
+) -> None:
+    shown = truncate_pair(item.pair, config.max_prompt_units, measure)
+    prompts = {False: build_messages(shown), True: build_messages(shown.swapped())}
+    for target in pool.positives:
+        for t in _orders(target, config, fmt):
+            data.sft.append(
+                SFTExample(
+                    item.pair_id,
+                    t.source,
+                    t.swapped,
+                    prompts[t.swapped],
+                    t.text,
+                    t.verdict,
+                    t.judgment_id,
+                )
+            )
+    for chosen, rejected in _preference_pairs(item, pool, config, fmt):
+        for c, r in zip(_orders(chosen, config, fmt), _orders(rejected, config, fmt), strict=True):
+            data.preference.append(
+                PreferenceExample(
+                    item.pair_id,
+                    c.source,
+                    c.swapped,
+                    prompts[c.swapped],
+                    c.text,
+                    r.text,
+                    c.verdict,
+                    r.verdict,
+                )
+            )
+    data.stats["sft_examples"] = len(data.sft)
+    data.stats["preference_examples"] = len(data.preference)
+
+
+def _orders(target: _Target, config: DataConfig, fmt: TargetFormat) -> list[_Target]:
+    """The target as kept, then (unless turned off) its mirror for the other order."""
+    return [target, target.mirrored(fmt)] if config.include_swapped else [target]
+
+
+def _preference_pairs(
+    item: LabeledPair, pool: _Pool, config: DataConfig, fmt: TargetFormat
+) -> list[tuple[_Target, _Target]]:
+    """Chosen/rejected pairs, the rejected side put in the chosen side's shown order.
+
+    Full judgments pair up positive k with negative k (cycling the shorter list, at most
+    max_per_pair). A verdict-only positive is contrasted with the verdict-only form of the wrong
+    verdict the judge gave (else the opposite one), so DPO still learns which verdict is right.
+    """
+    positives, negatives = pool.positives, pool.negatives
+    if positives and positives[0].source == "verdict_only":
+        given = [n.verdict.swapped() if n.swapped else n.verdict for n in negatives]
+        wrong = next((v for v in given if v in TRAINABLE_LABELS), _other_verdict(item.verdict))
+        return [(positives[0], _Target(fmt.render_verdict(wrong), wrong, False, "verdict_only"))]
+    if not negatives:
+        return []
+    pairs = []
+    for k in range(min(config.max_per_pair, max(len(positives), len(negatives)))):
+        chosen, rejected = positives[k % len(positives)], negatives[k % len(negatives)]
+        if rejected.swapped != chosen.swapped:
+            rejected = rejected.mirrored(fmt)
+        pairs.append((chosen, rejected))
+    return pairs
+
+
+def _other_verdict(label: Verdict) -> Verdict:
+    return label.swapped() if label in (Verdict.A, Verdict.B) else Verdict.A
