@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 7860
     max_import_mb: int = 200
+    auth: str | None = None  # "user:pass,user2:pass2" turns on login; labels carry the user
 
     @property
     def db_url(self) -> str:

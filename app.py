@@ -1,0 +1,123 @@
+"""GRM Studio's web app: the Gradio Blocks over the shared services, launched with safe defaults.
+
+`python app.py` (or `grm serve`, `make run`) opens it on http://127.0.0.1:7860 with the embedded
+judge and the demo pairs. Each tab is built by its own function in `webui/`; handlers only call
+`services.Services`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# Set before Gradio reads them: no telemetry or version checks leave the machine.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402
+
+from settings import Settings, load_settings  # noqa: E402
+from webui.agreement_tab import build_agreement_tab  # noqa: E402
+from webui.batch_tab import build_batch_tab  # noqa: E402
+from webui.data_tab import build_data_tab  # noqa: E402
+from webui.judge_tab import build_judge_tab  # noqa: E402
+from webui.keys import shortcut_script  # noqa: E402
+from webui.label_tab import build_label_tab  # noqa: E402
+from webui.retrain_tab import build_retrain_tab  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+# One model answers one request at a time in-process; served models take several at once.
+JUDGE_CONCURRENCY = {"transformers": 1, "openai": 4, "vllm": 8}
+# Label saves, next pair, undo, tables: a separate, wider lane than the judge's.
+DEFAULT_CONCURRENCY = 16
+QUEUE_MAX_SIZE = 256
+
+
+def judge_concurrency(backend: str) -> int:
+    """How many judge requests may run at once for this backend."""
+    return JUDGE_CONCURRENCY.get(backend, 1)
+
+
+def build_app(services: Any) -> gr.Blocks:
+    """The whole app over `services`: Label, Data, Judge, Batch, Agreement, Retrain tabs."""
+    limit = judge_concurrency(services.settings.judge_backend)
+    with gr.Blocks(title="GRM Studio", analytics_enabled=False, fill_width=True) as demo:
+        gr.HTML('<div class="grm-header">GRM Studio</div>', js_on_load=None)
+        with gr.Tabs(elem_id="grm-tabs"):
+            build_label_tab(services, demo, limit)
+            build_data_tab(services, services.settings.max_import_mb)
+            build_judge_tab(services, limit)
+            build_batch_tab(services, limit)
+            build_agreement_tab(services)
+            build_retrain_tab(services)
+    demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
+    return demo
+
+
+def parse_auth(spec: str | None) -> list[tuple[str, str]] | None:
+    """GRM_AUTH="alice:pw1,bob:pw2" as Gradio's list of (user, password); None when unset."""
+    if not spec or not spec.strip():
+        return None
+    pairs = []
+    for item in spec.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise ValueError("GRM_AUTH must look like 'user:password,user2:password2'")
+        pairs.append((user, password))
+    return pairs
+
+
+def launch_options(settings: Settings) -> dict[str, Any]:
+    """Safe launch settings: loopback, no share link, no telemetry, data and models not served."""
+    blocked = {str(settings.home.resolve()), str(settings.model_cache.expanduser().resolve())}
+    return {
+        "server_name": settings.host,
+        "server_port": settings.port,
+        "share": False,
+        "auth": parse_auth(settings.auth),
+        "auth_message": "GRM Studio: sign in to label.",
+        "max_file_size": f"{settings.max_import_mb}mb",
+        "blocked_paths": sorted(blocked),
+        "show_error": False,  # people see our one-line messages, never a stack trace
+        "enable_monitoring": False,
+        "mcp_server": False,
+        "ssr_mode": False,
+        "pwa": False,
+        "run_history": False,  # prompts and labels are not copied into browser storage
+        "footer_links": ["api", "settings"],
+        "css_paths": [ASSETS / "app.css"],
+        "head": shortcut_script(),
+    }
+
+
+def serve(
+    demo: gr.Blocks, settings: Settings, *, prevent_thread_lock: bool = False, **overrides: Any
+) -> tuple[Any, str]:
+    """Launch `demo` with `launch_options(settings)` (overrides win); returns (app, local URL)."""
+    options = {**launch_options(settings), **overrides}
+    app, url, _ = demo.launch(prevent_thread_lock=prevent_thread_lock, **options)
+    return app, url
+
+
+def main(host: str | None = None, port: int | None = None) -> int:
+    """Open the app: database migrated, demo pairs loaded when empty, embedded judge ready."""
+    from services import Services
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    settings = load_settings(**overrides)
+    services = Services.open(settings)
+    report = services.load_demo_if_empty()
+    if report is not None:
+        log.info("loaded %s demo pairs into dataset %r", report.new, report.dataset)
+    serve(build_app(services), settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Web-app handlers against stand-in services: failures read as messages, cancel stops a batch,
+auth decides who labels. No model and no server needed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+
+from app import launch_options, parse_auth
+from judges.backends.base import BackendError
+from services import JudgeRunReport
+from webui.batch_tab import BatchHandlers
+from webui.judge_tab import JudgeHandlers
+from webui.label_tab import SCREEN_OUTPUTS, LabelHandlers
+
+
+class FailingJudge:
+    """Services whose judge cannot be reached."""
+
+    def backend(self):
+        raise BackendError("connection refused by http://127.0.0.1:9/v1")
+
+    def judge_info(self) -> dict:
+        return {"backend": "openai", "model": "m", "loaded": False, "load_seconds": None,
+                "options": {"protocol": "pairwise", "k": 1, "swap": False,
+                            "temperature": 0.0, "max_new_tokens": 64}}  # fmt: skip
+
+    def stream_pair_judgment(self, pair_id: int):
+        raise BackendError("connection refused by http://127.0.0.1:9/v1")
+        yield  # pragma: no cover
+
+
+def test_a_backend_that_cannot_load_shows_a_message_not_a_trace() -> None:
+    html = JudgeHandlers(FailingJudge()).load()
+    assert "could not be loaded: connection refused" in html
+    assert "Traceback" not in html and "grm-msg-error" in html
+
+
+def test_a_failing_judge_stream_ends_with_a_message_and_no_verdict() -> None:
+    handler = LabelHandlers(FailingJudge())
+    request = SimpleNamespace(session_hash="s1", username=None)
+    outputs = list(handler.judge({"pair_id": 7}, request))
+    last = outputs[-1]
+    assert "The judge failed: connection refused" in last[-1]
+    assert last[-2]["verdict"] is None  # nothing to agree with
+    assert 'data-state="running"' not in last[3]
+
+
+@dataclass
+class SlowBatchServices:
+    """judge_pending that works one pair at a time until told to stop."""
+
+    judged: int = 0
+
+    def judge_pending(self, dataset=None, options=None, limit=None, on_progress=None,
+                      should_stop=None) -> JudgeRunReport:  # fmt: skip
+        for done in range(1, 1000):
+            if should_stop():
+                break
+            time.sleep(0.02)
+            self.judged = done
+            on_progress(done, 1000)
+        return JudgeRunReport(self.judged, self.judged, 0, 0.1, cancelled=True)
+
+    def datasets(self) -> list:
+        return []
+
+
+def test_cancel_stops_a_running_batch_of_the_same_session_only() -> None:
+    services = SlowBatchServices()
+    handler = BatchHandlers(services)
+    mine, other = SimpleNamespace(session_hash="me"), SimpleNamespace(session_hash="other")
+    result: list[str] = []
+    progress = lambda *args, **kwargs: None  # noqa: E731
+    worker = threading.Thread(target=lambda: result.append(handler.run(0, None, mine, progress)))
+    worker.start()
+    time.sleep(0.2)
+    assert "Nothing is running" in handler.cancel(other)  # another person's Cancel
+    assert services.judged > 0 and worker.is_alive()
+    handler.cancel(mine)
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert "Cancelled after judging" in result[0]
+
+
+class Recorder:
+    """Services that record who saved what."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple] = []
+
+    def save_label(self, pair_id, annotator, verdict, **details):
+        self.saved.append((pair_id, annotator, verdict, details))
+
+    def next_item(self, annotator, dataset_id=None):
+        return None
+
+
+def test_with_auth_the_logged_in_user_labels_whatever_name_the_page_sends() -> None:
+    services = Recorder()
+    handler = LabelHandlers(services)
+    request = SimpleNamespace(username="alice", session_hash="s")
+    current = {"pair_id": 3, "token": "t1"}
+    handler.save("A", "mallory", 0, current, {}, "", "", request)
+    assert [(p, who, v) for p, who, v, _ in services.saved] == [(3, "alice", "A")]
+
+
+def test_a_failed_save_keeps_the_pair_and_says_why() -> None:
+    class Full(Recorder):
+        def save_label(self, *args, **kwargs):
+            raise OSError("database or disk is full")
+
+    outputs = LabelHandlers(Full()).save(
+        "B", "bob", 0, {"pair_id": 3, "token": "t"}, {}, "my critique", "", None
+    )
+    assert len(outputs) == SCREEN_OUTPUTS
+    assert "Not saved: the disk is full" in outputs[-1]
+    assert all(o == gr.skip() for o in outputs[:-1])  # pair, text and note stay on screen
+
+
+def test_auth_setting_parses_and_bad_specs_are_refused() -> None:
+    assert parse_auth("ana:pw1, ben:pw2") == [("ana", "pw1"), ("ben", "pw2")]
+    assert parse_auth(None) is None and parse_auth("  ") is None
+    with pytest.raises(ValueError):
+        parse_auth("ana")
+
+
+def test_launch_defaults_are_safe(settings) -> None:
+    options = launch_options(settings)
+    assert options["server_name"] == "127.0.0.1" and options["share"] is False
+    assert options["max_file_size"] == f"{settings.max_import_mb}mb"
+    assert str(settings.home.resolve()) in options["blocked_paths"]
+    assert str(settings.model_cache.expanduser().resolve()) in options["blocked_paths"]
+    assert options["show_error"] is False and options["enable_monitoring"] is False
+
+
+def test_a_locked_database_reads_as_busy_without_sql_or_trace() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    class Locked(Recorder):
+        def save_label(self, *args, **kwargs):
+            raise OperationalError("INSERT INTO label ...", {}, Exception("database is locked"))
+
+    outputs = LabelHandlers(Locked()).save("A", "bob", 0, {"pair_id": 3}, {}, "", "", None)
+    assert "Not saved: the database is busy" in outputs[-1]
+    assert "INSERT" not in outputs[-1] and "Traceback" not in outputs[-1]

@@ -1,0 +1,202 @@
+"""Safe display of untrusted text and the small web-app helpers that need no server."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from types import SimpleNamespace
+
+import pytest
+
+from webui.common import annotator_of, check_name
+from webui.judge_view import JudgeDisplay, display_from_rows, majority
+from webui.render import chat_html, safe_markdown
+
+HOSTILE = [
+    ("script", "<script>window.__pwned=1</script>"),
+    ("img onerror", '<img src=x onerror="window.__pwned=1">'),
+    ("svg onload", "<svg onload=alert(1)></svg>"),
+    ("iframe", '<iframe src="http://127.0.0.1:9/x"></iframe>'),
+    ("markdown image", "![cat](http://127.0.0.1:9/cat.png)"),
+    ("reference image", "![cat][r]\n\n[r]: http://127.0.0.1:9/cat.png"),
+    ("javascript link", "[click](javascript:alert(1))"),
+    ("javascript link upper", "[click](JaVaScRiPt:alert(1))"),
+    ("javascript autolink", "<javascript:alert(1)>"),
+    ("data link", "[x](data:text/html;base64,PHNjcmlwdD4=)"),
+    ("attribute break-out", '[x](https://a.example/" onmouseover="alert(1))'),
+    ("style tag", "<style>body{display:none}</style>"),
+    ("html entity script", "&lt;script&gt;alert(1)&lt;/script&gt;"),
+]
+
+
+class _Elements(HTMLParser):
+    """Every real element and attribute the browser would build from the HTML."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.found: list[tuple[str, dict[str, str | None]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.found.append((tag, dict(attrs)))
+
+
+def _tags(html: str) -> list[str]:
+    return [tag for tag, _ in _Elements(html).found]
+
+
+def assert_inert(html: str) -> None:
+    """No element that runs or fetches, no handler attribute, only http(s)/mailto links."""
+    for tag, attrs in _Elements(html).found:
+        assert tag not in {"script", "img", "svg", "iframe", "style", "object", "embed", "link"}
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        assert "src" not in attrs and "style" not in attrs
+        href = (attrs.get("href") or "https:").strip().lower()
+        assert href.startswith(("https:", "http:", "mailto:")), href
+
+
+@pytest.mark.parametrize("name,text", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_markdown_renders_as_inert_text(name: str, text: str) -> None:
+    assert_inert(safe_markdown(text))
+
+
+def test_script_text_stays_visible_as_text() -> None:
+    html = safe_markdown("<script>window.__pwned=1</script>")
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
+
+
+def test_remote_image_becomes_text_naming_its_address() -> None:
+    html = safe_markdown("![diagram](http://example.com/d.png)")
+    assert "<img" not in html
+    assert "[image: diagram — http://example.com/d.png]" in html
+
+
+def test_http_links_stay_links_that_open_safely() -> None:
+    html = safe_markdown("[docs](https://example.com/a)")
+    assert 'href="https://example.com/a"' in html
+    assert 'rel="noopener noreferrer nofollow"' in html
+
+
+def test_code_blocks_keep_angle_brackets_readable() -> None:
+    html = safe_markdown("```c\n#include <stdio.h>\n```")
+    assert "#include &lt;stdio.h&gt;" in html  # shown as <stdio.h>, not double-escaped
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u200b", "\u2066", "\ufeff"])
+def test_invisible_and_bidi_characters_are_shown_as_codes(char: str) -> None:
+    html = safe_markdown(f"pay{char}lap")
+    assert char not in html
+    assert f"[U+{ord(char):04X}]" in html
+
+
+def test_lone_surrogates_and_nul_cannot_break_the_page() -> None:
+    html = safe_markdown("a\ud800b\x00c")
+    html.encode("utf-8")  # would raise on a lone surrogate
+    assert "\x00" not in html
+
+
+def test_huge_response_is_cut_with_a_note() -> None:
+    html = safe_markdown("x" * 1_000_000)
+    assert len(html) < 100_000
+    assert "Showing the first" in html
+
+
+def test_deeply_nested_markdown_renders() -> None:
+    html = safe_markdown(">" * 5000 + " deep" + "\n" + "- " * 3000 + "list")
+    assert "deep" in html
+
+
+def test_chat_turns_are_shown_one_block_per_turn_with_roles() -> None:
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi <b>there</b>"},
+        {"role": "assistant", "content": "Hello."},
+    ]
+    html = chat_html("", turns)
+    assert html.count('class="grm-turn') == 3
+    assert "grm-role-user" in html and "&lt;b&gt;there&lt;/b&gt;" in html
+
+
+def test_role_names_cannot_inject_attributes() -> None:
+    assert_inert(chat_html("", [{"role": '"><img src=x onerror=alert(1)>', "content": "x"}]))
+
+
+def test_auth_user_wins_over_a_name_sent_by_the_page() -> None:
+    request = SimpleNamespace(username="alice")
+    assert annotator_of(request, "mallory") == "alice"
+    assert annotator_of(SimpleNamespace(username=None), "bob") == "bob"
+    assert annotator_of(None, "") is None
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "a" * 81, "bob\u200b", "x\ny"])
+def test_bad_names_are_refused_with_a_reason(raw: str) -> None:
+    with pytest.raises(ValueError):
+        check_name(raw)
+
+
+def test_names_are_stripped() -> None:
+    assert check_name("  Ana  ") == "Ana"
+
+
+def test_judge_output_with_html_is_inert_in_every_panel() -> None:
+    view = JudgeDisplay(
+        principles="<img src=x onerror=alert(1)>",
+        critique="<script>alert(2)</script>",
+        verdict_text="[[A]] <a href=javascript:alert(3)>x</a>",
+    )
+    for html in view.panels():
+        assert_inert(html)
+        assert "<a " not in html
+
+
+def test_badge_says_no_verdict_when_the_judge_gave_none() -> None:
+    view = display_from_rows([_row(1, "none", status="no_verdict")])
+    assert 'data-state="none"' in view.badge()
+    assert "no verdict" in view.badge()
+
+
+def test_badge_shows_verdict_probability_and_source() -> None:
+    view = display_from_rows([_row(1, "B", p=0.73, source="logprobs")])
+    badge = view.badge()
+    assert 'data-verdict="B"' in badge and "p = 0.73" in badge and "logprobs" in badge
+
+
+def test_swapped_samples_show_the_vote_and_consistency() -> None:
+    rows = [_row(1, "A", index=0), _row(2, "A", index=0, swapped=True)]
+    view = display_from_rows(rows)
+    assert view.verdict == "A"
+    assert "vote of 2" in view.badge() and "same in both orders" in view.badge()
+    assert view.samples_html().count("<tr>") == 3  # header + 2 samples
+    assert view.judgment_id() == 1
+
+
+def test_majority_draw_between_a_and_b_is_a_tie() -> None:
+    from collections import Counter
+
+    assert majority(Counter({"A": 2, "B": 2})) == "tie"
+    assert majority(Counter()) == "none"
+    assert majority(Counter({"B": 2, "A": 1})) == "B"
+
+
+def _row(
+    id_: int,
+    verdict: str,
+    *,
+    index: int = 0,
+    swapped: bool = False,
+    p: float | None = None,
+    source: str = "text",
+    status: str = "complete",
+) -> dict:
+    return {
+        "id": id_,
+        "sample_index": index,
+        "swapped": swapped,
+        "verdict": verdict,
+        "status": status,
+        "verdict_probability": p,
+        "verdict_source": source,
+        "principles": "be helpful",
+        "critique": "A answers",
+        "score_a": None,
+        "score_b": None,
+    }
