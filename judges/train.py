@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,27 +349,16 @@ def _train(
     on_progress: ProgressCallback | None,
 ) -> dict[str, Any]:
     """Run the TRL trainer and write the adapter; returns the training figures."""
-    from datasets import Dataset
-    from transformers.trainer_callback import PrinterCallback
-
     bf16 = use_bf16(config.bf16)
     output_dir = Path(config.output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
-        model = _load_trainable_model(base_model_path, parent_adapter_path)
-        progress = ProgressReporter(
-            on_progress, config.batch_size * config.gradient_accumulation_steps
+        trainer, output, runtime = _fit(
+            config, rows, tokenizer, base_model_path, parent_adapter_path, on_progress, work, bf16
         )
-        trainer = _make_trainer(config, model, tokenizer, Dataset.from_list(rows), work, bf16)
-        trainer.add_callback(progress.callback())
-        trainer.remove_callback(PrinterCallback)  # progress is logged and reported instead
-        started = time.perf_counter()
-        output = trainer.train()
-        runtime = time.perf_counter() - started
-        adapter_tmp = work / "adapter"
-        save_adapter(trainer.model, adapter_tmp)
-        os.replace(adapter_tmp, output_dir)  # atomic: the adapter appears complete or not at all
+        save_adapter(trainer.model, work / "adapter")
+        os.replace(work / "adapter", output_dir)  # atomic: the adapter appears whole or not at all
     finally:
         shutil.rmtree(work, ignore_errors=True)
     steps = trainer.state.global_step
@@ -381,6 +371,33 @@ def _train(
         "bf16": bf16,
         "log_history": list(trainer.state.log_history),
     }
+
+
+def _fit(
+    config: TrainConfig,
+    rows: list[dict[str, Any]],
+    tokenizer: Any,
+    base_model_path: Path,
+    parent_adapter_path: str | Path | None,
+    on_progress: ProgressCallback | None,
+    work: Path,
+    bf16: bool,
+) -> tuple[Any, Any, float]:
+    """Build the TRL trainer and train; returns (trainer, its output, seconds spent training)."""
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+
+    with warnings.catch_warnings():
+        # TRL 1.16 calls a transformers 5 property deprecated in favour of a new name; not ours.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")
+        model = _load_trainable_model(base_model_path, parent_adapter_path)
+        examples_per_step = config.batch_size * config.gradient_accumulation_steps
+        trainer = _make_trainer(config, model, tokenizer, Dataset.from_list(rows), work, bf16)
+        trainer.add_callback(ProgressReporter(on_progress, examples_per_step).callback())
+        trainer.remove_callback(PrinterCallback)  # progress is logged and reported instead
+        started = time.perf_counter()
+        output = trainer.train()
+    return trainer, output, time.perf_counter() - started
 
 
 def _finite(value: float | None) -> float | None:
@@ -639,6 +656,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-model", required=True, help="Local model directory (safetensors).")
     parser.add_argument("--parent-adapter", default=None, help="Adapter of the active version.")
     parser.add_argument("--progress-file", default=None, help="Append progress as JSON lines.")
+    parser.add_argument(
+        "--judge-options",
+        default=None,
+        help="JudgeOptions as JSON (e.g. '{\"swap\": true}'): also evaluate the active and the new "
+        "version on the held-out pairs with the local transformers backend.",
+    )
     for item in dataclasses.fields(TrainConfig):
         _add_config_argument(parser, item)
     return parser.parse_args(argv)
@@ -677,18 +700,39 @@ def cli(argv: Sequence[str] | None = None) -> int:
                 handle.write(json.dumps(update) + "\n")
 
     try:
-        result = main(
-            config_from_args(args),
-            records,
-            args.base_model,
-            on_progress,
-            parent_adapter_path=args.parent_adapter,
-        )
+        result = _run_from_args(args, records, on_progress)
     except TrainingRefused as exc:
         log.error("training refused: %s", exc)
         return 2
     print(json.dumps(result.as_record(), indent=2, default=str))
     return 0
+
+
+def _run_from_args(
+    args: argparse.Namespace, records: list[dict[str, Any]], on_progress: ProgressCallback
+) -> TrainResult:
+    config = config_from_args(args)
+    if args.judge_options is None:
+        return main(
+            config, records, args.base_model, on_progress, parent_adapter_path=args.parent_adapter
+        )
+    from judges.backends.transformers_backend import TransformersBackend
+    from judges.judge import JudgeOptions
+
+    options = JudgeOptions(**({"protocol": config.protocol} | json.loads(args.judge_options)))
+
+    def make_backend(adapter: Path | None) -> Any:
+        return TransformersBackend(args.base_model, adapter_path=adapter)
+
+    return run_job(
+        config,
+        records,
+        args.base_model,
+        make_backend,
+        options,
+        on_progress,
+        parent_adapter_path=args.parent_adapter,
+    )
 
 
 if __name__ == "__main__":

@@ -407,3 +407,19 @@ def test_command_line_refusal_exits_2(tmp_path):
         ]
     )
     assert code == 2 and not (tmp_path / "o").exists()
+
+
+def test_command_line_with_judge_options_evaluates_both_versions(tiny_model, tmp_path, capsys):
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps(make_records()))
+    code = cli(
+        ["--records", str(records), "--base-model", str(tiny_model), "--min-labels", "4"]
+        + ["--max-steps", "1", "--max-prompt-tokens", "700", "--rft-samples", "0"]
+        + ["--output-dir", str(tmp_path / "out"), "--heldout-share", "0.3"]
+        + ["--judge-options", '{"max_new_tokens": 4, "logprobs": false}']
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("metrics_before", "metrics_after"):
+        assert result[key]["n"] == len(result["split"]["heldout"])
+        assert result[key]["options"]["max_new_tokens"] == 4
