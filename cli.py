@@ -116,6 +116,159 @@ def _judge_one_off(services, texts: list[str], options) -> int:
     return 0
 
 
+# --- retraining (issue 5) -------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from judges.train import TrainConfig, TrainingRefused
+
+    services = _services()
+    config = TrainConfig(
+        method=args.method,
+        epochs=args.epochs,
+        lora_rank=args.lora_rank,
+        learning_rate=args.learning_rate,
+        heldout_share=args.heldout_share,
+        max_steps=args.max_steps,
+        **({"min_labels": args.min_labels} if args.min_labels else {}),
+    )
+    try:
+        run_id = services.start_training_run(config)
+    except TrainingRefused as exc:
+        print(f"training refused: {exc}", file=sys.stderr)
+        return 2
+    print(f"training run {run_id} started (log: {services.training_run(run_id)['log_path']})")
+    return _follow_run(services, run_id) if args.wait else 0
+
+
+def _follow_run(services, run_id: int, every_s: float = 2.0) -> int:
+    """Print the run's progress until it ends; exit code 0 only when it is done."""
+    import time
+
+    last = ""
+    while True:
+        run = services.training_run(run_id)
+        line = progress_line(run)
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if run["status"] not in ("queued", "running"):
+            break
+        time.sleep(every_s)
+    if run["status"] != "done":
+        print(f"run {run_id} {run['status']}: {run['error']}", file=sys.stderr)
+        return 1
+    print(metrics_table(run["metrics_before"], run["metrics_after"]))
+    return 0
+
+
+def progress_line(run: dict) -> str:
+    """One line for a run's progress: phase, step, loss, examples/s, time left."""
+    p = run.get("progress") or {}
+    phase = p.get("phase", run["status"])
+    parts = [f"run {run['id']} {run['status']}", phase]
+    if phase == "training" and p.get("max_steps"):
+        parts.append(f"step {p.get('step', 0)}/{p['max_steps']}")
+        if p.get("loss") is not None:
+            parts.append(f"loss {p['loss']:.4f}")
+        if p.get("eta_s") is not None:
+            parts.append(f"{p['eta_s']:.0f} s left")
+    elif p.get("total") and str(phase).startswith("evaluating"):
+        parts.append(f"{p.get('done', 0)}/{p['total']} pairs")
+    return "  ".join(parts)
+
+
+def metrics_table(*columns: dict | None, names: tuple[str, ...] = ("before", "after")) -> str:
+    """Figures side by side, one metric a line."""
+    from services import metric_rows
+
+    rows = metric_rows(*columns, names=names[: len(columns)])
+    header = list(rows[0])
+    lines = [f"{'':24}" + "".join(f"{n:>18}" for n in header[1:])]
+    lines += [f"{r['figure']:24}" + "".join(f"{r[n]:>18}" for n in header[1:]) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from storage.queries import NotFoundError
+
+    try:
+        report = _services().evaluate_version(args.version, dataset=args.dataset, limit=args.limit)
+    except (NotFoundError, ValueError) as exc:
+        print(f"not evaluated: {exc}", file=sys.stderr)
+        return 2
+    print(f"judge version {report['version']} on {args.dataset or 'all labeled pairs'}")
+    print(metrics_table(report, names=("value",)))
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from services import metric_value
+
+    print(f"{'id':>4} {'':1} {'name':32} {'parent':>6} {'run':>4}  accuracy")
+    for v in _services().versions():
+        mark = "*" if v["is_active"] else ""
+        print(
+            f"{v['id']:>4} {mark:1} {v['name'][:32]:32} {v['parent_id'] or '-':>6} "
+            f"{v['training_run_id'] or '-':>4}  {metric_value(v['metrics'], 'accuracy')}"
+        )
+    return 0
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    from storage.queries import NotFoundError
+
+    services = _services()
+    try:
+        active = (
+            services.rollback_version()
+            if args.version == "parent"
+            else (services.activate_version(int(args.version)))
+        )
+    except (NotFoundError, ValueError) as exc:
+        print(f"not activated: {exc}", file=sys.stderr)
+        return 2
+    print(f"active judge version: {active['id']} {active['name']}")
+    return 0
+
+
+def cmd_train_worker(args: argparse.Namespace) -> int:
+    from services import run_training_worker
+
+    logging.getLogger().setLevel(logging.INFO)
+    return run_training_worker(args.run_id)
+
+
+def _add_retrain_commands(sub) -> None:
+    train = sub.add_parser("train", help="retrain the judge on the labels (a LoRA adapter)")
+    train.add_argument("--method", choices=["sft", "dpo", "dpo+sft"], default="dpo")
+    train.add_argument("--epochs", type=float, default=1.0)
+    train.add_argument("--lora-rank", type=int, default=8)
+    train.add_argument("--learning-rate", type=float, default=1e-4)
+    train.add_argument("--heldout-share", type=float, default=0.2)
+    train.add_argument("--max-steps", type=int, default=None)
+    train.add_argument("--min-labels", type=int, default=None, help="refuse below (default 20)")
+    train.add_argument("--wait", action="store_true", help="follow the run to its end")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="a judge version's figures against human labels")
+    evaluate.add_argument("--version", type=int, default=None, help="default: the active one")
+    evaluate.add_argument("--dataset", default=None)
+    evaluate.add_argument("--limit", type=int, default=None)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    versions = sub.add_parser("versions", help="judge versions (* marks the active one)")
+    versions.set_defaults(func=cmd_versions)
+
+    activate = sub.add_parser("activate", help="make a judge version active ('parent': roll back)")
+    activate.add_argument("version", help="a version id, or 'parent'")
+    activate.set_defaults(func=cmd_activate)
+
+    worker = sub.add_parser("train-worker")  # started by services; not for people
+    worker.add_argument("run_id", type=int)
+    worker.set_defaults(func=cmd_train_worker)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grm", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -156,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="judge this one pair and stream the reasoning to the terminal (nothing stored)",
     )
     judge.set_defaults(func=cmd_judge)
+    _add_retrain_commands(sub)
+    sub.metavar = "{" + ",".join(c for c in sub.choices if c != "train-worker") + "}"
     return parser
 
 

@@ -7,13 +7,20 @@ values, never ORM objects.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +31,7 @@ from judges.backends import make_backend
 from judges.backends.base import Backend
 from judges.judge import JudgeOptions, StreamUpdate, judge_pairs, stream_judgment
 from judges.types import AggregateJudgment, ChatTurn, Judgment, PairInput
-from settings import Settings
+from settings import Settings, load_settings
 from storage import queries
 from storage.db import init_db, make_engine, make_session_factory, read_session
 
@@ -177,6 +184,7 @@ class Services:
         self._backend: Backend | None = None
         self._backend_lock = threading.Lock()
         self.backend_load_seconds: float | None = None
+        self._workers: dict[int, subprocess.Popen] = {}  # training workers this process started
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -458,6 +466,222 @@ class Services:
         report["unjudged_labels"] = len(records) - len(judged)
         return report
 
+    # --- retraining (issue 5): start, watch, cancel a run; activate / roll back versions -------
+
+    def start_training_run(self, config: Any, judge_options: JudgeOptions | None = None) -> int:
+        """Snapshot the labels, record the run and start its worker process; the run's id.
+
+        Raises judges.train.TrainingRefused (nothing stored) for a bad config, too few labels,
+        one class, a judge that is not a local model, or a run already going.
+        """
+        from judges.train import TrainingRefused, check_labels, prepare_split
+        from judges.training_data import parse_records
+
+        config.validate()
+        options = _training_options(judge_options or self.judge.options, config.protocol)
+        base_model = self._local_base_model()
+        version_id = self.judge_version_id()
+        with self._writing() as s:
+            self._refuse_if_running(s)
+            active = queries.active_judge_version(s) or {}
+            records = training_records(s, version_id, config.protocol)
+            pairs = check_labels(parse_records(records), config.min_labels)
+            prepare_split(pairs, config)
+            run_id = queries.create_training_run(s, config.method, {}, version_id)
+            run_dir = self.runs_dir() / str(run_id)
+            if run_dir.exists():
+                raise TrainingRefused(f"run directory {run_dir} already exists")
+            job = {
+                "records_path": str(run_dir / "records.json"),
+                "base_model_path": str(base_model),
+                "parent_adapter_path": active.get("adapter_path"),
+                "base_model_name": active.get("base_model") or str(base_model),
+                "judge_options": options.model_dump(),
+            }
+            config = dataclasses.replace(config, output_dir=str(run_dir / "adapter"))
+            queries.update_training_run(
+                s,
+                run_id,
+                config={**dataclasses.asdict(config), "job": job},
+                label_snapshot={
+                    "label_ids": [r["label_id"] for r in records],
+                    "pairs": len(records),
+                },
+                log_path=str(run_dir / "train.log"),
+            )
+            run_dir.mkdir(parents=True)
+            (run_dir / "records.json").write_text(json.dumps(records, default=str))
+        self._spawn_worker(run_id, run_dir)
+        return run_id
+
+    def runs_dir(self) -> Path:
+        """Where each run keeps its records snapshot, log and adapter (GRM_HOME/runs/<id>)."""
+        return self.settings.home.resolve() / "runs"
+
+    def _local_base_model(self) -> Path:
+        from judges.embedded import resolve_model_path
+        from judges.train import TrainingRefused
+
+        chosen = self.settings.model_copy(update={"judge_model": self.judge.model})
+        path = Path(str(resolve_model_path(chosen)))
+        if self.judge.backend != "transformers" or not path.is_dir():
+            raise TrainingRefused(
+                f"retraining needs a local model directory on the transformers backend; the "
+                f"judge is {self.judge.backend} / {self.judge.model or 'embedded'}"
+            )
+        return path
+
+    def _refuse_if_running(self, s: Session) -> None:
+        from judges.train import TrainingRefused
+
+        running = queries.running_training_run(s)
+        if running is not None and self._run_alive(running):
+            raise TrainingRefused(
+                f"training run {running['id']} is already {running['status']}; "
+                "wait for it or cancel it first"
+            )
+        if running is not None:
+            _mark_ended(s, running["id"])
+
+    def _spawn_worker(self, run_id: int, run_dir: Path) -> None:
+        env = {
+            **os.environ,
+            "GRM_HOME": str(self.settings.home.resolve()),
+            "GRM_DATABASE_URL": self.settings.db_url,
+            "GRM_MODEL_CACHE": str(Path(self.settings.model_cache).resolve()),
+            "GRM_JUDGE_BACKEND": "transformers",
+        }
+        try:
+            with (run_dir / "train.log").open("ab") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "cli", "train-worker", str(run_id)],
+                    cwd=Path(__file__).resolve().parent,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # a Ctrl-C in the app does not kill the run
+                )
+        except OSError as exc:
+            with self._writing() as s:
+                _finish(s, run_id, "failed", error=f"the worker could not start: {exc}")
+            raise
+        self._workers[process.pid] = process
+        with self._writing() as s:
+            queries.update_training_run(s, run_id, pid=process.pid, only_if_status=("queued",))
+
+    def _run_alive(self, run: dict[str, Any]) -> bool:
+        if run["pid"] is None:  # between the row and the spawn; a crash there must not block
+            age = time.time() - run["created_at"].timestamp()
+            return age < QUEUED_GRACE_S
+        process = self._workers.get(run["pid"])
+        if process is not None:
+            return process.poll() is None
+        return pid_alive(run["pid"])
+
+    def training_run(self, run_id: int) -> dict[str, Any]:
+        """One run as a dict; a run whose process died shows (and is stored) as failed."""
+        with read_session(self.sessions) as s:
+            run = queries.get_training_run(s, run_id)
+        if run["status"] in queries.UNFINISHED_RUN_STATUSES and not self._run_alive(run):
+            with self._writing() as s:  # conditional: a run that just finished stays finished
+                _mark_ended(s, run_id)
+                run = queries.get_training_run(s, run_id)
+        return run
+
+    def training_runs(self, limit: int | None = 50) -> list[dict[str, Any]]:
+        """Runs, newest first, dead ones shown as failed."""
+        with read_session(self.sessions) as s:
+            runs = queries.list_training_runs(s, limit=limit)
+        return [
+            self.training_run(r["id"]) if r["status"] in queries.UNFINISHED_RUN_STATUSES else r
+            for r in runs
+        ]
+
+    def cancel_training_run(self, run_id: int) -> dict[str, Any]:
+        """Stop a queued or running run (SIGTERM its worker) and mark it cancelled."""
+        run = self.training_run(run_id)
+        if run["status"] not in queries.UNFINISHED_RUN_STATUSES:
+            raise ValueError(f"training run {run_id} is {run['status']}, not running")
+        with self._writing() as s:
+            _finish(s, run_id, "cancelled", error="cancelled by the user")
+        if run["pid"] is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(run["pid"], signal.SIGTERM)
+            process = self._workers.pop(run["pid"], None)
+            if process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=10)
+        return self.training_run(run_id)
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every judge version, oldest first (id, name, parent, run, active, figures)."""
+        with read_session(self.sessions) as s:
+            return queries.list_judge_versions(s)
+
+    def activate_version(self, version_id: int) -> dict[str, Any]:
+        """Make a version the active judge; the next judgment loads it (and its adapter)."""
+        with self._writing() as s:
+            queries.set_active_version(s, version_id)
+            active = queries.active_judge_version(s)
+        self.reload_judge()
+        return active or {}
+
+    def rollback_version(self) -> dict[str, Any]:
+        """Activate the active version's parent (the judge it was trained from)."""
+        with read_session(self.sessions) as s:
+            active = queries.active_judge_version(s)
+        if active is None or active["parent_id"] is None:
+            name = active["name"] if active else "none"
+            raise ValueError(f"the active judge version ({name}) has no parent to roll back to")
+        return self.activate_version(active["parent_id"])
+
+    def evaluate_version(
+        self,
+        version_id: int | None = None,
+        dataset: str | None = None,
+        options: JudgeOptions | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """A version's figures against the human labels (of one dataset, or all)."""
+        from judges.evaluation import evaluate_judge
+        from judges.training_data import parse_records
+
+        options = options or self.judge.options
+        version_id = version_id or self.judge_version_id()
+        with read_session(self.sessions) as s:
+            version = _version(s, version_id)
+            dataset_id = queries.dataset_id(s, dataset) if dataset else None
+            records = training_records(s, None, options.protocol, dataset_id=dataset_id)
+        pairs = [p for p in parse_records(records) if p.trainable][:limit]
+        if not pairs:
+            raise ValueError(
+                f"no A/B/tie labels to evaluate against{' in ' + dataset if dataset else ''}"
+            )
+        backend, owned = self._version_backend(version)
+        try:
+            report = evaluate_judge(
+                backend,
+                [p.pair for p in pairs],
+                [p.label for p in pairs],
+                options,
+                categories=[p.category for p in pairs],
+            )
+        finally:
+            if owned:
+                backend.close()
+        report["version"] = version["name"]
+        return report
+
+    def _version_backend(self, version: dict[str, Any]) -> tuple[Backend, bool]:
+        if version["is_active"]:
+            return self.backend(), False
+        chosen = self.settings.model_copy(
+            update={"judge_backend": self.judge.backend, "judge_model": self.judge.model}
+        )
+        extra = {"adapter_path": version["adapter_path"]} if version["adapter_path"] else {}
+        return make_backend(chosen, **extra), True
+
 
 def _other_order(s: Session, record: dict[str, Any]) -> str | None:
     """The verdict the same judge run gave with the responses in the other order, if any."""
@@ -479,3 +703,251 @@ def _other_order(s: Session, record: dict[str, Any]) -> str | None:
 def as_dict(value: Any) -> Any:
     """Dataclass values as plain dicts (for JSON output and UI tables)."""
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+# --- retraining (issue 5): module-level helpers and the worker process ----------------------
+
+QUEUED_GRACE_S = 60.0
+PROGRESS_EVERY_S = 1.0
+ENDED_MESSAGE = "process ended without finishing"
+
+
+def _training_options(options: JudgeOptions, protocol: str) -> JudgeOptions:
+    """The judge options both evaluations use, with the protocol being trained."""
+    return (
+        options
+        if options.protocol == protocol
+        else options.model_copy(update={"protocol": protocol})
+    )
+
+
+def _version(s: Session, version_id: int) -> dict[str, Any]:
+    versions = queries.list_judge_versions(s)
+    chosen = [v for v in versions if v["id"] == version_id]
+    if not chosen:
+        raise queries.NotFoundError(f"judge version {version_id} not found")
+    return chosen[0]
+
+
+def training_records(
+    s: Session, version_id: int | None, protocol: str, dataset_id: int | None = None
+) -> list[dict[str, Any]]:
+    """One record per labeled pair (its latest label) with the version's judgments of it, in the
+    shape judges.training_data.parse_records reads."""
+    latest: dict[int, dict[str, Any]] = {}
+    for record in queries.labeled_records(s, dataset_id=dataset_id):
+        latest[record["pair_id"]] = record  # ordered by label id: the newest label wins
+    judgments = queries.version_judgments(s, list(latest), version_id) if version_id else {}
+    return [_training_record(r, judgments.get(r["pair_id"], []), protocol) for r in latest.values()]
+
+
+def _training_record(
+    record: dict[str, Any], judgments: list[dict[str, Any]], protocol: str
+) -> dict[str, Any]:
+    prompt = record["prompt"]
+    out = {
+        "pair_id": record["pair_id"],
+        "label_id": record["label_id"],
+        "label": record["label"],
+        "response_a": record["response_a"],
+        "response_b": record["response_b"],
+        "reference": record["reference"],
+        "category": record["category"],
+        "corrected_critique": record["corrected_critique"],
+        "judgments": [
+            {k: j[k] for k in ("id", "verdict", "raw_text", "swapped", "protocol", "status")}
+            for j in judgments
+            if j["protocol"] == protocol
+        ],
+    }
+    out["prompt_turns" if isinstance(prompt, list) else "prompt"] = prompt
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid is running (not a zombie) on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _finish(s: Session, run_id: int, status: str, **values: Any) -> bool:
+    return queries.update_training_run(
+        s,
+        run_id,
+        only_if_status=queries.UNFINISHED_RUN_STATUSES,
+        status=status,
+        finished_at=datetime.now(timezone.utc),
+        **values,
+    )
+
+
+def _mark_ended(s: Session, run_id: int) -> None:
+    _finish(s, run_id, "failed", error=ENDED_MESSAGE)
+
+
+class _ProgressWriter:
+    """The worker's on_progress: the latest update plus the loss curve, written to the run's
+    row at most once a second (and at every phase change)."""
+
+    def __init__(self, services: Services, run_id: int) -> None:
+        self.services = services
+        self.run_id = run_id
+        self.state: dict[str, Any] = {"phase": "starting", "losses": []}
+        self.written_at = 0.0
+
+    def __call__(self, update: dict[str, Any]) -> None:
+        phase_changed = update.get("phase") != self.state.get("phase")
+        if update.get("loss") is not None:
+            self.state["losses"].append({"step": update["step"], "loss": update["loss"]})
+        self.state.update({k: v for k, v in update.items() if k != "losses"})
+        if phase_changed or time.monotonic() - self.written_at >= PROGRESS_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        try:
+            with self.services._writing() as s:
+                queries.update_training_run(
+                    s, self.run_id, progress=dict(self.state), only_if_status=("running",)
+                )
+            self.written_at = time.monotonic()
+        except SaveFailed as exc:  # progress is best effort; the run goes on
+            log.warning("progress of run %d not saved: %s", self.run_id, exc)
+
+
+def run_training_worker(run_id: int, services: Services | None = None) -> int:
+    """The worker process's job (`grm train-worker RUN_ID`): train, evaluate, register the new
+    version (not active) and mark the run done; failures and refusals mark it failed."""
+    from judges.train import TrainConfig, TrainingRefused, run_job
+
+    services = services or Services.open(load_settings())
+    with services._writing() as s:
+        run = queries.get_training_run(s, run_id)
+        started = queries.update_training_run(
+            s, run_id, status="running", pid=os.getpid(), only_if_status=("queued", "running")
+        )
+    if not started:
+        log.warning("training run %d is %s; not starting", run_id, run["status"])
+        return 1
+    job = run["config"]["job"]
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in run["config"].items() if k in names})
+    progress = _ProgressWriter(services, run_id)
+    try:
+        records = json.loads(Path(job["records_path"]).read_text())
+        result = run_job(
+            config,
+            records,
+            job["base_model_path"],
+            _backend_maker(services.settings, job["base_model_path"]),
+            JudgeOptions(**job["judge_options"]),
+            progress,
+            parent_adapter_path=job["parent_adapter_path"],
+        )
+    except TrainingRefused as exc:
+        return _fail(services, run_id, f"refused: {exc}", 2)
+    except Exception as exc:  # any crash: the run says why, nothing is registered
+        log.exception("training run %d failed", run_id)
+        return _fail(services, run_id, f"{type(exc).__name__}: {exc}", 1)
+    progress.state.update(phase="done", result=_result_summary(result))
+    progress.flush()
+    return _register(services, run, job, result)
+
+
+def _backend_maker(settings: Settings, base_model_path: str) -> Callable[[Path | None], Backend]:
+    local = settings.model_copy(update={"judge_backend": "transformers"})
+
+    def make(adapter_path: Path | None) -> Backend:
+        extra = {"adapter_path": adapter_path} if adapter_path else {}
+        return make_backend(local, model_path=base_model_path, **extra)
+
+    return make
+
+
+def _fail(services: Services, run_id: int, reason: str, code: int) -> int:
+    with services._writing() as s:
+        _finish(s, run_id, "failed", error=reason)
+    return code
+
+
+def _result_summary(result: Any) -> dict[str, Any]:
+    record = result.as_record()
+    for key in ("metrics_before", "metrics_after", "log_history", "label_snapshot"):
+        record.pop(key, None)
+    return record
+
+
+class _RunEnded(Exception):
+    """The run was cancelled (or marked failed) while it finished: register nothing."""
+
+
+def _register(services: Services, run: dict[str, Any], job: dict[str, Any], result: Any) -> int:
+    """Record the figures, register the new version and mark the run done, all or nothing."""
+    figures = {k: v for k, v in (result.metrics_after or {}).items() if k != "per_pair"}
+    try:
+        with services._writing() as s:
+            if not _finish(
+                s,
+                run["id"],
+                "done",
+                metrics_before=result.metrics_before,
+                metrics_after=result.metrics_after,
+                label_snapshot={**(run["label_snapshot"] or {}), **result.label_snapshot},
+            ):
+                raise _RunEnded
+            queries.ensure_judge_version(
+                s,
+                name=f"run{run['id']}-{result.method}",
+                base_model=job["base_model_name"],
+                backend="transformers",
+                adapter_path=str(Path(result.adapter_path).resolve()),
+                parent_id=run["base_version_id"],
+                training_run_id=run["id"],
+                metrics={**figures, "training": _result_summary(result)},
+            )
+    except _RunEnded:
+        log.warning("training run %d ended before it finished; nothing registered", run["id"])
+        return 1
+    return 0
+
+
+METRIC_FIGURES = [
+    ("accuracy", "accuracy"),
+    ("accuracy 95% CI", "ci"),
+    ("Cohen's kappa", "kappa"),
+    ("position consistency", "position_consistency"),
+    ("no-verdict rate", "no_verdict_rate"),
+    ("pairs scored", "n"),
+]
+
+
+def metric_value(metrics: dict[str, Any] | None, key: str) -> str:
+    """One figure of an evaluation report, formatted for a table ("-" when absent)."""
+    metrics = metrics or {}
+    if key == "ci":
+        low, high = metrics.get("ci_low"), metrics.get("ci_high")
+        return "-" if low is None or high is None else f"[{low:.3f}, {high:.3f}]"
+    value = metrics.get(key)
+    if isinstance(value, dict):  # position consistency
+        value = value.get("rate")
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "-" if value is None else str(value)
+
+
+def metric_rows(
+    *reports: dict[str, Any] | None, names: tuple[str, ...] = ("before", "after")
+) -> list[dict[str, str]]:
+    """Evaluation reports side by side: one row per figure, one column per report."""
+    return [
+        {"figure": title, **{n: metric_value(r, key) for n, r in zip(names, reports, strict=True)}}
+        for title, key in METRIC_FIGURES
+    ]

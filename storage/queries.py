@@ -15,7 +15,16 @@ from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.models import Dataset, JudgeVersion, Judgment, Label, LabelEvent, Pair, utcnow
+from storage.models import (
+    Dataset,
+    JudgeVersion,
+    Judgment,
+    Label,
+    LabelEvent,
+    Pair,
+    TrainingRun,
+    utcnow,
+)
 
 VERDICTS = frozenset({"A", "B", "tie", "both_bad", "skip"})
 # A judgment that failed (timeout, refused connection) does not count as judged: retry it.
@@ -672,6 +681,116 @@ def stats(s: Session) -> dict[str, Any]:
     }
 
 
+# --- training runs (issue 5) -----------------------------------------------------------------
+
+RUN_STATUSES = frozenset({"queued", "running", "done", "failed", "cancelled"})
+UNFINISHED_RUN_STATUSES = ("queued", "running")
+RUN_FIELDS = frozenset(
+    {"status", "progress", "metrics_before", "metrics_after", "error", "pid", "log_path"}
+    | {"label_snapshot", "config", "finished_at"}
+)
+
+
+def create_training_run(
+    s: Session,
+    method: str,
+    config: dict[str, Any],
+    base_version_id: int | None,
+    label_snapshot: dict[str, Any] | None = None,
+    status: str = "queued",
+) -> int:
+    """Record a new training run; its id."""
+    _check_run_status(status)
+    run = TrainingRun(
+        method=method,
+        config=config,
+        base_version_id=base_version_id,
+        label_snapshot=label_snapshot,
+        status=status,
+    )
+    s.add(run)
+    s.flush()
+    return run.id
+
+
+def update_training_run(
+    s: Session, run_id: int, *, only_if_status: tuple[str, ...] | None = None, **values: Any
+) -> bool:
+    """Set some of a run's columns (RUN_FIELDS); False when `only_if_status` did not match.
+
+    `only_if_status` makes the update conditional in one statement, so a cancel and a finish
+    racing each other cannot both win.
+    """
+    unknown = set(values) - RUN_FIELDS
+    if unknown:
+        raise ValueError(f"training_run has no updatable field {sorted(unknown)}")
+    if "status" in values:
+        _check_run_status(values["status"])
+    stmt = update(TrainingRun).where(TrainingRun.id == run_id).values(**values)
+    if only_if_status is not None:
+        stmt = stmt.where(TrainingRun.status.in_(only_if_status))
+    changed = s.execute(stmt).rowcount
+    if not changed and s.get(TrainingRun, run_id) is None:
+        raise NotFoundError(f"training run {run_id} not found")
+    s.expire_all()
+    return bool(changed)
+
+
+def _check_run_status(status: str) -> None:
+    if status not in RUN_STATUSES:
+        raise ValueError(f"training run status {status!r} is not one of {sorted(RUN_STATUSES)}")
+
+
+def _training_run_stmt() -> Select:
+    return select(*TrainingRun.__table__.columns)
+
+
+def get_training_run(s: Session, run_id: int) -> dict[str, Any]:
+    """One training run as a dict; NotFoundError when there is none."""
+    rows = _dicts(s.execute(_training_run_stmt().where(TrainingRun.id == run_id)))
+    if not rows:
+        raise NotFoundError(f"training run {run_id} not found")
+    return rows[0]
+
+
+def list_training_runs(s: Session, limit: int | None = None) -> list[dict[str, Any]]:
+    """Training runs, newest first."""
+    stmt = _training_run_stmt().order_by(TrainingRun.id.desc())
+    return _dicts(s.execute(stmt if limit is None else stmt.limit(limit)))
+
+
+def running_training_run(s: Session) -> dict[str, Any] | None:
+    """The newest run still queued or running (by its row; the caller checks its process)."""
+    stmt = _training_run_stmt().where(TrainingRun.status.in_(UNFINISHED_RUN_STATUSES))
+    rows = _dicts(s.execute(stmt.order_by(TrainingRun.id.desc()).limit(1)))
+    return rows[0] if rows else None
+
+
+def version_judgments(
+    s: Session, pair_ids: list[int], judge_version_id: int | None
+) -> dict[int, list[dict[str, Any]]]:
+    """The judgments (with raw text) of one judge version for these pairs, by pair, oldest first."""
+    columns = (
+        Judgment.id,
+        Judgment.pair_id,
+        Judgment.verdict,
+        Judgment.raw_text,
+        Judgment.swapped,
+        Judgment.protocol,
+        Judgment.status,
+    )
+    found: dict[int, list[dict[str, Any]]] = {}
+    ordered = sorted(set(pair_ids))
+    for start in range(0, len(ordered), ID_CHUNK):
+        chunk = ordered[start : start + ID_CHUNK]
+        stmt = select(*columns).where(Judgment.pair_id.in_(chunk)).order_by(Judgment.id)
+        if judge_version_id is not None:
+            stmt = stmt.where(Judgment.judge_version_id == judge_version_id)
+        for row in s.execute(stmt):
+            found.setdefault(row.pair_id, []).append(dict(row._mapping))
+    return found
+
+
 __all__ = [
     "VERDICTS",
     "DatasetInfo",
@@ -680,6 +799,12 @@ __all__ = [
     "PairView",
     "QueueCounts",
     "add_judgments",
+    "create_training_run",
+    "get_training_run",
+    "list_training_runs",
+    "running_training_run",
+    "update_training_run",
+    "version_judgments",
     "active_judge_version",
     "current_labels",
     "dataset_id",

@@ -1,18 +1,184 @@
-"""The Retrain tab (placeholder until the retraining helper fills in start, watch, activate)."""
+"""The Retrain tab: start a run on the labels, watch it, compare before/after, activate."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import gradio as gr
+import pandas as pd
+
+from webui.common import explain
+from webui.render import safe_text
+
+METHODS = ["dpo", "sft", "dpo+sft"]
+POLL_S = 2.0
+VERSION_COLUMNS = ["id", "name", "active", "parent", "run", "accuracy", "kappa", "adapter"]
+LOSS_COLUMNS = ["step", "loss"]
+PHASES = {
+    "starting": "Starting",
+    "evaluating_before": "Judging the held-out pairs with the current judge",
+    "sampling": "Sampling more judgments for pairs with no agreeing one",
+    "training": "Training",
+    "evaluating_after": "Judging the held-out pairs with the new judge",
+    "done": "Finished",
+}
+
+
+def progress_text(run: dict[str, Any] | None) -> str:
+    """One paragraph on a run: status, phase, step / loss / time left, or why it failed."""
+    if run is None:
+        return "No training run yet."
+    p = run.get("progress") or {}
+    head = f"Run {run['id']} ({run['method']}): {run['status']}"
+    if run["status"] in ("failed", "cancelled"):
+        return f"{head}. {run['error'] or ''}".strip()
+    if run["status"] == "done":
+        return f"{head}. A new judge version is registered; activate it below to judge with it."
+    parts = [head, PHASES.get(p.get("phase"), p.get("phase") or "waiting for the worker")]
+    if p.get("phase") == "training" and p.get("max_steps"):
+        parts.append(f"step {p.get('step', 0)} of {p['max_steps']}")
+        if p.get("loss") is not None:
+            parts.append(f"loss {p['loss']:.4f}")
+        if p.get("eta_s") is not None:
+            parts.append(f"about {p['eta_s']:.0f} s left")
+    elif p.get("total") and str(p.get("phase")).startswith("evaluating"):
+        parts.append(f"{p.get('done', 0)} of {p['total']} pairs")
+    return " · ".join(parts)
+
+
+def loss_frame(run: dict[str, Any] | None) -> pd.DataFrame:
+    losses = ((run or {}).get("progress") or {}).get("losses") or []
+    return pd.DataFrame(losses, columns=LOSS_COLUMNS)
+
+
+def metrics_frame(run: dict[str, Any] | None) -> pd.DataFrame:
+    from services import metric_rows
+
+    run = run or {}
+    return pd.DataFrame(metric_rows(run.get("metrics_before"), run.get("metrics_after")))
+
+
+def versions_frame(versions: list[dict[str, Any]]) -> pd.DataFrame:
+    from services import metric_value
+
+    rows = [
+        [
+            v["id"],
+            v["name"],
+            "yes" if v["is_active"] else "",
+            v["parent_id"] or "",
+            v["training_run_id"] or "",
+            metric_value(v["metrics"], "accuracy"),
+            metric_value(v["metrics"], "kappa"),
+            v["adapter_path"] or "",
+        ]
+        for v in versions
+    ]
+    return pd.DataFrame(rows, columns=VERSION_COLUMNS)
+
+
+class RetrainHandlers:
+    """Each handler is one services call and a rendering; errors come back as a message."""
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    def start(self, method: str, epochs: float, rank: float, lr: float, share: float) -> str:
+        from judges.train import TrainConfig
+
+        try:
+            config = TrainConfig(
+                method=method,
+                epochs=float(epochs),
+                lora_rank=int(rank),
+                learning_rate=float(lr),
+                heldout_share=float(share),
+            )
+            run_id = self.services.start_training_run(config)
+        except Exception as exc:
+            return _box("error", f"Not started: {explain(exc)}")
+        return _box("ok", f"Run {run_id} started.")
+
+    def cancel(self) -> str:
+        run = self._latest()
+        if run is None or run["status"] not in ("queued", "running"):
+            return _box("ok", "Nothing is running.")
+        try:
+            run = self.services.cancel_training_run(run["id"])
+        except Exception as exc:
+            return _box("error", f"Not cancelled: {explain(exc)}")
+        return _box("ok", f"Run {run['id']} {run['status']}.")
+
+    def poll(self) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        run = self._latest()
+        return (
+            _box("ok", progress_text(run)),
+            loss_frame(run),
+            metrics_frame(run),
+            versions_frame(self.services.versions()),
+        )
+
+    def activate(self, version_id: float | None) -> tuple[str, pd.DataFrame]:
+        if not version_id:
+            return _box("error", "Give the id of the version to activate."), self._versions()
+        return self._switch(lambda: self.services.activate_version(int(version_id)))
+
+    def rollback(self) -> tuple[str, pd.DataFrame]:
+        return self._switch(self.services.rollback_version)
+
+    def _switch(self, action) -> tuple[str, pd.DataFrame]:
+        try:
+            active = action()
+        except Exception as exc:
+            return _box("error", f"Not changed: {explain(exc)}"), self._versions()
+        message = f"Active judge: {active['name']}. The Label tab judges with it from now on."
+        return _box("ok", message), self._versions()
+
+    def _latest(self) -> dict[str, Any] | None:
+        runs = self.services.training_runs(limit=1)
+        return runs[0] if runs else None
+
+    def _versions(self) -> pd.DataFrame:
+        return versions_frame(self.services.versions())
+
+
+def _box(kind: str, text: str) -> str:
+    return f'<div class="grm-msg grm-msg-{kind}">{safe_text(text)}</div>'
 
 
 def build_retrain_tab(services: Any) -> gr.Tab:
-    """A note until the retraining job's tab lands (issue 5)."""
+    """Settings and Start / Cancel; progress, loss curve and before/after; versions."""
+    h = RetrainHandlers(services)
     with gr.Tab("Retrain", id="retrain", elem_id="grm-tab-retrain") as tab:
         gr.Markdown(
-            "Retraining the judge on your corrections is coming here: start a run, watch its "
-            "progress, compare the new judge with the current one and activate it. "
-            "Until then use `grm train`."
+            "Train a LoRA adapter on your labels, measured on held-out labeled pairs before and "
+            "after. The new judge is registered but not used until you activate it."
         )
+        with gr.Row():
+            method = gr.Dropdown(METHODS, value="dpo", label="Method")
+            epochs = gr.Number(value=1.0, label="Epochs", minimum=0.1)
+            rank = gr.Number(value=8, label="LoRA rank", precision=0, minimum=1)
+            lr = gr.Number(value=1e-4, label="Learning rate")
+            share = gr.Slider(0.05, 0.5, value=0.2, step=0.05, label="Held-out share")
+        with gr.Row():
+            start = gr.Button("Start training", variant="primary", elem_id="grm-retrain-start")
+            cancel = gr.Button("Cancel", variant="stop", elem_id="grm-retrain-cancel")
+        message = gr.HTML(elem_id="grm-retrain-message")
+        status = gr.HTML(elem_id="grm-retrain-status")
+        with gr.Row():
+            loss = gr.LinePlot(loss_frame(None), x="step", y="loss", title="Training loss")
+            metrics = gr.Dataframe(metrics_frame(None), label="Held-out figures", interactive=False)
+        versions = gr.Dataframe(versions_frame([]), label="Judge versions", interactive=False)
+        with gr.Row():
+            version_id = gr.Number(value=None, label="Version id", precision=0)
+            activate = gr.Button("Activate", elem_id="grm-retrain-activate")
+            rollback = gr.Button("Roll back to parent", elem_id="grm-retrain-rollback")
+        timer = gr.Timer(POLL_S)
+    outputs = [status, loss, metrics, versions]
+    start.click(h.start, [method, epochs, rank, lr, share], [message], api_name="start_training")
+    cancel.click(h.cancel, None, [message], api_name="cancel_training")
+    activate.click(h.activate, [version_id], [message, versions], api_name="activate_version")
+    rollback.click(h.rollback, None, [message, versions], api_name="rollback_version")
+    timer.tick(h.poll, None, outputs, api_visibility="private", show_progress="hidden")
+    tab.select(h.poll, None, outputs, api_visibility="private")
     return tab

@@ -1,0 +1,278 @@
+"""The retraining workflow through services: refusals, the worker process, versions, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import cli
+from judges.judge import JudgeOptions
+from judges.train import TrainConfig, TrainingRefused
+from services import ENDED_MESSAGE, Services
+from storage import queries
+from storage.models import Pair
+
+WAIT_S = 300  # generous: the worker loads torch and the model on a shared 2-core machine
+
+
+@pytest.fixture
+def services(settings) -> Services:
+    return Services.open(settings)
+
+
+def add_labeled_pairs(services: Services, labels: list[str]) -> list[int]:
+    """Pairs labeled with `labels` (one each), in a dataset called "retrain"."""
+    with services.sessions.begin() as s:
+        dataset_id = queries.get_or_create_dataset(s, "retrain")
+        pairs = [
+            Pair(
+                dataset_id=dataset_id,
+                external_id=f"r{i}",
+                prompt=f"What is {i} plus {i}?",
+                response_a=f"{i} plus {i} is {2 * i}.",
+                response_b=f"{i} plus {i} is {2 * i + 1}.",
+                category="math",
+                content_hash=uuid.uuid4().hex,
+            )
+            for i in range(len(labels))
+        ]
+        s.add_all(pairs)
+        s.flush()
+        ids = [p.id for p in pairs]
+    for pair_id, label in zip(ids, labels, strict=True):
+        services.save_label(pair_id, "ann", label)
+    return ids
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    values = {
+        "method": "sft",
+        "max_steps": 2,
+        "batch_size": 2,
+        "min_labels": 4,
+        "heldout_share": 0.3,
+        "rft_samples": 0,
+        "max_prompt_tokens": 320,
+        "max_target_tokens": 16,
+        "lora_rank": 4,
+    }
+    return TrainConfig(**{**values, **overrides})
+
+
+def short_judging(services: Services) -> None:
+    services.judge.options = JudgeOptions(max_new_tokens=8, logprobs=False)
+
+
+def wait_for(services: Services, run_id: int, done, timeout_s: float = WAIT_S) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = services.training_run(run_id)
+        if done(run):
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} did not get there in {timeout_s} s: {run}")
+
+
+def ended(run: dict) -> bool:
+    return run["status"] not in ("queued", "running")
+
+
+def runs_count(services: Services) -> int:
+    return len(services.training_runs())
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_too_few_labels_is_refused_and_nothing_stored(services):
+    add_labeled_pairs(services, ["A", "B", "A"])
+    with pytest.raises(TrainingRefused, match="only 3 usable labels"):
+        services.start_training_run(tiny_config())
+    assert runs_count(services) == 0
+    assert not services.runs_dir().exists()
+
+
+def test_one_class_is_refused(services):
+    add_labeled_pairs(services, ["A"] * 6)
+    with pytest.raises(TrainingRefused, match="every usable label is 'A'"):
+        services.start_training_run(tiny_config())
+    assert runs_count(services) == 0
+
+
+def test_bad_config_is_refused(services):
+    add_labeled_pairs(services, ["A", "B"] * 3)
+    with pytest.raises(TrainingRefused, match="method must be one of"):
+        services.start_training_run(tiny_config(method="ppo"))
+
+
+def test_training_records_take_the_newest_label_and_the_versions_judgments(services):
+    pair_ids = add_labeled_pairs(services, ["A", "B"])
+    services.save_label(pair_ids[0], "other", "B")  # a second annotator, later
+    version_id = services.judge_version_id()
+    with services.sessions.begin() as s:
+        common = {
+            "pair_id": pair_ids[1],
+            "judge_version_id": version_id,
+            "prompt_version": "v1",
+            "status": "complete",
+        }
+        queries.add_judgments(
+            s,
+            [
+                {**common, "protocol": "pairwise", "verdict": "B", "raw_text": "Verdict: [[B]]"},
+                {**common, "protocol": "pointwise", "verdict": "A", "raw_text": "x"},
+            ],
+        )
+        from services import training_records
+
+        records = {r["pair_id"]: r for r in training_records(s, version_id, "pairwise")}
+    assert records[pair_ids[0]]["label"] == "B"
+    assert records[pair_ids[0]]["judgments"] == []
+    judgments = records[pair_ids[1]]["judgments"]
+    assert [(j["verdict"], j["raw_text"]) for j in judgments] == [("B", "Verdict: [[B]]")]
+
+
+# ---------------------------------------------------------------- the worker process
+
+
+def test_a_second_run_is_refused_and_a_killed_run_is_failed(services):
+    add_labeled_pairs(services, ["A", "B"] * 3)
+    active_before = services.judge_version_id()
+    run_id = services.start_training_run(tiny_config())
+    with pytest.raises(TrainingRefused, match=f"run {run_id} is already"):
+        services.start_training_run(tiny_config())
+    run = wait_for(services, run_id, lambda r: r["status"] == "running" or ended(r))
+    assert run["status"] == "running", run
+    assert Path(run["log_path"]).parent.joinpath("records.json").is_file()
+    assert len(run["label_snapshot"]["label_ids"]) == 6
+
+    os.kill(run["pid"], signal.SIGKILL)
+    run = wait_for(services, run_id, ended, timeout_s=30)
+    assert (run["status"], run["error"]) == ("failed", ENDED_MESSAGE)
+    assert services.judge_version_id() == active_before
+    assert [v["id"] for v in services.versions()] == [active_before]
+
+    second = services.start_training_run(tiny_config())  # the dead run no longer blocks
+    cancelled = services.cancel_training_run(second)
+    assert cancelled["status"] == "cancelled"
+    assert [v["id"] for v in services.versions()] == [active_before]
+
+
+@pytest.mark.slow
+def test_a_short_run_registers_an_inactive_version_that_can_be_activated(services):
+    add_labeled_pairs(services, ["A", "B"] * 4)
+    short_judging(services)
+    base_id = services.judge_version_id()
+    run_id = services.start_training_run(tiny_config())
+    run = wait_for(services, run_id, ended)
+    log_text = Path(run["log_path"]).read_text()
+    assert run["status"] == "done", f"{run['error']}\n{log_text[-3000:]}"
+    assert run["finished_at"] is not None
+    assert run["progress"]["phase"] == "done"
+    assert [p["step"] for p in run["progress"]["losses"]] == [1, 2]
+    for figures in (run["metrics_before"], run["metrics_after"]):
+        assert figures["n"] + figures["excluded"] == len(run["label_snapshot"]["split"]["heldout"])
+
+    new = [v for v in services.versions() if v["training_run_id"] == run_id]
+    assert len(new) == 1 and not new[0]["is_active"]
+    assert new[0]["parent_id"] == base_id
+    assert "accuracy" in new[0]["metrics"] and new[0]["metrics"]["training"]["steps"] == 2
+    assert Path(new[0]["adapter_path"], "adapter_model.safetensors").is_file()
+    assert services.judge_version_id() == base_id
+
+    services.activate_version(new[0]["id"])
+    assert Path(services.backend().adapter_path) == Path(new[0]["adapter_path"])
+    services.rollback_version()
+    assert services.judge_version_id() == base_id
+    assert services.backend().adapter_path is None
+    services.reload_judge()
+
+
+# ---------------------------------------------------------------- versions on the command line
+
+
+def test_cli_versions_and_activate(services, settings, capsys):
+    base_id = services.judge_version_id()
+    with services.sessions.begin() as s:
+        child = queries.ensure_judge_version(
+            s,
+            name="run1-sft",
+            base_model="m",
+            backend="transformers",
+            adapter_path="/nowhere",
+            parent_id=base_id,
+            metrics={"accuracy": 0.75},
+        )
+    assert cli.main(["versions"]) == 0
+    out = capsys.readouterr().out
+    assert "run1-sft" in out and "0.750" in out
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ["*", "run1-sft"]
+
+    assert cli.main(["activate", str(child)]) == 0
+    assert f"active judge version: {child} run1-sft" in capsys.readouterr().out
+    assert services.judge_version_id() == child
+    assert cli.main(["activate", "parent"]) == 0
+    assert services.judge_version_id() == base_id
+    assert cli.main(["activate", "parent"]) == 2
+    assert "no parent to roll back to" in capsys.readouterr().err
+    assert cli.main(["activate", "999"]) == 2
+
+
+# ---------------------------------------------------------------- the Retrain tab's handlers
+
+
+def test_retrain_tab_handlers_render_runs_and_versions(services):
+    from webui.retrain_tab import RetrainHandlers, progress_text
+
+    running = {
+        "id": 3,
+        "method": "dpo",
+        "status": "running",
+        "error": None,
+        "progress": {"phase": "training", "step": 3, "max_steps": 10, "loss": 0.5, "eta_s": 42},
+    }
+    assert progress_text(running) == (
+        "Run 3 (dpo): running · Training · step 3 of 10 · loss 0.5000 · about 42 s left"
+    )
+    failed = {**running, "status": "failed", "error": ENDED_MESSAGE}
+    assert progress_text(failed) == f"Run 3 (dpo): failed. {ENDED_MESSAGE}"
+
+    h = RetrainHandlers(services)
+    status, losses, metrics, versions = h.poll()
+    assert "No training run yet" in status and losses.empty
+    assert list(metrics["figure"])[0] == "accuracy"
+    assert "Nothing is running" in h.cancel()
+    assert "Not started: only 0 usable labels" in h.start("sft", 1, 8, 1e-4, 0.2)
+    message, versions = h.rollback()
+    assert "no parent to roll back to" in message and list(versions["active"]) == ["yes"]
+
+
+def test_cli_evaluate_prints_the_active_versions_figures(services, monkeypatch, capsys):
+    from fakes import FakeBackend
+
+    add_labeled_pairs(services, ["A", "A", "B", "B"])
+    services.judge.options = JudgeOptions(logprobs=False)
+    services.use_backend(FakeBackend(script=lambda messages: "Verdict: [[A]]"))
+    monkeypatch.setattr(cli, "_services", lambda: services)
+    assert cli.main(["evaluate", "--dataset", "retrain"]) == 0
+    out = capsys.readouterr().out
+    assert "on retrain" in out
+    lines = {line[:24].strip(): line[24:].split() for line in out.splitlines()}
+    assert lines["accuracy"] == ["0.500"] and lines["pairs scored"] == ["4"]
+
+
+def test_cli_train_refusal_and_progress_line(services, capsys):
+    add_labeled_pairs(services, ["A", "B", "A"])
+    assert cli.main(["train", "--method", "sft", "--max-steps", "2", "--min-labels", "4"]) == 2
+    assert "training refused: only 3 usable labels" in capsys.readouterr().err
+    run = {"id": 1, "status": "running", "progress": {"phase": "training", "step": 2,
+           "max_steps": 8, "loss": 1.25, "eta_s": 30.4}}  # fmt: skip
+    assert cli.progress_line(run) == "run 1 running  training  step 2/8  loss 1.2500  30 s left"
+    judging = {"id": 1, "status": "running", "progress": {"phase": "evaluating_before",
+               "done": 1, "total": 3}}  # fmt: skip
+    assert cli.progress_line(judging) == "run 1 running  evaluating_before  1/3 pairs"
