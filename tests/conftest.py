@@ -104,6 +104,11 @@ def llmbar_dir() -> Path:
 
 # -- judge backends (appended by the backends helper) --------------------------------------
 
+# Before any test module imports torch: OpenMP threads sleep instead of spinning while they
+# wait. On the shared CPU, spinning made generation several times slower (see the docstring
+# of judges/backends/transformers_backend.py, which sets the same default for the app).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:

@@ -16,7 +16,7 @@ from judges.backends.base import BackendError
 from services import JudgeRunReport
 from webui.batch_tab import BatchHandlers
 from webui.judge_tab import JudgeHandlers
-from webui.label_tab import SCREEN_OUTPUTS, LabelHandlers
+from webui.label_handlers import SCREEN_OUTPUTS, LabelHandlers
 
 
 class FailingJudge:

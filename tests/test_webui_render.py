@@ -200,3 +200,35 @@ def _row(
         "score_a": None,
         "score_b": None,
     }
+
+
+def test_live_swap_stream_shows_each_sample_then_the_vote() -> None:
+    from judges.judge import StreamUpdate
+    from judges.types import AggregateJudgment, Judgment, Status, Verdict
+    from webui.judge_view import apply_update
+
+    def sample(swapped: bool) -> Judgment:
+        return Judgment(
+            protocol="pairwise", prompt_version="pairwise-v1", verdict=Verdict.A,
+            status=Status.COMPLETE, verdict_probability=0.8, verdict_source="text",
+            swapped=swapped,
+        )  # fmt: skip
+
+    def update(swapped: bool, **end) -> StreamUpdate:
+        return StreamUpdate(None, "Be exact.", "A is exact.", "[[A]]", 0, swapped, 2, **end)
+
+    view = JudgeDisplay(running=True)
+    apply_update(view, update(False))
+    assert "sample 1 of 2" in view.badge() and view.samples == []
+    apply_update(view, update(False, judgment=sample(False)))
+    apply_update(view, update(True))
+    assert "its &quot;A&quot; is response B" in view.badge()
+    final = AggregateJudgment(
+        Verdict.A, [sample(False), sample(True)], {"A": 2}, position_consistent=True
+    )
+    apply_update(view, update(True, judgment=sample(True), aggregate=final))
+    badge = view.badge()
+    assert 'data-verdict="A"' in badge and "vote of 2: A 2" in badge
+    assert "same in both orders" in badge
+    rows = view.samples_html()
+    assert rows.count("<tr>") == 3 and "swapped" in rows and "original" in rows
