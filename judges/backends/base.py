@@ -81,7 +81,7 @@ class Backend(ABC):
         """
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Free the model; the default holds nothing."""
 
     def _collect(self, messages: Messages, options: GenerationOptions) -> Generation:
