@@ -43,6 +43,8 @@ class SpeedConfig:
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     full_dtypes: tuple[str, ...] = ("float32",)  # dtypes that also get the throughput runs
     model_dir: str | None = None
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    output: str = str(RESULTS)
 
 
 def judge_messages(count: int) -> list[Messages]:
@@ -153,6 +155,8 @@ def main(config: SpeedConfig) -> dict:
     from judges.backends import transformers_backend
 
     torch = transformers_backend.torch
+    if config.threads:
+        torch.set_num_threads(config.threads)
 
     model_dir = Path(config.model_dir or ensure_embedded_model(load_settings().model_cache))
     runs = [bench_dtype(model_dir, dtype, config) for dtype in config.dtypes]
@@ -170,8 +174,9 @@ def main(config: SpeedConfig) -> dict:
         "config": asdict(config),
         "runs": runs,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    output = Path(config.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
     print_report(report)
     return report
 
@@ -192,7 +197,7 @@ def print_report(report: dict) -> None:
                 f"({bat['tokens_per_s']} tok/s)  ratio {run['batched_over_sequential']}x  "
                 f"same texts: {run['same_texts_batched_and_sequential']}"
             )
-    print(f"saved {RESULTS}")
+    print(f"saved {report['config']['output']}")
 
 
 def parse_args(argv: list[str] | None = None) -> SpeedConfig:
@@ -209,6 +214,8 @@ def parse_args(argv: list[str] | None = None) -> SpeedConfig:
         help="dtypes that also get the sequential vs batched throughput runs",
     )
     parser.add_argument("--model-dir", default=None, help="default: the embedded model")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     return SpeedConfig(
         pairs=args.pairs,
@@ -219,6 +226,8 @@ def parse_args(argv: list[str] | None = None) -> SpeedConfig:
         dtypes=tuple(args.dtypes.split(",")),
         full_dtypes=tuple(args.full_dtypes.split(",")),
         model_dir=args.model_dir,
+        threads=args.threads,
+        output=args.output,
     )
 
 
