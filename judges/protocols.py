@@ -23,6 +23,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from judges.backends.base import Backend, Generation, Messages, TokenLogprob
 from judges.parsing import PAIRWISE as PAIRWISE_GRAMMAR
@@ -202,6 +203,17 @@ class Protocol(ABC):
             pair_id=pair.pair_id,
         )
 
+    def _parsed(
+        self, pair: PairInput, generations: Sequence[Generation], **meta: Any
+    ) -> tuple[ParseState, Judgment]:
+        """Parse a one-call protocol's text into the sections and status of a new judgment."""
+        (generation,) = generations
+        state = self.parse(generation)
+        judgment = self._base(pair, generations, **meta)
+        judgment.principles, judgment.critique = state.principles, state.critique
+        judgment.status = state.status or Status.NO_VERDICT
+        return state, judgment
+
 
 def _result(results: Sequence[ProbeResult], index: int) -> ProbeResult:
     return results[index] if index < len(results) else None
@@ -246,17 +258,14 @@ class PairwiseProtocol(Protocol):
         judge_version: str = "",
         latency_s: float = 0.0,
     ) -> Judgment:
-        (generation,) = generations
-        state = self.parse(generation)
-        judgment = self._base(
+        state, judgment = self._parsed(
             pair,
             generations,
             sample_index=sample_index,
             judge_version=judge_version,
             latency_s=latency_s,
         )
-        judgment.principles, judgment.critique = state.principles, state.critique
-        judgment.status = state.status or Status.NO_VERDICT
+        (generation,) = generations
         wanted = self.probes(pair, generations)
         result = _result(probe_results, 0) if wanted else None
         if state.verdict is not Verdict.NONE:
@@ -326,17 +335,13 @@ class PointwiseProtocol(Protocol):
         judge_version: str = "",
         latency_s: float = 0.0,
     ) -> Judgment:
-        (generation,) = generations
-        state = self.parse(generation)
-        judgment = self._base(
+        state, judgment = self._parsed(
             pair,
             generations,
             sample_index=sample_index,
             judge_version=judge_version,
             latency_s=latency_s,
         )
-        judgment.principles, judgment.critique = state.principles, state.critique
-        judgment.status = state.status or Status.NO_VERDICT
         if state.scores is not None:
             judgment.scores = (float(state.scores[0]), float(state.scores[1]))
             judgment.verdict, judgment.verdict_source = state.verdict, "scores"
