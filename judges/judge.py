@@ -12,12 +12,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from judges.backends.base import Backend, BackendError, Generation, GenerationOptions, Messages
+from judges.backends.base import (
+    Backend,
+    BackendError,
+    Generation,
+    GenerationOptions,
+    Messages,
+    TokenLogprob,
+)
 from judges.parsing import ParseState
 from judges.prompts import get_prompt
 from judges.protocols import PROBE_TOP_K, Probe, ProbeResult, Protocol, get_protocol
@@ -114,6 +121,7 @@ def stream_judgment(
     """Judge one pair sample by sample, yielding an update for every piece of text."""
     protocol = get_protocol(options.protocol, options.prompt_version)
     plan = options.plan()
+    prefill = _prefill(protocol, backend)
     judgments: list[Judgment] = []
     for position, (sample_index, swapped) in enumerate(plan):
         shown = pair.swapped() if swapped else pair
@@ -123,9 +131,10 @@ def stream_judgment(
         generations: list[Generation] = []
         for messages in protocol.conversations(shown):
             parser = protocol.parser()
-            for item in _stream_safely(backend, messages, gen_options):
+            parser.feed(prefill)
+            for item in _stream_safely(backend, _started(messages, prefill), gen_options):
                 if isinstance(item, Generation):
-                    generations.append(item)
+                    generations.append(_with_prefill(item, prefill))
                     break
                 shown_state = protocol.display([*states, parser.feed(item)])
                 yield _update(shown_state, sample_index, swapped, len(plan))
@@ -143,6 +152,13 @@ def stream_judgment(
             judgment=judgment,
             aggregate=aggregate(judgments) if last else None,
         )
+
+
+def warm_judgment(backend: Backend, pair: PairInput, options: JudgeOptions) -> bool:
+    """Let the backend read the first prompt a judgment of `pair` will send, before the click."""
+    protocol = get_protocol(options.protocol, options.prompt_version)
+    first = protocol.conversations(pair)[0]
+    return backend.warm(_started(first, _prefill(protocol, backend)))
 
 
 def judge_pairs(
@@ -208,6 +224,27 @@ def _update(
         sample_count=count,
         **done,
     )
+
+
+def _prefill(protocol: Protocol, backend: Backend) -> str:
+    """The start of the answer the judge continues from, where the backend can continue one."""
+    return protocol.template.answer_prefix if backend.supports_prefill else ""
+
+
+def _started(messages: Messages, prefill: str) -> Messages:
+    """The conversation with the judge's answer already begun (a final assistant message)."""
+    return [*messages, {"role": "assistant", "content": prefill}] if prefill else messages
+
+
+def _with_prefill(generation: Generation, prefill: str) -> Generation:
+    """The judge's whole answer: the prefill, then what it wrote (also as a first token, so
+    text offsets and token log-probabilities still line up)."""
+    if not prefill:
+        return generation
+    tokens = generation.token_logprobs
+    if tokens is not None:
+        tokens = [TokenLogprob(prefill, 0.0), *tokens]
+    return replace(generation, text=prefill + generation.text, token_logprobs=tokens)
 
 
 def _stream_safely(
@@ -319,9 +356,10 @@ def _run_block(
         for index, swapped in options.plan()
     ]
     size = max(1, backend.max_batch_size)
+    prefill = _prefill(protocol, backend)
     for sample_index in range(options.k):
         requests = [
-            (sample, messages)
+            (sample, _started(messages, prefill))
             for sample in samples
             if sample.sample_index == sample_index
             for messages in protocol.conversations(sample.pair)
@@ -338,7 +376,7 @@ def _run_block(
             )
             share = (time.perf_counter() - started) / len(chunk)
             for (sample, _), generation in zip(chunk, generations, strict=True):
-                sample.generations.append(generation)
+                sample.generations.append(_with_prefill(generation, prefill))
                 sample.latency_s += share
     return samples
 

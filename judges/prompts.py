@@ -9,7 +9,7 @@ it follows descriptions of them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 Messages = list[dict[str, str]]
@@ -64,6 +64,8 @@ class PromptTemplate:
     Placeholders: {prompt}, {reference_block}, and {response_a} {response_b} (two-response
     protocols) or {response} (one response). Literal braces in the template are doubled.
     Every text is cut to its stated character budget before it is inserted.
+    `answer_prefix` starts the judge's answer for it, where the backend can continue an
+    assistant turn: a small judge then writes its sections in order from the first token.
     """
 
     name: str  # the protocol it serves: "pairwise" | "pointwise" | "verifier"
@@ -73,6 +75,7 @@ class PromptTemplate:
     max_prompt_chars: int = 1500
     max_response_chars: int = 1200
     max_reference_chars: int = 800
+    answer_prefix: str = ""
 
     def render(self, prompt: str, reference: str | None = None, **responses: str) -> Messages:
         """The chat messages for one judge call; responses by placeholder name (response_a=...)."""
@@ -168,12 +171,22 @@ Verification: The question asks for the capital of France. The response says Par
 Is the answer correct (Yes/No)? Yes""",
 )
 
+# v2: the same words, with the answer started at its first header. The embedded 135M judge
+# otherwise skips "Principles:" and writes a bare critique (so the principles panel stayed
+# empty), and rarely reached a stated verdict.
+PAIRWISE_V2 = replace(PAIRWISE_V1, version="pairwise-v2", answer_prefix="Principles:")
+POINTWISE_V2 = replace(POINTWISE_V1, version="pointwise-v2", answer_prefix="Specific Criteria:")
+VERIFIER_V2 = replace(VERIFIER_V1, version="verifier-v2", answer_prefix="Verification:")
+
 # Registered by version; `get_prompt(protocol)` returns the latest version of that protocol.
 PROMPTS: Mapping[str, PromptTemplate] = MappingProxyType(
-    {t.version: t for t in (PAIRWISE_V1, POINTWISE_V1, VERIFIER_V1)}
+    {
+        t.version: t
+        for t in (PAIRWISE_V1, POINTWISE_V1, VERIFIER_V1, PAIRWISE_V2, POINTWISE_V2, VERIFIER_V2)
+    }
 )
 LATEST: Mapping[str, str] = MappingProxyType(
-    {"pairwise": "pairwise-v1", "pointwise": "pointwise-v1", "verifier": "verifier-v1"}
+    {"pairwise": "pairwise-v2", "pointwise": "pointwise-v2", "verifier": "verifier-v2"}
 )
 
 

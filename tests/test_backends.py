@@ -477,3 +477,12 @@ def test_vllm_logprob_table_decodes_and_merges_duplicates():
         "error",
         "error",
     ]
+
+
+def test_a_final_assistant_message_is_a_prefill() -> None:
+    from judges.backends.base import split_prefill
+
+    asked = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    assert split_prefill(asked) == (asked, "")
+    started = [*asked, {"role": "assistant", "content": "Principles:"}]
+    assert split_prefill(started) == (asked, "Principles:")

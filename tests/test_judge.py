@@ -59,7 +59,7 @@ def test_stream_goes_principles_then_critique_then_verdict_and_ends_with_the_agg
     assert judgment.raw_text == GOOD and judgment.critique.startswith("Response A is wrong")
     assert (judgment.judge_version, judgment.prompt_version, judgment.pair_id) == (
         "v3",
-        "pairwise-v1",
+        "pairwise-v2",
         1,
     )
     assert judgment.latency_s > 0 and judgment.completion_tokens > 0
@@ -388,3 +388,44 @@ def test_get_protocol_names_the_known_ones() -> None:
     assert get_protocol("verifier").calls_per_sample == 2
     with pytest.raises(ValueError, match="pairwise, pointwise, verifier"):
         get_protocol("listwise")
+
+
+# --- a judge whose answer is started for it ----------------------------------------------------
+
+
+class PrefillBackend(FakeBackend):
+    """A scripted backend that continues a final assistant message, as local models do."""
+
+    supports_prefill = True
+
+
+def test_a_prefilled_answer_is_continued_and_kept_whole() -> None:
+    reply = " Be correct.\nCritique: A is wrong.\nVerdict: [[B]]"
+    backend = PrefillBackend(script=[reply, reply])
+    updates = list(stream_judgment(backend, PAIR, JudgeOptions()))
+    sent = backend.streamed[0][0]
+    assert sent[-1] == {"role": "assistant", "content": "Principles:"}
+    assert updates[0].section is Section.PRINCIPLES and updates[0].principles
+    judgment = updates[-1].judgment
+    assert judgment.raw_text == "Principles:" + reply
+    assert (judgment.principles, judgment.verdict) == ("Be correct.", Verdict.B)
+    (batched,) = judge_pairs(backend, [PAIR], JudgeOptions())
+    assert batched.samples[0].raw_text == judgment.raw_text
+
+
+def test_a_backend_that_cannot_continue_gets_no_prefill() -> None:
+    backend = FakeBackend(script=[GOOD])
+    list(stream_judgment(backend, PAIR, JudgeOptions()))
+    assert backend.streamed[0][0][-1]["role"] == "user"
+
+
+def test_token_probabilities_still_line_up_after_a_prefill() -> None:
+    tokens = [
+        TokenLogprob(" p.\nVerdict: [[", -0.1),
+        TokenLogprob("B", math.log(0.75), {"A": math.log(0.25)}),
+        TokenLogprob("]]", -0.01),
+    ]
+    backend = PrefillBackend(script=[FakeReply(" p.\nVerdict: [[B]]", token_logprobs=tokens)])
+    judgment = list(stream_judgment(backend, PAIR, JudgeOptions()))[-1].judgment
+    assert (judgment.verdict, judgment.verdict_source) == (Verdict.B, "text")
+    assert judgment.verdict_probability == pytest.approx(0.75)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from judges.backends.base import Backend
-from judges.judge import JudgeOptions, judge_pairs, stream_judgment
-from judges.types import PairInput, Status, Verdict
+from judges.judge import JudgeOptions, judge_pairs, stream_judgment, warm_judgment
+from judges.types import PairInput, Section, Status, Verdict
 
 pytestmark = pytest.mark.slow
 
@@ -17,14 +15,9 @@ PAIR = PairInput(
 )
 
 
-@pytest.fixture(scope="module")
-def embedded() -> Iterator[Backend]:
-    from judges.backends import make_backend
-    from settings import load_settings
-
-    backend = make_backend(load_settings(judge_backend="transformers", judge_model=None))
-    yield backend
-    backend.close()
+@pytest.fixture
+def embedded(embedded_backend) -> Backend:
+    return embedded_backend  # the session's one load of the embedded judge
 
 
 def test_streamed_pairwise_judgment_always_ends_with_a_labelled_verdict(embedded) -> None:
@@ -55,3 +48,26 @@ def test_batched_greedy_judgments_match_streamed_ones(embedded) -> None:
         streamed = list(stream_judgment(embedded, pair, options))[-1].aggregate
         assert [s.verdict for s in streamed.samples] == [s.verdict for s in result.samples]
         assert [s.raw_text for s in streamed.samples] == [s.raw_text for s in result.samples]
+
+
+def test_the_real_judge_writes_its_principles_first(embedded) -> None:
+    # The answer is started at "Principles:", so the small judge's first words are principles
+    # (without it, SmolLM2 skipped that header and the principles panel stayed empty).
+    updates = list(stream_judgment(embedded, PAIR, JudgeOptions(max_new_tokens=24)))
+    first_text = next(u for u in updates if u.principles or u.critique or u.verdict_text)
+    assert first_text.section is Section.PRINCIPLES and first_text.principles
+    judgment = updates[-1].judgment
+    assert judgment.raw_text.startswith("Principles:") and judgment.principles
+    assert judgment.prompt_version == "pairwise-v2"
+
+
+def test_a_prompt_read_ahead_gives_the_same_judgment(embedded) -> None:
+    pair = PairInput("Which planet is the largest?", "Jupiter.", "Mars is.", pair_id=9)
+    options = JudgeOptions(max_new_tokens=12)
+    cold = list(stream_judgment(embedded, pair, options))[-1].judgment
+    assert warm_judgment(embedded, pair, options) is True
+    warmed = list(stream_judgment(embedded, pair, options))[-1].judgment
+    again = list(stream_judgment(embedded, pair, options))[-1].judgment  # the cache is reusable
+    assert warmed.raw_text == cold.raw_text == again.raw_text
+    assert warmed.verdict is cold.verdict
+    assert warmed.verdict_probability == pytest.approx(cold.verdict_probability, abs=1e-4)

@@ -164,7 +164,7 @@ def test_templates_render_long_and_brace_holding_inputs() -> None:
     assert "Format {this} as JSON" in user and "[Reference answer]\nref {0}" in user
     assert "characters omitted" in user
     assert len(user) < len(template.user) + template.max_prompt_chars + 2 * 1300 + 900
-    assert get_prompt("pairwise-v1") is template
+    assert get_prompt("pairwise-v2") is template
 
 
 def test_every_template_shows_the_format_its_parser_reads() -> None:

@@ -11,6 +11,17 @@ from pydantic import BaseModel, ConfigDict
 Messages = list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": "..."}]
 
 
+def split_prefill(messages: Messages) -> tuple[Messages, str]:
+    """(the conversation, text the assistant already said): a final assistant message is a prefill.
+
+    A judge whose answer is started for it ("Principles:") continues that text instead of
+    choosing its own first words; backends that can render a prompt do so by appending it.
+    """
+    if messages and messages[-1].get("role") == "assistant":
+        return messages[:-1], messages[-1].get("content", "")
+    return messages, ""
+
+
 class BackendError(RuntimeError):
     """A backend could not produce (all of) an answer; the message says why, for a person."""
 
@@ -53,6 +64,7 @@ class Backend(ABC):
 
     name: str = "base"
     supports_logprobs: bool = False
+    supports_prefill: bool = False  # continues a final assistant message (see split_prefill)
     max_batch_size: int = 1  # how many requests one batched call should carry
 
     @property
@@ -80,6 +92,11 @@ class Backend(ABC):
         Returns None when the backend cannot give them (the caller then reports no probability).
         """
         return None
+
+    def warm(self, messages: Messages) -> bool:
+        """Read a prompt ahead of its judgment, where that makes the first words come sooner;
+        True when it is ready. The default reads nothing."""
+        return False
 
     def close(self) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Free the model; the default holds nothing."""

@@ -14,11 +14,13 @@ compete for the cores. It only works if set before torch is first imported.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +31,7 @@ import torch  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     StoppingCriteria,
     StoppingCriteriaList,
     TextIteratorStreamer,
@@ -46,9 +49,12 @@ from judges.backends.base import (  # noqa: E402
     GenerationOptions,
     Messages,
     TokenLogprob,
+    split_prefill,
 )
 
 log = logging.getLogger(__name__)
+
+WARM_PROMPTS_KEPT = 4  # read-ahead prompts kept (one per person about to judge, ~25 MB each)
 
 
 class TransformersBackend(Backend):
@@ -56,6 +62,7 @@ class TransformersBackend(Backend):
 
     name = "transformers"
     supports_logprobs = True
+    supports_prefill = True
 
     def __init__(
         self,
@@ -75,6 +82,8 @@ class TransformersBackend(Backend):
         self.max_batch_size = max_batch_size
         self.adapter_path = Path(adapter_path) if adapter_path else None
         self._lock = threading.Lock()
+        # Prompts read ahead of a click (see `warm`): token ids -> the model's cache after them.
+        self._warm: OrderedDict[tuple[int, ...], DynamicCache] = OrderedDict()
         if self.adapter_path is not None:  # refuse a bad adapter before spending the model load
             check_base_model(read_adapter_config(self.adapter_path), self.adapter_path, model_path)
         self.tokenizer = _load_tokenizer(self.model_path)
@@ -91,6 +100,7 @@ class TransformersBackend(Backend):
         """Yield text as tokens are generated (generate runs in a thread), then the summary."""
         with self._lock:
             inputs = self._encode([self._prompt(messages)], options.max_new_tokens)
+            inputs.update(self._warm_cache_for(inputs["input_ids"][0]))
             streamer = TextIteratorStreamer(
                 self.tokenizer, skip_prompt=True, skip_special_tokens=True
             )
@@ -163,7 +173,30 @@ class TransformersBackend(Backend):
                 answers.append(self._token_table(row_ids, row_values))
         return answers
 
+    def warm(self, messages: Messages) -> bool:
+        """Read a prompt ahead of the click that will judge it, keeping the model's cache.
+
+        Reading the prompt is most of the wait before a small judge's first word on a CPU;
+        done while the person reads the pair, `stream` then starts at the answer. Never waits
+        behind a running generation: when the model is busy, nothing is read.
+        """
+        ids = self.tokenizer(self._prompt(messages), add_special_tokens=False).input_ids
+        key = tuple(ids[:-1])  # the last token is fed to generate, which needs one new token
+        if key in self._warm or not self._lock.acquire(blocking=False):
+            return key in self._warm
+        try:
+            cache = DynamicCache(config=self.model.config)
+            with torch.inference_mode():
+                self.model(input_ids=torch.tensor([key], device=self.device), past_key_values=cache)
+            self._warm[key] = cache
+            while len(self._warm) > WARM_PROMPTS_KEPT:
+                self._warm.popitem(last=False)
+        finally:
+            self._lock.release()
+        return True
+
     def close(self) -> None:
+        self._warm.clear()
         self.model = None
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -171,9 +204,18 @@ class TransformersBackend(Backend):
     # -- internals -------------------------------------------------------------------------
 
     def _prompt(self, messages: Messages) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
+        # A prefill is appended after the generation prompt, exactly as the probes append theirs.
+        conversation, prefill = split_prefill(messages)
+        prompt = self.tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
         )
+        return prompt + prefill
+
+    def _warm_cache_for(self, ids: torch.Tensor) -> dict[str, DynamicCache]:
+        """generate's `past_key_values` when this prompt was read ahead (a copy: generate
+        extends the cache it is given, and the prompt may be judged again)."""
+        cache = self._warm.get(tuple(ids[:-1].tolist()))
+        return {"past_key_values": copy.deepcopy(cache)} if cache is not None else {}
 
     def _encode(self, texts: list[str], max_new_tokens: int) -> dict[str, torch.Tensor]:
         # The chat template already holds every special token; adding BOS again would shift it.

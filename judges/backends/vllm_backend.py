@@ -27,6 +27,7 @@ from judges.backends.base import (
     GenerationOptions,
     Messages,
     TokenLogprob,
+    split_prefill,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class VLLMBackend(Backend):
 
     name = "vllm"
     supports_logprobs = True
+    supports_prefill = True
 
     def __init__(
         self,
@@ -194,8 +196,10 @@ def sampling_kwargs(options: GenerationOptions) -> dict[str, Any]:
 
 def prompt_token_ids(tokenizer: Any, messages: Messages, assistant_prefix: str = "") -> list[int]:
     """Token ids of the chat prompt (plus text the assistant already said), no extra BOS."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text + assistant_prefix, add_special_tokens=False)["input_ids"])
+    conversation, prefill = split_prefill(messages)
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    text += prefill + assistant_prefix
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def finish_reason(reason: str | None) -> str:
