@@ -60,6 +60,14 @@ _SIGNATURES = (
 _PAIRS_LABELS = {"a": "A", "b": "B", "tie": "tie"}
 _LLMBAR_LABELS = {"1": "A", "2": "B"}
 _MAX_REPORTED_ERRORS = 100
+# Byte-order marks of encodings that are not UTF-8 (Excel's "Unicode text" is UTF-16 LE).
+_FOREIGN_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,10 @@ def _mb(n: int) -> str:
 
 def _decode(path: Path, data: bytes) -> str:
     """Strict UTF-8; NUL bytes refused (PostgreSQL text cannot hold them)."""
+    for bom, encoding in _FOREIGN_BOMS:  # longest first: a UTF-32 LE mark starts like UTF-16's
+        if data.startswith(bom):
+            reason = f"the file is {encoding} text (byte-order mark); save it as UTF-8"
+            raise ImportFailed(path, 1, reason)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -182,9 +194,9 @@ def _read_jsonl(path: Path, text: str) -> _Source:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.append((number, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            value = _loads(line)
+        except ValueError as exc:
+            errors.append((number, str(exc)))
             continue
         if not isinstance(value, dict):
             errors.append((number, f"expected a JSON object, got {_kind(value)}"))
@@ -200,6 +212,8 @@ def _read_json_array(path: Path, text: str) -> _Source:
         values = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ImportFailed(path, exc.lineno, f"not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ImportFailed(path, None, _json_limit_reason(exc)) from None
     if not isinstance(values, list):
         raise ImportFailed(path, 1, f"expected a JSON array of objects, got {_kind(values)}")
     errors = [
@@ -223,8 +237,7 @@ def _read_csv(path: Path, text: str, *, sep: str) -> _Source:
     except pd.errors.EmptyDataError:
         raise ImportFailed(path, 1, "no header row (the file is empty)", unit="row") from None
     except pd.errors.ParserError as exc:
-        found = re.search(r"line (\d+)", str(exc))
-        line = int(found.group(1)) if found else None
+        line = _csv_error_row(str(exc))
         raise ImportFailed(path, line, _csv_parser_reason(str(exc)), unit="row") from None
     records = []
     for index, values in enumerate(frame.to_dict("records")):
@@ -235,7 +248,18 @@ def _read_csv(path: Path, text: str, *, sep: str) -> _Source:
     return _Source(records, [str(c) for c in frame.columns], "row", 1)
 
 
+def _csv_error_row(message: str) -> int | None:
+    """The spreadsheet row pandas' message points at (None when it names none)."""
+    unclosed = re.search(r"EOF inside string starting at row (\d+)", message)
+    if unclosed:  # pandas counts records from 0 with the header as record 0
+        return int(unclosed.group(1)) + 1
+    found = re.search(r"line (\d+)", message)
+    return int(found.group(1)) if found else None
+
+
 def _csv_parser_reason(message: str) -> str:
+    if "EOF inside string" in message:
+        return "unclosed quote: the quoted cell starting in this row never ends"
     found = re.search(r"Expected (\d+) fields in line \d+, saw (\d+)", message)
     if found:
         return f"malformed row: expected {found.group(1)} fields, found {found.group(2)}"
@@ -270,6 +294,22 @@ def _raise_first(path: Path, errors: list[tuple[int | None, str]], unit: str) ->
     if errors:
         line, reason = errors[0]
         raise ImportFailed(path, line, reason, unit=unit, errors=errors[:_MAX_REPORTED_ERRORS])
+
+
+def _loads(text: str) -> Any:
+    """One JSON value; ValueError with a reason a person can act on, whatever the input."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # 5000-digit numbers, 100k nested brackets
+        raise ValueError(_json_limit_reason(exc)) from None
+
+
+def _json_limit_reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "not accepted: JSON nested too deeply"
+    return f"not accepted: {str(exc).split(';')[0]}"
 
 
 def _kind(value: Any) -> str:
@@ -374,9 +414,10 @@ def _row(
     gold: str | None,
     category: str | None,
 ) -> dict[str, Any]:
-    external_id = record.get("id")
+    raw_id = record.get("id")
+    external_id = None if _is_blank(raw_id) else _checked_text("id", str(raw_id))[:200]
     return {
-        "external_id": None if _is_blank(external_id) else str(external_id)[:200],
+        "external_id": external_id,
         "prompt": prompt,
         "prompt_turns": turns,
         "response_a": response_a,
@@ -393,9 +434,9 @@ def _prompt(record: dict[str, Any], key: str) -> tuple[str, list[dict[str, str]]
     raw_turns = record.get("prompt_turns")
     if isinstance(raw_turns, str) and raw_turns:  # CSV / Parquet exports carry turns as JSON
         try:
-            raw_turns = json.loads(raw_turns)
-        except json.JSONDecodeError as exc:
-            raise _RowError(f"prompt_turns is not valid JSON ({exc.msg})") from None
+            raw_turns = _loads(raw_turns)
+        except ValueError as exc:
+            raise _RowError(f"prompt_turns is {exc}") from None
     if not _is_blank(raw_turns):
         return "", _turns(raw_turns, "prompt_turns")
     value = record.get(key)
@@ -446,6 +487,10 @@ def _checked_text(key: str, value: Any) -> str:
         raise _RowError(f"{key} must be text, got {_kind(value)}")
     if "\x00" in value:  # PostgreSQL text cannot hold NUL; refuse it on every database
         raise _RowError(f"{key} contains a NUL character")
+    surrogate = _LONE_SURROGATE.search(value)
+    if surrogate:  # JSON allows "\ud800"; no database or page can hold half a character
+        code = f"U+{ord(surrogate.group()):04X}"
+        raise _RowError(f"{key} contains a lone surrogate ({code}), which is not valid Unicode")
     return value
 
 
@@ -478,7 +523,11 @@ def _meta(record: dict[str, Any], fmt: str, number: int, unit: str) -> dict[str,
         "chosen-rejected": {"prompt", "prompt_turns", "chosen", "rejected", "subset"},
         "llmbar": {"input", "output_1", "output_2", "label"},
     }[fmt] | {"id", "category", "reference"}
-    extra = {k: v for k, v in record.items() if k not in known and _is_json_scalar(v)}
+    extra = {
+        k: v
+        for k, v in record.items()
+        if k not in known and _is_json_scalar(k) and _is_json_scalar(v)
+    }
     meta: dict[str, Any] = {"source_format": fmt, f"source_{unit}": number}
     if extra:
         meta["extra"] = extra
@@ -489,7 +538,7 @@ def _is_json_scalar(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, str):
-        return "\x00" not in value
+        return "\x00" not in value and not _LONE_SURROGATE.search(value)
     return value is None or isinstance(value, (int, bool))
 
 

@@ -68,11 +68,20 @@ def safe_markdown(text: str | None, limit: int = MAX_DISPLAY_CHARS) -> str:
     if len(text) > limit:
         note = f'<p class="grm-note">Showing the first {limit:,} of {len(text):,} characters.</p>'
         text = text[:limit]
-    if TOO_DEEP.search(text):
+    body = None if TOO_DEEP.search(text) else _render_markdown(text)
+    if body is None:
         body = f'<pre class="grm-plain">{html.escape(text)}</pre>'
-    else:
-        body = _markdown().render(text)
     return f'<div class="grm-md" dir="auto">{_show_hidden(body)}{note}</div>'
+
+
+def _render_markdown(text: str) -> str | None:
+    """Rendered HTML, or None when the text nests so deep that markdown-it would drop the rest
+    (it stops at its nesting limit: list items indented one level more each, line by line)."""
+    md = _markdown()
+    tokens = md.parse(text)
+    if any(token.level >= md.options["maxNesting"] - 1 for token in tokens):
+        return None
+    return md.renderer.render(tokens, md.options, {})
 
 
 def safe_text(text: str | None) -> str:
