@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +31,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from judges.backends import make_backend
 from judges.backends.base import Backend
-from judges.judge import JudgeOptions, StreamUpdate, judge_pairs, stream_judgment
+from judges.judge import (
+    JudgeOptions,
+    StreamUpdate,
+    judge_pairs,
+    stream_judgment,
+    warm_judgment,
+)
 from judges.types import AggregateJudgment, ChatTurn, Judgment, PairInput
 from settings import Settings, load_settings
 from storage import queries
@@ -166,6 +174,15 @@ def storage_fault(exc: DBAPIError) -> SaveFailed | None:
     return None
 
 
+class VersionRefused(ValueError):
+    """A judge version that cannot be activated (its adapter cannot be loaded); str() says
+    why, and the active version has not changed."""
+
+
+MAX_WARM_WAITING = 2  # read-aheads queued at once; more are dropped, not queued
+ADAPTER_BACKENDS = ("transformers", "vllm")  # the backends that load LoRA adapters
+
+
 class Services:
     """One per process: the database and the loaded judge, shared by every user's requests."""
 
@@ -183,6 +200,9 @@ class Services:
         )
         self._backend: Backend | None = None
         self._backend_lock = threading.Lock()
+        self._warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grm-warm")
+        self._warm_lock = threading.Lock()
+        self._warm_waiting = 0
         self.backend_load_seconds: float | None = None
         self._workers: dict[int, subprocess.Popen] = {}  # training workers this process started
 
@@ -262,6 +282,31 @@ class Services:
             yield update
         if final is not None:
             self._store([final], version_id)
+
+    def warm_pair(self, pair_id: int) -> Future | None:
+        """Let the loaded judge read this pair's prompt in the background, so a click on Judge
+        shows its first words sooner. Never loads a model, never raises, never blocks the
+        caller; skipped while earlier read-aheads still wait (they are only a speed-up)."""
+        backend, options = self._backend, self.judge.options
+        with self._warm_lock:
+            if backend is None or self._warm_waiting >= MAX_WARM_WAITING:
+                return None
+            self._warm_waiting += 1
+        # One worker: read-aheads never compete with each other for the CPU. An executor,
+        # not a bare thread, because Python joins it at exit (a torch op still running in a
+        # daemon thread at interpreter exit aborts the process).
+        return self._warmer.submit(self._warm, backend, pair_id, options)
+
+    def _warm(self, backend: Backend, pair_id: int, options: JudgeOptions) -> None:
+        try:
+            with read_session(self.sessions) as s:
+                pair = pair_input(queries.get_pair(s, pair_id))
+            warm_judgment(backend, pair, options)
+        except Exception:  # a read-ahead that fails costs only its speed-up
+            log.warning("reading pair %s ahead for the judge failed", pair_id, exc_info=True)
+        finally:
+            with self._warm_lock:
+                self._warm_waiting -= 1
 
     def judge_pending(
         self,
@@ -488,6 +533,7 @@ class Services:
             pairs = check_labels(parse_records(records), config.min_labels)
             prepare_split(pairs, config)
             run_id = queries.create_training_run(s, config.method, {}, version_id)
+            snapshot = json.dumps(records, default=str)
             run_dir = self.runs_dir() / str(run_id)
             if run_dir.exists():
                 raise TrainingRefused(f"run directory {run_dir} already exists")
@@ -503,14 +549,11 @@ class Services:
                 s,
                 run_id,
                 config={**dataclasses.asdict(config), "job": job},
-                label_snapshot={
-                    "label_ids": [r["label_id"] for r in records],
-                    "pairs": len(records),
-                },
+                label_snapshot=snapshot_record(records, snapshot),
                 log_path=str(run_dir / "train.log"),
             )
             run_dir.mkdir(parents=True)
-            (run_dir / "records.json").write_text(json.dumps(records, default=str))
+            (run_dir / "records.json").write_text(snapshot)
         self._spawn_worker(run_id, run_dir)
         return run_id
 
@@ -620,12 +663,60 @@ class Services:
             return queries.list_judge_versions(s)
 
     def activate_version(self, version_id: int) -> dict[str, Any]:
-        """Make a version the active judge; the next judgment loads it (and its adapter)."""
+        """Make a version the active judge (and the loaded one).
+
+        A version with an adapter is checked and, on the transformers backend, loaded before
+        anything changes: an adapter that is missing, corrupt, truncated, a pickle, or made for
+        another base model raises VersionRefused with the reason, and the active version stays
+        active and keeps judging (issue 6). The candidate loads beside the current judge, so
+        judgments in progress are not interrupted while it loads.
+        """
+        with read_session(self.sessions) as s:
+            version = _version(s, version_id)
+            previous = queries.active_judge_version(s)
+        loaded = None
+        if version["adapter_path"] and not version["is_active"]:
+            loaded = self._load_candidate(version, previous)
         with self._writing() as s:
             queries.set_active_version(s, version_id)
             active = queries.active_judge_version(s)
-        self.reload_judge()
+        if loaded is None:
+            self.reload_judge()
+        else:
+            self._replace_backend(loaded)
         return active or {}
+
+    def _load_candidate(
+        self, version: dict[str, Any], previous: dict[str, Any] | None
+    ) -> Backend | None:
+        """The version's judge, loaded and checked (None: checked, loaded on first use);
+        VersionRefused when it cannot be."""
+        from judges.backends.adapters import check_adapter_files
+
+        try:
+            if self.judge.backend not in ADAPTER_BACKENDS:
+                raise ValueError(
+                    f"the {self.judge.backend} backend cannot load a LoRA adapter; choose "
+                    f"{' or '.join(sorted(ADAPTER_BACKENDS))} in the Judge tab first"
+                )
+            check_adapter_files(Path(version["adapter_path"]))  # no model needed, never unpickles
+            if self.judge.backend != "transformers":
+                return None  # a GPU engine is not loaded twice; it checks shapes when it loads
+            backend, _ = self._version_backend(version)
+            return backend
+        except Exception as exc:  # any reason to refuse is said to the person, nothing changes
+            log.warning("judge version %s not activated: %s", version["id"], exc)
+            stays = f"{previous['name']} stays active" if previous else "nothing changed"
+            raise VersionRefused(
+                f"judge version {version['id']} ({version['name']}) not activated: {exc}; {stays}"
+            ) from exc
+
+    def _replace_backend(self, backend: Backend) -> None:
+        with self._backend_lock:
+            if self._backend is not None and self._backend is not backend:
+                self._backend.close()
+            self._backend = backend
+            self.backend_load_seconds = getattr(backend, "load_seconds", None)
 
     def rollback_version(self) -> dict[str, Any]:
         """Activate the active version's parent (the judge it was trained from)."""
@@ -739,6 +830,21 @@ def training_records(
         latest[record["pair_id"]] = record  # ordered by label id: the newest label wins
     judgments = queries.version_judgments(s, list(latest), version_id) if version_id else {}
     return [_training_record(r, judgments.get(r["pair_id"], []), protocol) for r in latest.values()]
+
+
+def snapshot_record(records: list[dict[str, Any]], snapshot: str) -> dict[str, Any]:
+    """What a run records of the labels it trains on: each label id with the verdict it had
+    (a label changed later keeps its id), and a hash of the exact records file it was given.
+
+    The records come from one SELECT (one consistent view of the labels on SQLite and on
+    PostgreSQL alike), and the worker reads only that file, so labels changed while the run
+    goes on do not leak into it."""
+    return {
+        "pairs": len(records),
+        "label_ids": [r["label_id"] for r in records],
+        "labels": {str(r["label_id"]): r["label"] for r in records},
+        "records_sha256": hashlib.sha256(snapshot.encode()).hexdigest(),
+    }
 
 
 def _training_record(

@@ -204,7 +204,7 @@ def test_cli_versions_and_activate(services, settings, capsys):
             name="run1-sft",
             base_model="m",
             backend="transformers",
-            adapter_path="/nowhere",
+            adapter_path=None,  # an adapter that cannot load is refused: test_training_faults.py
             parent_id=base_id,
             metrics={"accuracy": 0.75},
         )

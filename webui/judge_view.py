@@ -35,6 +35,7 @@ class SampleRow:
     probability: float | None
     source: str
     judgment_id: int | None = None
+    error: str | None = None  # why the sample failed (status error), for the status line
 
 
 @dataclass
@@ -69,6 +70,8 @@ class JudgeDisplay:
             return BADGE_FAILED
         if self.verdict is None:
             return self._running_badge() if self.running else BADGE_IDLE
+        if self.verdict == "none" and self._all_failed():
+            return BADGE_FAILED  # the judge broke off: a failure, not a judge that had no opinion
         verdict = self.verdict
         state = "none" if verdict == "none" else "done"
         title = "no verdict" if verdict == "none" else _verdict_name(verdict)
@@ -78,6 +81,39 @@ class JudgeDisplay:
             f'<span class="grm-badge-verdict">{title}</span>'
             f'<span class="grm-badge-detail">{detail}</span></div>'
         )
+
+    def problem(self) -> str | None:
+        """A sentence for the status line when the judgment is not a clean verdict, else None.
+
+        Says why (the backend's error, the token limit, no or contradicting verdicts) and what
+        the person can do; the text the judge wrote stays in the panels either way.
+        """
+        if self.verdict is None:
+            return None
+        failed = [s for s in self.samples if s.status == "error"]
+        reason = next((s.error for s in failed if s.error), "no reason given")
+        if self.verdict != "none":
+            if not failed:
+                return None
+            return f"{len(failed)} of {len(self.samples)} judge samples failed: {reason}."
+        if self._all_failed():
+            return (
+                f"The judge failed: {reason}. What it wrote so far is kept above; "
+                "press J to retry, or label the pair yourself."
+            )
+        if any(s.status == "truncated" for s in self.samples):
+            return (
+                "No verdict: the judge was cut off at its token limit (max new tokens) before "
+                "it gave one. Press J to retry, raise the limit in the Judge tab, or label it "
+                "yourself."
+            )
+        return (
+            "No verdict: the judge stated none, or two that contradict each other. "
+            "Press J to retry, or label the pair yourself."
+        )
+
+    def _all_failed(self) -> bool:
+        return bool(self.samples) and all(s.status == "error" for s in self.samples)
 
     def _running_badge(self) -> str:
         if self.sample_count <= 1:
@@ -137,7 +173,8 @@ def _body(text: str) -> str:
 
 
 def _verdict_name(verdict: str) -> str:
-    return {"A": "A is better", "B": "B is better", "tie": "Tie"}.get(verdict, verdict)
+    # Any other value comes from a stored row, so it is shown as text, never as markup.
+    return {"A": "A is better", "B": "B is better", "tie": "Tie"}.get(verdict, safe_text(verdict))
 
 
 def _probability(value: float | None) -> str:
@@ -170,6 +207,7 @@ def sample_from_judgment(judgment: Any) -> SampleRow:
         status=_value(judgment.status),
         probability=judgment.verdict_probability,
         source=judgment.verdict_source or "none",
+        error=judgment.error,
     )
 
 
@@ -194,6 +232,7 @@ def display_from_rows(rows: list[Mapping[str, Any]]) -> JudgeDisplay:
             probability=r.get("verdict_probability"),
             source=r.get("verdict_source") or "none",
             judgment_id=r["id"],
+            error=r.get("error"),
         )
         for r in rows
     ]

@@ -50,6 +50,8 @@ class LabelHandlers:
         self._showing.move_to_end(session)
         while len(self._showing) > MAX_SESSIONS:
             self._showing.popitem(last=False)
+        if pair is not None:
+            self.services.warm_pair(pair.id)  # the judge reads it while the person does
         return self._screen(pair, status)
 
     # --- who is labeling ----------------------------------------------------------------------
@@ -195,7 +197,7 @@ class LabelHandlers:
             return
         attach_ids(view, self.services.latest_judgment_run(pair_id))
         judged = {"pair_id": pair_id, "verdict": view.verdict, "judgment_id": view.judgment_id()}
-        yield self._judge_out(view, judged, "")
+        yield self._judge_out(view, judged, view.problem() or "")
 
     def stopped(self) -> tuple:
         """The person pressed Stop: the badge says so; what the judge wrote stays readable."""

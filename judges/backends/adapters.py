@@ -32,6 +32,16 @@ def check_adapter(adapter_path: Path, model: Any, model_path: Path) -> dict:
     return config
 
 
+def check_adapter_files(adapter_path: Path) -> dict:
+    """The adapter's config after every check that needs no model: a LoRA config beside one
+    complete, readable safetensors file (never a pickle). Tensor shapes are checked against the
+    model by `check_adapter` when it is loaded."""
+    adapter_path = Path(adapter_path)
+    config = read_adapter_config(adapter_path)
+    read_weight_shapes(adapter_path / WEIGHTS_FILE)
+    return config
+
+
 def read_adapter_config(adapter_path: Path) -> dict:
     """The adapter's config, after checking the directory holds safetensors weights."""
     if not adapter_path.is_dir():

@@ -8,6 +8,9 @@ Per-token log-probabilities are requested when asked for and kept when the serve
 OpenAI API cannot do; vLLM can (`continue_final_message`). A server that silently ignored that
 field would answer from the wrong position, so it is used only when `assistant_prefill=True`
 says the server is known to honour it; otherwise the method returns None.
+
+A stream that goes on well past `max_new_tokens` (a server ignoring max_tokens, repeating
+itself forever) is cut off with a BackendError that says so; the text so far stays the caller's.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class OpenAIBackend(Backend):
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
         end = ChunkDelta()
+        limit = max_text_chunks(options.max_new_tokens)
         with self._errors_as_backend_errors(pieces):
             with self._client.stream("POST", "/chat/completions", json=body) as response:
                 self._raise_for_status(response)
@@ -91,6 +95,8 @@ class OpenAIBackend(Backend):
                     logprobs.extend(delta.logprobs)
                     _merge_end(end, delta)
                     if delta.text:
+                        if len(pieces) >= limit:  # leaving the block closes the connection
+                            raise BackendError(self._overrun_message(options, pieces))
                         pieces.append(delta.text)
                         yield delta.text
         if end.finish_reason is None:
@@ -171,6 +177,13 @@ class OpenAIBackend(Backend):
         except httpx.HTTPError as exc:
             raise BackendError(self._transport_message(exc, pieces)) from exc
 
+    def _overrun_message(self, options: GenerationOptions, pieces: list[str]) -> str:
+        return (
+            f"the judge server at {self.base_url} kept streaming past max_new_tokens="
+            f"{options.max_new_tokens} (it ignores max_tokens); cut off after "
+            f"{len(pieces)} pieces, {len(''.join(pieces))} characters"
+        )
+
     def _transport_message(self, exc: httpx.HTTPError, pieces: list[str]) -> str:
         received = f" after {len(''.join(pieces))} characters" if pieces else ""
         if isinstance(exc, httpx.ConnectError):
@@ -181,6 +194,17 @@ class OpenAIBackend(Backend):
                 f"{self.timeout_s:g}s{received}"
             )
         return f"the judge server at {self.base_url} broke off the answer{received}: {exc}"
+
+
+def max_text_chunks(max_new_tokens: int) -> int:
+    """How many text chunks a stream may carry before the server is known to overrun its limit.
+
+    A server sends at least one token per non-empty chunk, so more than `max_new_tokens` chunks
+    means it ignored max_tokens (a server repeating itself forever would otherwise hold the
+    judge, and its queue slot, for good). Twice the limit plus a margin leaves room for servers
+    that split a token over two chunks.
+    """
+    return 2 * max_new_tokens + 16
 
 
 def build_chat_request(
