@@ -108,8 +108,11 @@ def pair_on_screen(page) -> int:
     return int(page.get_attribute("#grm-meta [data-pair-id]", "data-pair-id"))
 
 
-def time_judge(page) -> dict:
-    """One Judge click: ms to the first principles text, to any reasoning, to the verdict."""
+def time_judge(page, read_ms: int = 0) -> dict:
+    """One Judge click: ms to the first principles text, to any reasoning, to the verdict.
+    `read_ms` first: the time a person looks at the pair before asking the judge (the app
+    reads the pair's prompt into the judge meanwhile)."""
+    page.wait_for_timeout(read_ms)
     page.evaluate(WATCH_JUDGE)
     page.click("#grm-judge")
     page.wait_for_function("() => window.__bench.verdict !== null")
@@ -147,6 +150,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--read-ms", type=int, default=1000, help="pause before each keystroke")
+    parser.add_argument("--read-before-judge-ms", type=int, default=3000,
+                        help="pause between a pair opening and the Judge click")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=96,
                         help="judge length (first-text latency does not depend on it)")  # fmt: skip
     args = parser.parse_args()
@@ -168,13 +173,19 @@ def main() -> None:
             keys.append((key, time_key(page, key, read_ms=args.read_ms)))
         for _ in range(args.runs):
             time_key(page, "s")  # a pair never judged: its panels start empty
-            judge.append(time_judge(page))
+            judge.append(time_judge(page, args.read_before_judge_ms))
+        at_once = []  # clicked the moment the pair shows: no time to read it ahead
+        for _ in range(args.runs):
+            time_key(page, "s")
+            at_once.append(time_judge(page))
         browser.close()
     result = {
         "what": "warm web app, real Chromium, embedded SmolLM2-135M judge on CPU",
         "judge_click_to_first_principles": summary([j["principles"] for j in judge]),
         "judge_click_to_first_reasoning": summary([j["reasoning"] for j in judge]),
         "judge_click_to_verdict": summary([j["verdict"] for j in judge]),
+        "read_ms_before_judge_click": args.read_before_judge_ms,
+        "judge_clicked_at_once_to_first_principles": summary([j["principles"] for j in at_once]),
         "agree_key_to_next_pair": summary([ms for k, ms in keys if k == "Enter"]),
         "label_key_to_next_pair": summary([ms for _, ms in keys]),
         "keys_pressed": [k for k, _ in keys],

@@ -359,6 +359,10 @@ def test_screenshots_of_label_and_agreement_tabs(
     page.evaluate(WATCH_STREAM)
     page.click("#grm-judge")
     page.wait_for_function("() => window.__grmSeen.doneAt !== null")
+    page.wait_for_function("() => !document.body.innerText.includes('Judging…')")
+    # Only buttons a person can use are on screen (a hidden helper once showed as "Run").
+    assert not page.is_visible("#grm-cancel-judge")
+    assert page.get_by_role("button", name="Run", exact=True).count() == 0
     shots = [_shoot(page, tmp_path, "label")]
     page.get_by_role("tab", name="Agreement").click()
     page.wait_for_selector("#grm-agreement-cards")

@@ -156,7 +156,9 @@ def _desk_components(services: Any, judge_limit: int) -> dict[str, Any]:
                     "Judge  J", elem_id="grm-judge", size="md", scale=0, min_width=110
                 )
                 ui["stop"] = gr.Button("Stop", elem_id="grm-stop", size="md", scale=0, min_width=70)
-                ui["cancel_judge"] = gr.Button(elem_id="grm-cancel-judge", visible=HIDDEN)
+                ui["cancel_judge"] = gr.Button(
+                    "Cancel judge", elem_id="grm-cancel-judge", visible=HIDDEN
+                )
                 ui["auto"] = gr.Checkbox(
                     label="Auto-judge when a pair opens", elem_id="grm-auto", container=False
                 )
