@@ -486,3 +486,27 @@ def test_a_final_assistant_message_is_a_prefill() -> None:
     assert split_prefill(asked) == (asked, "")
     started = [*asked, {"role": "assistant", "content": "Principles:"}]
     assert split_prefill(started) == (asked, "Principles:")
+
+
+def test_vllm_refuses_a_corrupt_adapter_before_starting_its_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import types
+
+    from judges.backends.base import BackendError
+    from judges.backends.vllm_backend import VLLMBackend
+
+    started = []
+    fake_vllm = types.ModuleType("vllm")
+    fake_vllm.EngineArgs = lambda **kw: started.append(kw)
+    fake_vllm.LLMEngine = types.SimpleNamespace(from_engine_args=lambda args: started.append(args))
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "base_model_name_or_path": "m", "r": 4}
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q"]}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x80\x04not safetensors at all")
+    with pytest.raises((BackendError, ValueError)):
+        VLLMBackend(tmp_path / "m", adapter_path=adapter)
+    assert started == [], "the engine started on an adapter that cannot load"

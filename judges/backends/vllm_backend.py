@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from judges.backends.adapters import check_base_model, read_adapter_config
+from judges.backends.adapters import check_adapter_files, check_base_model
 from judges.backends.base import (
     Backend,
     BackendError,
@@ -62,7 +62,9 @@ class VLLMBackend(Backend):
         self.adapter_path = Path(adapter_path) if adapter_path else None
         self._lora = None
         if self.adapter_path is not None:
-            check_base_model(read_adapter_config(self.adapter_path), self.adapter_path, model_path)
+            # Config and safetensors header checked here (never unpickled): vLLM's own errors
+            # for a corrupt adapter come late and deep in the engine.
+            check_base_model(check_adapter_files(self.adapter_path), self.adapter_path, model_path)
             self._lora = _lora_request(self.adapter_path)
             engine_kwargs.setdefault("enable_lora", True)
             engine_kwargs.setdefault("max_lora_rank", 64)
