@@ -173,3 +173,30 @@ def running_app(
     _, url = serve(demo, settings, prevent_thread_lock=True, quiet=True)
     yield RunningApp(url, services, settings, demo)
     demo.close()
+
+
+# -- web app on PostgreSQL (appended by the load/PostgreSQL helper, issue 6) ----------------
+
+
+@pytest.fixture(scope="module")
+def postgres_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    """The web app (demo pairs, no judge loaded) on GRM_TEST_POSTGRES_URL, its public schema
+    wiped first like the `db` fixture does. One app per test module: tests label as their own
+    annotators. Skipped without a server unless GRM_REQUIRE_POSTGRES=1."""
+    from app import build_app, serve
+    from services import Services
+
+    url = _postgres_url()
+    engine = make_engine(url)
+    _wipe_postgres(engine)
+    engine.dispose()
+    settings = load_settings(
+        home=tmp_path_factory.mktemp("pg-app-home"), database_url=url, port=free_port()
+    )
+    services = Services.open(settings)
+    services.load_demo_if_empty()
+    demo = build_app(services)
+    _, app_url = serve(demo, settings, prevent_thread_lock=True, quiet=True)
+    yield RunningApp(app_url, services, settings, demo)
+    demo.close()
+    services.sessions.kw["bind"].dispose()  # no idle connections left for the next wipe
