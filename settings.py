@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     max_new_tokens: int = 320
     temperature: float = 0.0
     judge_batch_size: int = 8
+    judge_threads: int | None = None  # the local judge's CPU threads while serving; None: cores - 1
 
     host: str = "127.0.0.1"
     port: int = 7860

@@ -69,7 +69,7 @@ WATCH_KEY = """(from) => {
 def start_app(max_new_tokens: int, judged_pairs: int):
     """The app on a free port over a temp data directory; the judge loaded and some pairs judged."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from app import build_app, serve
+    from app import build_app, serve, share_cores_with_saves
     from services import Services
     from settings import load_settings
 
@@ -82,6 +82,7 @@ def start_app(max_new_tokens: int, judged_pairs: int):
     services.backend()  # load the model now: the benchmark is about a warm app
     # Agreeing needs a verdict on screen: judge the first pairs of the queue ahead (batch).
     services.judge_pending(limit=judged_pairs)
+    services.judge_threads = share_cores_with_saves(settings)  # as `grm serve` runs it
     _, url = serve(build_app(services), settings, prevent_thread_lock=True, quiet=True)
     return url, services
 
@@ -192,6 +193,7 @@ def main() -> None:
         "read_ms_before_each_key": args.read_ms,
         "max_new_tokens": args.max_new_tokens,
         "judge_load_seconds": services.backend_load_seconds,
+        "judge_threads": services.judge_threads,
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "python": platform.python_version(),

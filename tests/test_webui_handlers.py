@@ -149,3 +149,37 @@ def test_a_locked_database_reads_as_busy_without_sql_or_trace() -> None:
     outputs = LabelHandlers(Locked()).save("A", "bob", 0, {"pair_id": 3}, {}, "", "", None)
     assert "Not saved: the database is busy" in outputs[-1]
     assert "INSERT" not in outputs[-1] and "Traceback" not in outputs[-1]
+
+
+def test_exports_stay_in_one_app_folder_and_old_ones_are_removed(settings) -> None:
+    from pathlib import Path
+
+    from services import Services
+    from webui.data_tab import KEEP_EXPORTS, DataHandlers
+
+    services = Services.open(settings)
+    services.load_demo_if_empty()
+    handlers = DataHandlers(services)
+    files = [Path(handlers.export("jsonl", None)[1]) for _ in range(KEEP_EXPORTS + 3)]
+    root = Path(handlers._exports.name)
+    assert all(root in f.parents for f in files)
+    assert files[-1].is_file() and files[-1].read_text().strip() == ""  # nothing labeled yet
+    assert len(list(root.iterdir())) == KEEP_EXPORTS + 1  # the kept ones and the newest
+    assert not files[0].exists()
+    handlers._exports.cleanup()
+    assert not root.exists()
+
+
+def test_a_served_local_judge_leaves_a_core_for_saves(monkeypatch) -> None:
+    import torch
+
+    from app import share_cores_with_saves
+    from settings import load_settings
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    calls: list[int] = []
+    assert share_cores_with_saves(load_settings(judge_backend="transformers"), cores=2) == 1
+    assert share_cores_with_saves(load_settings(judge_backend="transformers"), cores=8) == 7
+    assert share_cores_with_saves(load_settings(judge_threads=3), cores=2) == 3
+    assert share_cores_with_saves(load_settings(judge_backend="openai"), cores=8) is None
+    assert calls == [1, 7, 3]

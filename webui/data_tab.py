@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,14 @@ from webui.render import safe_text
 IMPORT_FORMATS = ["auto", "pairs", "chosen-rejected", "llmbar"]
 EXPORT_FORMATS = ["jsonl", "csv", "parquet", "trl-preference", "trl-sft"]
 EXPORT_SUFFIX = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
+KEEP_EXPORTS = 8  # recent export files kept while their downloads may still be copied
 DATASET_COLUMNS = ["id", "name", "pairs", "labeled", "judged", "format", "source"]
 
 
 class DataHandlers:
     def __init__(self, services: Any) -> None:
         self.services = services
+        self._exports: tempfile.TemporaryDirectory | None = None
 
     def import_upload(self, upload: Any, dataset: str, fmt: str) -> tuple:
         """Import the uploaded file; a bad file is refused whole with the line that failed."""
@@ -48,13 +51,24 @@ class DataHandlers:
     def export(self, fmt: str, dataset: Any) -> tuple:
         """Write the export to a fresh temp file and hand it to the browser for download."""
         name = dataset_name_of(self.services, dataset)
-        out_dir = Path(tempfile.mkdtemp(prefix="grm-export-"))
+        out_dir = self._export_dir()
         out = out_dir / f"grm-{name or 'all'}-{fmt}{EXPORT_SUFFIX.get(fmt, '.jsonl')}"
         try:
             rows = self.services.export(out, fmt, dataset=name)
         except Exception as exc:
             return _message("error", f"Export failed: {explain(exc)}"), None
         return _message("ok", f"Exported {rows} labeled rows as {fmt}."), str(out)
+
+    def _export_dir(self) -> Path:
+        """A fresh folder for one export, inside this app's own temp folder: Gradio copies the
+        file for the download after the handler returns, so the previous exports are removed
+        here instead, and the whole folder when the app's process ends."""
+        if self._exports is None:
+            self._exports = tempfile.TemporaryDirectory(prefix="grm-exports-")
+        root = Path(self._exports.name)
+        for old in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_EXPORTS]:
+            shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(dir=root))
 
     def refresh(self, current: Any) -> tuple:
         choices = dataset_choices(self.services)
