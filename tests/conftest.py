@@ -200,3 +200,41 @@ def postgres_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAp
     yield RunningApp(app_url, services, settings, demo)
     demo.close()
     services.sessions.kw["bind"].dispose()  # no idle connections left for the next wipe
+
+
+# -- the real browser (Debian's Chromium driven by Playwright) ------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """One headless Chromium for every browser test. Missing, it skips the test, except with
+    GRM_REQUIRE_BROWSER=1 (as in CI), where a missing browser is a failure."""
+    required = os.environ.get("GRM_REQUIRE_BROWSER") == "1"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        _missing_browser(f"playwright is not installed: {exc}", required)
+    if not CHROMIUM.exists():
+        _missing_browser(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", required)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+def _missing_browser(reason: str, required: bool) -> None:
+    if required:
+        pytest.fail(f"GRM_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)

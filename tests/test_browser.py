@@ -7,7 +7,6 @@ Chromium missing: skipped locally, a failure when GRM_REQUIRE_BROWSER=1 (CI sets
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import threading
@@ -25,15 +24,6 @@ from storage import queries
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREEN = {"width": 1366, "height": 768}
 SCREENS_FOR_LEAD = Path("/tmp/grm-screens")
 WAIT_MS = 60_000
@@ -62,29 +52,6 @@ class PacedJudge(Backend):
             time.sleep(self.delay_s)
             yield self.text[start : start + self.chunk]
         yield Generation(text=self.text, finish_reason="stop", completion_tokens=len(self.text))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    required = os.environ.get("GRM_REQUIRE_BROWSER") == "1"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        _missing(f"playwright is not installed: {exc}", required)
-    if not CHROMIUM.exists():
-        _missing(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", required)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
-
-
-def _missing(reason: str, required: bool) -> None:
-    if required:
-        pytest.fail(f"GRM_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture

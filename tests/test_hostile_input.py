@@ -746,31 +746,6 @@ def test_with_login_a_wrong_password_or_no_session_stores_nothing(auth_app) -> N
 # --- the real browser: markdown images and raw <img> fetch nothing -----------------------------
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from test_browser import CHROMIUM, CHROMIUM_ARGS
-
-    required = os.environ.get("GRM_REQUIRE_BROWSER") == "1"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        _missing(f"playwright is not installed: {exc}", required)
-    if not CHROMIUM.exists():
-        _missing(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", required)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
-
-
-def _missing(reason: str, required: bool) -> None:
-    if required:
-        pytest.fail(f"GRM_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
-
-
 @pytest.mark.browser
 @pytest.mark.slow
 def test_browser_fetches_nothing_from_outside_and_runs_nothing(
