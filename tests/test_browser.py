@@ -127,11 +127,13 @@ WATCH_STREAM = """() => {
     const box = document.querySelector('#grm-principles .grm-box');
     const badge = document.querySelector('#grm-badge .grm-badge');
     const state = badge ? badge.dataset.state : null;
-    if (seen.principlesAt === null && box && !box.querySelector('.grm-empty')
+    // A pair judged earlier shows its stored judgment until this run starts: only text that
+    // arrives after the badge went to "running" is this judgment's.
+    if (state === 'running') seen.running = true;
+    if (seen.running && seen.principlesAt === null && box && !box.querySelector('.grm-empty')
         && box.innerText.trim()) {
       seen.principlesAt = performance.now(); seen.badgeThen = state;
     }
-    if (state === 'running') seen.running = true;  // a stored verdict on screen is not it
     if (seen.running && seen.doneAt === null && (state === 'done' || state === 'none')) {
       seen.doneAt = performance.now();
     }
