@@ -141,8 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _follow_run(services, run_id) if args.wait else 0
 
 
-def _follow_run(services, run_id: int, every_s: float = 2.0) -> int:
-    """Print the run's progress until it ends; exit code 0 only when it is done."""
+def watch_run(services, run_id: int, every_s: float = 2.0) -> dict:
+    """Print the run's progress line whenever it changes until the run ends; the ended run."""
     import time
 
     last = ""
@@ -153,8 +153,13 @@ def _follow_run(services, run_id: int, every_s: float = 2.0) -> int:
             print(line, flush=True)
             last = line
         if run["status"] not in ("queued", "running"):
-            break
+            return run
         time.sleep(every_s)
+
+
+def _follow_run(services, run_id: int, every_s: float = 2.0) -> int:
+    """Watch the run to its end; exit code 0 only when it is done."""
+    run = watch_run(services, run_id, every_s)
     if run["status"] != "done":
         print(f"run {run_id} {run['status']}: {run['error']}", file=sys.stderr)
         return 1

@@ -283,7 +283,7 @@ class Services:
         if final is not None:
             self._store([final], version_id)
 
-    def warm_pair(self, pair_id: int) -> Future | None:
+    def warm_pair(self, pair: queries.PairView) -> Future | None:
         """Let the loaded judge read this pair's prompt in the background, so a click on Judge
         shows its first words sooner. Never loads a model, never raises, never blocks the
         caller; skipped while earlier read-aheads still wait (they are only a speed-up)."""
@@ -295,15 +295,13 @@ class Services:
         # One worker: read-aheads never compete with each other for the CPU. An executor,
         # not a bare thread, because Python joins it at exit (a torch op still running in a
         # daemon thread at interpreter exit aborts the process).
-        return self._warmer.submit(self._warm, backend, pair_id, options)
+        return self._warmer.submit(self._warm, backend, pair_input(pair), options)
 
-    def _warm(self, backend: Backend, pair_id: int, options: JudgeOptions) -> None:
+    def _warm(self, backend: Backend, pair: PairInput, options: JudgeOptions) -> None:
         try:
-            with read_session(self.sessions) as s:
-                pair = pair_input(queries.get_pair(s, pair_id))
             warm_judgment(backend, pair, options)
         except Exception:  # a read-ahead that fails costs only its speed-up
-            log.warning("reading pair %s ahead for the judge failed", pair_id, exc_info=True)
+            log.warning("reading pair %s ahead for the judge failed", pair.pair_id, exc_info=True)
         finally:
             with self._warm_lock:
                 self._warm_waiting -= 1

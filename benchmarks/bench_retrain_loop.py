@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cli import watch_run  # noqa: E402
 from judges.evaluation import evaluate_judge  # noqa: E402
 from judges.judge import JudgeOptions  # noqa: E402
 from judges.train import TrainConfig  # noqa: E402
@@ -104,21 +105,6 @@ def dataset_pairs(services: Services, name: str) -> list[queries.PairView]:
     return [p for p in pending if p.gold_label in ("A", "B")]
 
 
-def follow(services: Services, run_id: int) -> dict:
-    last = ""
-    while True:
-        run = services.training_run(run_id)
-        from cli import progress_line
-
-        line = progress_line(run)
-        if line != last:
-            print(line, flush=True)
-            last = line
-        if run["status"] not in ("queued", "running"):
-            return run
-        time.sleep(5)
-
-
 def evaluate_on(services: Services, version: dict, pairs: list, options: JudgeOptions) -> dict:
     """A version's figures on the evaluation pairs against their gold labels."""
     from judges.backends import make_backend
@@ -180,7 +166,7 @@ def main() -> int:
         batch_size=args.batch_size,
     )
     mark = time.perf_counter()
-    run = follow(services, services.start_training_run(config))
+    run = watch_run(services, services.start_training_run(config), every_s=5)
     timings["train_run_s"] = time.perf_counter() - mark
     if run["status"] != "done":
         print(f"run {run['id']} {run['status']}: {run['error']}", file=sys.stderr)

@@ -82,9 +82,9 @@ def start_app(max_new_tokens: int, judged_pairs: int):
     services.backend()  # load the model now: the benchmark is about a warm app
     # Agreeing needs a verdict on screen: judge the first pairs of the queue ahead (batch).
     services.judge_pending(limit=judged_pairs)
-    services.judge_threads = share_cores_with_saves(settings)  # as `grm serve` runs it
+    threads = share_cores_with_saves(settings)  # as `grm serve` runs it
     _, url = serve(build_app(services), settings, prevent_thread_lock=True, quiet=True)
-    return url, services
+    return url, services, threads
 
 
 def _free_port() -> int:
@@ -159,7 +159,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     started = time.perf_counter()
-    url, services = start_app(args.max_new_tokens, judged_pairs=args.runs + 2)
+    url, services, threads = start_app(args.max_new_tokens, judged_pairs=args.runs + 2)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
@@ -193,7 +193,7 @@ def main() -> None:
         "read_ms_before_each_key": args.read_ms,
         "max_new_tokens": args.max_new_tokens,
         "judge_load_seconds": services.backend_load_seconds,
-        "judge_threads": services.judge_threads,
+        "judge_threads": threads,
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "python": platform.python_version(),

@@ -51,7 +51,7 @@ class LabelHandlers:
         while len(self._showing) > MAX_SESSIONS:
             self._showing.popitem(last=False)
         if pair is not None:
-            self.services.warm_pair(pair.id)  # the judge reads it while the person does
+            self.services.warm_pair(pair)  # the judge reads it while the person does
         return self._screen(pair, status)
 
     # --- who is labeling ----------------------------------------------------------------------
