@@ -183,3 +183,27 @@ def test_a_served_local_judge_leaves_a_core_for_saves(monkeypatch) -> None:
     assert share_cores_with_saves(load_settings(judge_threads=3), cores=2) == 3
     assert share_cores_with_saves(load_settings(judge_backend="openai"), cores=8) is None
     assert calls == [1, 7, 3]
+
+
+def test_pairs_are_read_ahead_only_for_people_who_use_the_judge(settings) -> None:
+    from fakes import FakeBackend
+
+    from services import Services
+
+    services = Services.open(settings)
+    services.load_demo_if_empty()
+    services.use_backend(FakeBackend(script=["Principles: p.\nCritique: c.\nVerdict: [[A]]"]))
+    read_ahead: list[int] = []
+    services.warm_pair = lambda pair: read_ahead.append(pair.id)
+    handlers = LabelHandlers(services)
+    labeler = SimpleNamespace(username=None, session_hash="labels-only")
+    judger = SimpleNamespace(username=None, session_hash="uses-the-judge")
+
+    handlers.open_next("lee", None, labeler)
+    assert read_ahead == []  # labeling without the judge costs it nothing
+    first = services.next_item("jo")
+    handlers.open_next("jo", None, judger)
+    list(handlers.judge({"pair_id": first.id}, judger))
+    handlers.open_next("jo", None, judger)
+    handlers.open_next("lee", None, labeler)
+    assert read_ahead == [first.id]

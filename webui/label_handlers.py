@@ -43,14 +43,17 @@ class LabelHandlers:
         # Which pair each browser session shows: a judgment still streaming for a pair the
         # person has left stops itself instead of painting over the next pair.
         self._showing: OrderedDict[str, int | None] = OrderedDict()
+        # Sessions that have asked the judge: only their next pairs are read ahead, so people
+        # who label without the judge cost it no CPU on every pair they open.
+        self._judging: set[str] = set()
 
     def _show(self, request: gr.Request, pair: Any, status: str) -> tuple:
         session = _session(request)
         self._showing[session] = pair.id if pair is not None else None
         self._showing.move_to_end(session)
         while len(self._showing) > MAX_SESSIONS:
-            self._showing.popitem(last=False)
-        if pair is not None:
+            self._judging.discard(self._showing.popitem(last=False)[0])
+        if pair is not None and session in self._judging:
             self.services.warm_pair(pair)  # the judge reads it while the person does
         return self._screen(pair, status)
 
@@ -183,6 +186,7 @@ class LabelHandlers:
         view = JudgeDisplay(running=True)
         yield self._judge_out(view, gr.skip(), "Judging…")
         session = _session(request)
+        self._judging.add(session)
         try:
             with closing(self._stream(pair_id, view)) as stream:
                 for out in stream:
