@@ -80,7 +80,9 @@ def pair_input(view: queries.PairView) -> PairInput:
     )
 
 
-def judgment_row(judgment: Judgment, judge_version_id: int | None) -> dict[str, Any]:
+def judgment_row(
+    judgment: Judgment, judge_version_id: int | None, aggregation: str | None = None
+) -> dict[str, Any]:
     """A judges.Judgment as the column values of storage's judgment table."""
     scores = judgment.scores or (None, None)
     return {
@@ -103,6 +105,8 @@ def judgment_row(judgment: Judgment, judge_version_id: int | None) -> dict[str, 
         "prompt_tokens": judgment.prompt_tokens,
         "completion_tokens": judgment.completion_tokens,
         "latency_s": judgment.latency_s,
+        "prompt_messages": judgment.prompt_messages,
+        "aggregation": aggregation,
     }
 
 
@@ -341,7 +345,7 @@ class Services:
         )
 
     def _store(self, results: list[AggregateJudgment], version_id: int) -> int:
-        rows = [judgment_row(j, version_id) for r in results for j in r.samples]
+        rows = [judgment_row(j, version_id, r.aggregation) for r in results for j in r.samples]
         with self.sessions.begin() as s:
             queries.add_judgments(s, rows)
         return len(rows)

@@ -82,6 +82,8 @@ class Judgment:
     swapped: bool = False
     sample_index: int = 0
     pair_id: int | None = None
+    # The chat messages the judge was given, answer prefill included: what the judge saw.
+    prompt_messages: list[dict[str, str]] | None = None
 
 
 @dataclass
@@ -95,3 +97,4 @@ class AggregateJudgment:
     pair_id: int | None = None
     # pointwise: scores summed over samples; verifier: mean P(Yes); pairwise: None
     scores: tuple[float, float] | None = None
+    aggregation: str | None = None  # the rule that combined the samples; stored with each

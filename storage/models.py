@@ -119,6 +119,9 @@ class Judgment(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    # The chat messages the judge was given (answer prefill included): what the judge saw.
+    prompt_messages: Mapped[list[Any] | None] = mapped_column(JSON)
+    aggregation: Mapped[str | None] = mapped_column(String(20))  # rule that combined its run
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

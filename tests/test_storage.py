@@ -65,7 +65,7 @@ def test_upgrade_from_empty_database_creates_every_table_and_is_idempotent(tmp_p
     assert current_revision(engine) is None
     init_db(engine)
     assert TABLES | {"alembic_version"} == set(inspect(engine).get_table_names())
-    assert current_revision(engine) == head_revision() == "0001_initial"
+    assert current_revision(engine) == head_revision() == "0002_judgment_prompt_and_rule"
 
     factory = make_session_factory(engine)
     with factory.begin() as s:
