@@ -29,7 +29,7 @@ from judges.parsing import ParseState
 from judges.prompts import get_prompt
 from judges.protocols import PROBE_TOP_K, Probe, ProbeResult, Protocol, get_protocol
 from judges.scaling import aggregate, unswap
-from judges.types import AggregateJudgment, Judgment, PairInput, Section
+from judges.types import AggregateJudgment, Aggregation, Judgment, PairInput, Section
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class JudgeOptions(BaseModel):
     Sample i of a pair uses seed `seed + i`, in streaming and in batches alike.
     `logprobs`: where the backend gives log-probabilities, read each verdict's probability and,
     when the text states none, read the verdict from them (verdict_source "logprobs").
+    `aggregate`: how a pair's samples and orders become one verdict (judges.scaling): "mean"
+    keeps the judge's evidence (mean log-odds, score difference, P(Yes)), "vote" counts stated
+    verdicts; "mean" falls back to "vote" for a pair whose verdicts came without probabilities.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,6 +60,7 @@ class JudgeOptions(BaseModel):
     max_new_tokens: int = Field(320, ge=1, le=32768)
     seed: int = 0
     logprobs: bool = True
+    aggregate: Aggregation = Aggregation.MEAN
 
     @model_validator(mode="before")
     @classmethod
@@ -150,7 +154,7 @@ def stream_judgment(
             swapped,
             len(plan),
             judgment=judgment,
-            aggregate=aggregate(judgments) if last else None,
+            aggregate=aggregate(judgments, options.aggregate) if last else None,
         )
 
 
@@ -191,7 +195,10 @@ def judge_pairs(
         judgments = _finish(protocol, backend, options, samples, judge_version)
         for pair_index in range(len(block)):
             results.append(
-                aggregate(judgments[pair_index * per_pair : (pair_index + 1) * per_pair])
+                aggregate(
+                    judgments[pair_index * per_pair : (pair_index + 1) * per_pair],
+                    options.aggregate,
+                )
             )
         _report(on_progress, len(results), total)
     return results

@@ -19,6 +19,18 @@ class Verdict(str, Enum):
         return {Verdict.A: Verdict.B, Verdict.B: Verdict.A}.get(self, self)
 
 
+class Aggregation(str, Enum):
+    """How a pair's samples (k of them, in one or both orders) become one verdict.
+
+    MEAN keeps the judge's evidence: the mean verdict log-odds (pairwise), score difference
+    (pointwise) or P(Yes) per response (verifier); VOTE counts the stated verdicts, so two
+    orders that disagree make a tie (FastChat / MT-Bench practice). judges.scaling defines both.
+    """
+
+    MEAN = "mean"
+    VOTE = "vote"
+
+
 class Status(str, Enum):
     COMPLETE = "complete"
     NO_VERDICT = "no_verdict"
@@ -95,6 +107,12 @@ class AggregateJudgment:
     votes: dict[str, int] = field(default_factory=dict)
     position_consistent: bool | None = None  # None when swap was off or a side had no verdict
     pair_id: int | None = None
-    # pointwise: scores summed over samples; verifier: mean P(Yes); pairwise: None
+    # pointwise: scores summed (VOTE) or averaged (MEAN) over samples; verifier: mean P(Yes);
+    # pairwise: None
     scores: tuple[float, float] | None = None
     aggregation: str | None = None  # the rule that combined the samples; stored with each
+    # The MEAN rule's evidence for A over B (None under VOTE): the mean verdict log-odds
+    # (pairwise), log-odds of the mean P(Yes) (verifier), the mean score difference (pointwise).
+    margin: float | None = None
+    # P(verdict) of that evidence (pairwise, verifier; None for a tie or under VOTE).
+    verdict_probability: float | None = None

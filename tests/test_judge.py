@@ -331,7 +331,7 @@ def test_pointwise_verdict_comes_from_the_scores() -> None:
     assert (first.verdict, first.scores, first.verdict_source) == (Verdict.B, (4.0, 9.0), "scores")
     assert (second.verdict, second.scores) == (Verdict.A, (9.0, 4.0))
     assert backend.probes == []
-    assert result[-1].aggregate.scores == (13.0, 13.0)
+    assert result[-1].aggregate.scores == (6.5, 6.5)  # mean scores over samples and orders
     assert result[-1].aggregate.verdict is Verdict.TIE
 
 
@@ -429,3 +429,52 @@ def test_token_probabilities_still_line_up_after_a_prefill() -> None:
     judgment = list(stream_judgment(backend, PAIR, JudgeOptions()))[-1].judgment
     assert (judgment.verdict, judgment.verdict_source) == (Verdict.B, "text")
     assert judgment.verdict_probability == pytest.approx(0.75)
+
+
+# --- aggregation rule (issue 16) ------------------------------------------------------------------
+
+
+def second_slot_judge(messages) -> str:
+    """Always says [[B]]: a judge whose stated verdict is pure position bias."""
+    return "Principles: p.\nCritique: c.\nVerdict: [[B]]"
+
+
+def surer_when_b_holds_4(messages, prefix) -> dict[str, float]:
+    """Its log-probs still know better: P(B) 0.8 when slot B holds "4" (right), else 0.6."""
+    text = user_text(messages)
+    p_b = 0.8 if text.split("[Response B]", 1)[1].lstrip().startswith("4") else 0.6
+    return {"A": math.log(1 - p_b), "B": math.log(p_b)}
+
+
+@pytest.mark.parametrize(
+    ("rule", "verdict", "margin"),
+    [
+        # original: said B at 0.8, P(A) 0.2; swapped: said B (= A) at 0.6, P(A) 0.6
+        ("mean", Verdict.B, (math.log(0.2 / 0.8) + math.log(0.6 / 0.4)) / 2),
+        ("vote", Verdict.TIE, None),
+    ],
+)
+def test_swap_keeps_the_evidence_under_mean_and_votes_a_tie_under_vote(rule, verdict, margin):
+    options = JudgeOptions(swap=True, aggregate=rule)
+    streamed = list(
+        stream_judgment(FakeBackend(second_slot_judge, probe=surer_when_b_holds_4), PAIR, options)
+    )[-1].aggregate
+    (batched,) = judge_pairs(
+        FakeBackend(second_slot_judge, probe=surer_when_b_holds_4), [PAIR], options
+    )
+    for result in (streamed, batched):
+        assert (result.verdict, result.aggregation) == (verdict, rule)
+        assert result.position_consistent is False
+        assert result.margin == (None if margin is None else pytest.approx(margin))
+
+
+def test_mean_falls_back_to_vote_when_the_backend_gives_no_logprobs() -> None:
+    (result,) = judge_pairs(FakeBackend(second_slot_judge), [PAIR], JudgeOptions(swap=True))
+    assert (result.verdict, result.aggregation) == (Verdict.TIE, "vote")
+
+
+def test_the_aggregation_option_is_checked_and_mean_by_default() -> None:
+    assert JudgeOptions().aggregate == "mean"
+    assert JudgeOptions(aggregate="vote").model_dump()["aggregate"] == "vote"
+    with pytest.raises(ValidationError):
+        JudgeOptions(aggregate="median")

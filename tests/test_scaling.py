@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from judges.scaling import aggregate, majority, position_consistency, unswap
-from judges.types import Judgment, Status, Verdict
+from judges.scaling import TIE_BAND, aggregate, log_odds, majority, position_consistency, unswap
+from judges.types import Aggregation, Judgment, Status, Verdict
 
 
 def judgment(
@@ -15,6 +17,7 @@ def judgment(
     swapped: bool = False,
     scores: tuple[float, float] | None = None,
     status: Status = Status.COMPLETE,
+    p: float | None = None,
 ) -> Judgment:
     return Judgment(
         protocol=protocol,
@@ -22,6 +25,7 @@ def judgment(
         verdict=verdict,
         status=status,
         scores=scores,
+        verdict_probability=p,
         swapped=swapped,
         pair_id=7,
     )
@@ -92,27 +96,35 @@ def test_all_failures_aggregate_to_no_verdict_even_with_swap() -> None:
     assert result.position_consistent is None
 
 
-def test_pointwise_sums_scores_rather_than_counting_votes() -> None:
-    # Two narrow wins for A, one large win for B: votes say A, sums say B.
+@pytest.mark.parametrize(
+    ("rule", "scores"), [(Aggregation.VOTE, (13, 20)), (Aggregation.MEAN, (13 / 3, 20 / 3))]
+)
+def test_pointwise_combines_scores_rather_than_counting_votes(rule, scores) -> None:
+    # Two narrow wins for A, one large win for B: votes would say A, scores say B.
     samples = [
         judgment(Verdict.A, protocol="pointwise", scores=(6, 5)),
         judgment(Verdict.A, protocol="pointwise", scores=(6, 5)),
         judgment(Verdict.B, protocol="pointwise", scores=(1, 10)),
         judgment(Verdict.NONE, protocol="pointwise", scores=None),
     ]
-    result = aggregate(samples)
-    assert result.scores == (13, 20)
+    result = aggregate(samples, rule)
+    assert result.scores == pytest.approx(scores)
     assert result.verdict is Verdict.B
     assert result.votes == {"A": 2, "B": 1, "none": 1}
+    assert result.aggregation == rule.value
 
 
-def test_pointwise_swapped_scores_are_summed_in_the_original_order() -> None:
+@pytest.mark.parametrize(
+    ("rule", "scores", "margin"),
+    [(Aggregation.VOTE, (17, 7), None), (Aggregation.MEAN, (8.5, 3.5), 5.0)],
+)
+def test_pointwise_swapped_scores_are_combined_in_the_original_order(rule, scores, margin) -> None:
     samples = [
         judgment(Verdict.A, protocol="pointwise", scores=(8, 4)),
         flipped(Verdict.B, protocol="pointwise", scores=(3, 9)),  # said B=9 -> original A=9
     ]
-    result = aggregate(samples)
-    assert result.scores == (17, 7)
+    result = aggregate(samples, rule)
+    assert result.scores == scores and result.margin == margin
     assert (result.verdict, result.position_consistent) == (Verdict.A, True)
 
 
@@ -163,3 +175,165 @@ def test_aggregate_refuses_mixed_inputs() -> None:
     other.pair_id = 8
     with pytest.raises(ValueError, match="pairs"):
         aggregate([judgment(Verdict.A), other])
+
+
+# --- the MEAN rule: the judge's evidence, not hard votes (issue 16) ------------------------------
+
+A, B, TIE, NONE = Verdict.A, Verdict.B, Verdict.TIE, Verdict.NONE
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def p_for(margin: float) -> float:
+    """The verdict probability of a stated A whose log-odds of A over B is `margin`."""
+    return sigmoid(margin)
+
+
+@pytest.mark.parametrize(
+    ("first", "p1", "second_said", "p2", "verdict", "probability"),
+    [
+        # both orders pick the same response: said B on the swapped pair is A
+        (A, 0.9, B, 0.9, A, 0.9),
+        # pure position bias (always the first slot, equally sure): no evidence either way
+        (A, 0.7, A, 0.7, TIE, None),
+        # always the second slot, but surer when it is response A: the flip still says A
+        (B, 0.7, B, 0.8, A, sigmoid((log_odds(0.3) + log_odds(0.8)) / 2)),
+        # always the first slot, surer when it is response B
+        (A, 0.6, A, 0.9, B, sigmoid(-(log_odds(0.6) + log_odds(0.1)) / 2)),
+        # a stated tie adds 0 whatever its probability (P(tie), not A against B)
+        (TIE, 0.8, B, 0.9, A, sigmoid(log_odds(0.9) / 2)),
+        # certainty (B absent from the top log-probs) is large, not infinite
+        (A, 1.0, A, 0.6, A, sigmoid((log_odds(1.0) + log_odds(0.4)) / 2)),
+    ],
+)
+def test_log_odds_of_both_orders_combine_in_the_original_order(
+    first, p1, second_said, p2, verdict, probability
+) -> None:
+    samples = [judgment(first, p=p1), flipped(second_said, p=p2)]
+    result = aggregate(samples)
+    assert result.aggregation == "mean"
+    assert result.verdict is verdict
+    if probability is None:
+        assert result.verdict_probability is None
+    else:
+        assert result.verdict_probability == pytest.approx(probability)
+    assert math.isfinite(result.margin)
+
+
+def test_a_biased_judge_is_a_tie_by_vote_but_keeps_its_evidence_by_mean() -> None:
+    samples = [judgment(B, p=0.7), flipped(B, p=0.8)]  # the second slot, whatever it holds
+    voted, mean = aggregate(samples, Aggregation.VOTE), aggregate(samples, "mean")
+    assert (voted.verdict, voted.aggregation, voted.margin) == (TIE, "vote", None)
+    assert (mean.verdict, mean.aggregation) == (A, "mean")
+    assert voted.position_consistent is mean.position_consistent is False
+    assert voted.votes == mean.votes == {"A": 1, "B": 1}
+
+
+@pytest.mark.parametrize(
+    ("margin", "tie_band", "verdict"),
+    [
+        (0.0, TIE_BAND, TIE),
+        (0.05, TIE_BAND, TIE),
+        (-0.09, TIE_BAND, TIE),
+        (0.11, TIE_BAND, A),
+        (-0.11, TIE_BAND, B),
+        (0.05, 0.0, A),  # no band: any preference decides
+        (0.5, 1.0, TIE),  # a wider band, asked for
+    ],
+)
+def test_tie_band_around_zero(margin, tie_band, verdict) -> None:
+    result = aggregate([judgment(A, p=p_for(margin))], tie_band=tie_band)
+    assert result.margin == pytest.approx(margin)
+    assert result.verdict is verdict
+    assert (result.verdict_probability is None) == (verdict is TIE)
+
+
+def test_the_tie_band_is_stated_in_log_odds() -> None:
+    assert TIE_BAND == 0.1  # P(A) between 0.475 and 0.525; the reason is in judges.scaling
+    assert sigmoid(TIE_BAND) == pytest.approx(0.525, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("samples", "rule_used", "verdict"),
+    [
+        # k = 3 with log-probs: two faint A against one sure B; the mean says B, a vote says A
+        ([(A, 0.55), (A, 0.55), (B, 0.95)], "mean", B),
+        ([(A, 0.9), (A, 0.6), (B, 0.7)], "mean", A),
+        # without log-probs the stated verdicts vote, as before
+        ([(A, None), (A, None), (B, None)], "vote", A),
+        ([(A, None), (B, None)], "vote", TIE),
+        # one sample without a probability: the whole pair votes, never a partial mean
+        ([(A, 0.55), (A, None), (B, 0.95)], "vote", A),
+        # a sample without a verdict gives no evidence, under either rule
+        ([(A, 0.55), (NONE, None), (B, 0.95)], "mean", B),
+        ([(NONE, None), (NONE, None)], "mean", NONE),
+        # stated ties count as 0 evidence
+        ([(TIE, 0.9), (TIE, 0.6), (A, 0.6)], "mean", A),
+        ([(TIE, None), (TIE, None)], "mean", TIE),
+    ],
+)
+def test_k_samples_with_and_without_logprobs(samples, rule_used, verdict) -> None:
+    judged = [
+        judgment(v, p=p, status=Status.NO_VERDICT if v is NONE else Status.COMPLETE)
+        for v, p in samples
+    ]
+    for index, item in enumerate(judged):
+        item.sample_index = index
+    result = aggregate(judged)
+    assert (result.aggregation, result.verdict) == (rule_used, verdict)
+    assert aggregate(judged, Aggregation.VOTE).aggregation == "vote"
+
+
+@pytest.mark.parametrize("rule", list(Aggregation))
+@pytest.mark.parametrize(
+    ("original", "swapped_said", "verdict"),
+    [
+        ((NONE, None), (A, 0.8), B),  # the original order failed; the swapped one said A = B
+        ((B, 0.8), (NONE, None), B),  # the swapped order failed
+        ((NONE, None), (TIE, None), TIE),
+        ((NONE, None), (NONE, None), NONE),  # nothing said: no verdict, never A
+        ((NONE, 0.9), (NONE, 0.9), NONE),  # a stray probability without a verdict is no vote
+    ],
+)
+def test_a_missing_order_never_becomes_a(rule, original, swapped_said, verdict) -> None:
+    def sample(v, p, **kwargs):
+        return judgment(v, p=p, status=Status.ERROR if v is NONE else Status.COMPLETE, **kwargs)
+
+    result = aggregate([sample(*original), unswap(sample(*swapped_said))], rule)
+    assert result.verdict is verdict
+    assert result.position_consistent is None
+
+
+@pytest.mark.parametrize(
+    ("rule", "verdict", "scores"),
+    [(Aggregation.VOTE, A, (0.41, 0.623)), (Aggregation.MEAN, B, (0.41, 0.623))],
+)
+def test_verifier_mean_compares_mean_p_yes_per_response(rule, verdict, scores) -> None:
+    # Two narrow wins for A, one clear win for B: the vote says A, the mean P(Yes) says B.
+    samples = [
+        judgment(A, protocol="verifier", scores=(0.52, 0.49)),
+        judgment(A, protocol="verifier", scores=(0.53, 0.48)),
+        judgment(B, protocol="verifier", scores=(0.18, 0.9)),
+    ]
+    result = aggregate(samples, rule)
+    assert result.verdict is verdict
+    assert result.scores == pytest.approx(scores, abs=1e-3)
+    if rule is Aggregation.MEAN:
+        assert result.margin == pytest.approx(log_odds(0.41) - log_odds(1.87 / 3))
+        assert result.verdict_probability == pytest.approx(sigmoid(-result.margin))
+
+
+@pytest.mark.parametrize(
+    ("scores", "verdict"),
+    [([(1.0, 1.0), (1.0, 0.0)], A), ([(1.0, 1.0), (0.0, 0.0)], TIE), ([(0.0, 1.0)], B)],
+)
+def test_verifier_without_logprobs_averages_its_stated_yes_and_no(scores, verdict) -> None:
+    samples = [judgment(A, protocol="verifier", scores=s) for s in scores]
+    assert aggregate(samples).verdict is verdict
+
+
+def test_an_unknown_rule_is_refused() -> None:
+    with pytest.raises(ValueError):
+        aggregate([judgment(A, p=0.9)], "median")
