@@ -3,6 +3,7 @@ LoRA adapter checks, and vLLM's request/output mapping (no GPU needed)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from judges import embedded
 from judges.backends import BACKENDS, make_backend
-from judges.backends.base import BackendError, Generation, GenerationOptions
+from judges.backends.base import Backend, BackendError, Generation, GenerationOptions
 from settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -59,9 +60,19 @@ def test_importing_judges_loads_no_heavy_library():
 
 def test_backend_table_names_importable_classes_lazily():
     assert set(BACKENDS) == {"transformers", "openai", "vllm"}
-    for target in BACKENDS.values():
+    for name, target in BACKENDS.items():
         module, _, cls = target.partition(":")
         assert module.startswith("judges.backends.") and cls
+        backend_class = getattr(importlib.import_module(module), cls)
+        assert issubclass(backend_class, Backend) and backend_class.name == name
+    # Lazily: importing the table (judges.backends) loads no backend module, torch or vllm.
+    code = (
+        "import sys, judges.backends; loaded = set(sys.modules); "
+        "print(sorted(m for m in loaded if m.split('.')[0] in ('torch', 'vllm') "
+        "or (m.startswith('judges.backends.') and m != 'judges.backends.base')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_make_backend_builds_openai_from_settings(tmp_path):

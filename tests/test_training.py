@@ -224,10 +224,14 @@ def test_protocol_prompts_fit_the_token_budget_and_keep_both_ends(tiny_model, tm
 
 
 def test_protocol_prompt_trains(tiny_model, tmp_path):
+    """The judge's own pairwise prompt (not the short test one) goes through a training step."""
     result = main(
         tiny_config(tmp_path, max_steps=1, max_prompt_tokens=700), make_records(), tiny_model
     )
-    assert result.steps == 1
+    assert result.steps == 1 and result.train_examples > 0
+    assert result.train_loss is not None and math.isfinite(result.train_loss)
+    lora_b = [t for name, t in read_tensors(result.adapter_path).items() if "lora_B" in name]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b), "the step moved no LoRA weight"
 
 
 @pytest.mark.parametrize(
