@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from settings import Settings, load_settings
 from storage.db import init_db, make_engine, make_session_factory
 
-
 # Fixtures that load or build a model: a test that uses one trains or runs a model, and is
 # marked `slow` here, so `-m "not slow"` is the quick suite whatever its file forgot to mark.
 MODEL_FIXTURES = {"tiny_model", "models", "embedded_model_dir", "embedded_backend", "running_app"}
@@ -25,6 +24,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
 
 # Set to a PostgreSQL URL to run the storage tests there; its public schema is wiped per test.
 TEST_DATABASE_URL_ENV = "GRM_TEST_DATABASE_URL"
