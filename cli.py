@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from judges.types import Aggregation
 from settings import load_settings
 
 EXPORT_FORMATS = ["jsonl", "csv", "parquet", "trl-preference", "trl-sft"]
@@ -62,6 +63,7 @@ def _judge_options(args: argparse.Namespace, settings):
         swap=args.swap,
         temperature=args.temperature if args.temperature is not None else settings.temperature,
         max_new_tokens=args.max_new_tokens or settings.max_new_tokens,
+        **({"aggregate": args.aggregate} if args.aggregate else {}),
     )
 
 
@@ -302,8 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     judge = sub.add_parser("judge", help="judge pending pairs (or one pair given as text)")
     judge.add_argument("--dataset")
     judge.add_argument("--protocol", choices=PROTOCOLS)
-    judge.add_argument("--k", type=int, default=1, help="samples per pair (majority vote)")
+    judge.add_argument("--k", type=int, default=1, help="samples per pair")
     judge.add_argument("--swap", action="store_true", help="judge both orders")
+    judge.add_argument(
+        "--aggregate",
+        choices=[rule.value for rule in Aggregation],
+        help="combine samples and orders by the mean of the judge's evidence (default: mean "
+        "log-odds, score difference or P(Yes)) or by a vote of stated verdicts (vote)",
+    )
     judge.add_argument("--temperature", type=float)
     judge.add_argument("--max-new-tokens", type=int)
     judge.add_argument("--limit", type=int)

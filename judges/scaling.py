@@ -23,6 +23,10 @@ MEAN (the default) keeps the judge's evidence instead of hard votes:
   verifier's rewards are its stated Yes/No as 1/0, so the mean is each response's share of Yes.
 - `margin` keeps the mean evidence for A over B, `verdict_probability` its P(verdict) (the
   logistic of |margin|; pairwise and verifier, None for a tie).
+- A lone judgment (one sample with a verdict: k = 1 without swap, or the other order failed)
+  keeps its stated verdict and probability: there is nothing to weigh it against, and a decision
+  that contradicted the [[A]] in its own text (a stated verdict with P < 0.5, or inside the
+  band) would leave the person reading it with two answers. `margin` still holds its evidence.
 
 VOTE (`--aggregate vote`; FastChat / MT-Bench practice, and the rule before MEAN):
 - pairwise and verifier: majority vote over the samples' verdicts; samples without a verdict do
@@ -200,6 +204,11 @@ def _by_mean(result: AggregateJudgment, judgments: Sequence[Judgment], tie_band:
     result.margin = margin
     if margin is not None and protocol != "pointwise" and result.verdict in (Verdict.A, Verdict.B):
         result.verdict_probability = 1.0 / (1.0 + math.exp(-abs(margin)))
+    stated = [j for j in judgments if j.verdict is not Verdict.NONE]
+    if len(stated) == 1:  # a lone judgment keeps its stated verdict (see the module docstring)
+        result.verdict = stated[0].verdict
+        decided = protocol != "pointwise" and result.verdict in (Verdict.A, Verdict.B)
+        result.verdict_probability = stated[0].verdict_probability if decided else None
     result.aggregation = Aggregation.MEAN.value
     return True
 

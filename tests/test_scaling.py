@@ -244,7 +244,8 @@ def test_a_biased_judge_is_a_tie_by_vote_but_keeps_its_evidence_by_mean() -> Non
     ],
 )
 def test_tie_band_around_zero(margin, tie_band, verdict) -> None:
-    result = aggregate([judgment(A, p=p_for(margin))], tie_band=tie_band)
+    both_orders = [judgment(A, p=p_for(margin)), flipped(B, p=p_for(margin))]
+    result = aggregate(both_orders, tie_band=tie_band)
     assert result.margin == pytest.approx(margin)
     assert result.verdict is verdict
     assert (result.verdict_probability is None) == (verdict is TIE)
@@ -330,8 +331,28 @@ def test_verifier_mean_compares_mean_p_yes_per_response(rule, verdict, scores) -
     [([(1.0, 1.0), (1.0, 0.0)], A), ([(1.0, 1.0), (0.0, 0.0)], TIE), ([(0.0, 1.0)], B)],
 )
 def test_verifier_without_logprobs_averages_its_stated_yes_and_no(scores, verdict) -> None:
-    samples = [judgment(A, protocol="verifier", scores=s) for s in scores]
+    samples = [judgment(stated(*s), protocol="verifier", scores=s) for s in scores]
     assert aggregate(samples).verdict is verdict
+
+
+def stated(a: float, b: float) -> Verdict:
+    return A if a > b else B if b > a else TIE
+
+
+@pytest.mark.parametrize(
+    ("samples", "verdict", "probability"),
+    [
+        ([judgment(A, p=0.4)], A, 0.4),  # its text says [[A]]; the decision does not contradict it
+        ([judgment(A, p=0.51)], A, 0.51),  # inside the band, still its own verdict
+        ([judgment(NONE, status=Status.ERROR), flipped(A, p=0.4)], B, 0.4),
+        ([judgment(TIE, p=0.7)], TIE, None),
+    ],
+)
+def test_a_lone_judgment_keeps_its_stated_verdict(samples, verdict, probability) -> None:
+    result = aggregate(samples)
+    assert (result.aggregation, result.verdict) == ("mean", verdict)
+    assert result.verdict_probability == probability
+    assert result.margin is not None  # the evidence is still reported
 
 
 def test_an_unknown_rule_is_refused() -> None:

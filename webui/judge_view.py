@@ -2,6 +2,9 @@
 
 Works from the live `StreamUpdate`s of `Services.stream_pair_judgment` and from judgment rows
 stored earlier, so a pair judged by a batch run opens with its reasoning already on screen.
+A stored run's decision is recomputed by `judges.scaling.aggregate` with the rule stored with it,
+the one rule the judge used live. With swap on, the samples table shows what the judge said in
+each order and P(A), so a person sees a position bias instead of a bare "tie".
 Every text the judge wrote goes through `render.safe_markdown`: judge output is untrusted too.
 """
 
@@ -13,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from judges.scaling import aggregate
+from judges.types import Aggregation, Judgment, Status, Verdict
 from webui.render import panel, safe_markdown, safe_text
 
 PANEL_TITLES = ("Principles", "Critique", "Verdict")
@@ -37,6 +42,19 @@ class SampleRow:
     judgment_id: int | None = None
     error: str | None = None  # why the sample failed (status error), for the status line
 
+    @property
+    def said(self) -> str:
+        """The verdict as the judge stated it, in the order it was shown (A<->B when swapped)."""
+        flip = {"A": "B", "B": "A"} if self.swapped else {}
+        return flip.get(self.verdict, self.verdict)
+
+    @property
+    def probability_a(self) -> float | None:
+        """P(A over B) in the pair's original order, where the sample has a probability."""
+        if self.probability is None or self.verdict not in ("A", "B"):
+            return None
+        return self.probability if self.verdict == "A" else 1.0 - self.probability
+
 
 @dataclass
 class JudgeDisplay:
@@ -50,6 +68,10 @@ class JudgeDisplay:
     verdict: str | None = None  # set once the judgment (or vote) is final
     votes: dict[str, int] = field(default_factory=dict)
     position_consistent: bool | None = None
+    protocol: str = "pairwise"
+    aggregation: str | None = None  # the rule that decided: "mean" or "vote"
+    margin: float | None = None  # the mean rule's evidence for A over B
+    probability: float | None = None  # the mean rule's P(verdict)
     stored: bool = False
     running: bool = False  # a judgment is streaming into this display
     live_sample: int = 0  # position of the sample being written (0-based)
@@ -125,13 +147,21 @@ class JudgeDisplay:
 
     def _badge_detail(self) -> str:
         parts: list[str] = []
+        mean = self.aggregation == Aggregation.MEAN.value
         winners = [s for s in self.samples if s.verdict == self.verdict]
         probabilities = [s.probability for s in winners if s.probability is not None]
-        if probabilities:
+        if mean and self.probability is not None:
+            parts.append(f"p = {self.probability:.2f}")
+        elif not mean and probabilities:
             parts.append(f"p = {sum(probabilities) / len(probabilities):.2f}")
         if len(self.samples) > 1:
             votes = " · ".join(f"{k} {v}" for k, v in sorted(self.votes.items()))
-            parts.append(f"vote of {len(self.samples)}: {votes}")
+            if mean and self.margin is not None:
+                evidence = EVIDENCE.get(self.protocol, "evidence")
+                parts.append(f"mean of {len(self.samples)}: {evidence} {self.margin:+.2f}")
+                parts.append(f"stated: {votes}")
+            else:
+                parts.append(f"vote of {len(self.samples)}: {votes}")
         else:
             sources = {s.source for s in self.samples} - {"none", ""}
             parts.append(f"source: {', '.join(sorted(sources)) or 'none'}")
@@ -144,21 +174,48 @@ class JudgeDisplay:
         return safe_text(" · ".join(parts))
 
     def samples_html(self) -> str:
-        """A row per sample when there is more than one (k > 1 or swap), else nothing."""
+        """A row per sample when there is more than one (k > 1 or swap), else nothing.
+
+        Each row says what the judge stated in the order it saw ("said"), what that means in
+        the pair's order, P(stated) and P(A); with swap, a line per order sums them up.
+        """
         if self.sample_count <= 1 and len(self.samples) <= 1:
             return ""
         rows = "".join(
             f"<tr><td>{s.index + 1}</td><td>{'swapped' if s.swapped else 'original'}</td>"
-            f"<td>{safe_text(s.verdict)}</td><td>{_probability(s.probability)}</td>"
+            f"<td>{safe_text(s.said)}</td><td>{safe_text(s.verdict)}</td>"
+            f"<td>{_probability(s.probability)}</td><td>{_probability(s.probability_a)}</td>"
             f"<td>{safe_text(s.status)}</td></tr>"
             for s in self.samples
         )
         waiting = max(self.sample_count - len(self.samples), 0)
         note = f"<p class='grm-note'>{waiting} more sample(s) running…</p>" if waiting else ""
         return (
-            '<table class="grm-samples"><thead><tr><th>#</th><th>order</th><th>verdict</th>'
-            f"<th>p</th><th>status</th></tr></thead><tbody>{rows}</tbody></table>{note}"
+            f"{self._orders_html()}"
+            '<table class="grm-samples"><thead><tr><th>#</th><th>order</th><th>said</th>'
+            "<th>means</th><th>p</th><th>P(A)</th><th>status</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>{note}"
         )
+
+    def _orders_html(self) -> str:
+        """With swap: each order's stated verdicts and mean P(A), and whether they agree."""
+        orders = [
+            (name, [s for s in self.samples if s.swapped is swapped])
+            for name, swapped in (("Original order", False), ("Swapped order", True))
+        ]
+        if not all(samples for _, samples in orders):
+            return ""
+        lines = [f"{name}: {_order_summary(samples)}" for name, samples in orders]
+        if self.position_consistent is False:
+            lines.append(
+                "The judge's stated verdict flips with the order (position bias); "
+                + (
+                    "the decision weighs its probabilities from both orders."
+                    if self.aggregation == Aggregation.MEAN.value
+                    else "a vote counts both orders' verdicts, so they cancel out."
+                )
+            )
+        return "".join(f"<p class='grm-note'>{safe_text(line)}</p>" for line in lines)
 
     def judgment_id(self) -> int | None:
         """The stored sample a label should point at: the first that gave the decision."""
@@ -166,6 +223,25 @@ class JudgeDisplay:
             if sample.verdict == self.verdict and sample.judgment_id is not None:
                 return sample.judgment_id
         return next((s.judgment_id for s in self.samples if s.judgment_id is not None), None)
+
+
+# What the mean rule's margin is, per protocol, for the badge.
+EVIDENCE = {
+    "pairwise": "log-odds A:B",
+    "verifier": "log-odds of P(Yes) A:B",
+    "pointwise": "score A-B",
+}
+
+
+def _order_summary(samples: list[SampleRow]) -> str:
+    """One order's samples in a line: "said B, B (in the pair's order: A, A) · P(A) 0.62"."""
+    said = ", ".join(s.said for s in samples)
+    means = ", ".join(s.verdict for s in samples)
+    text = f"said {said}" + (f" (in the pair's order: {means})" if said != means else "")
+    chances = [s.probability_a for s in samples if s.probability_a is not None]
+    if chances:
+        text += f" · P(A) {sum(chances) / len(chances):.2f}"
+    return text
 
 
 def _body(text: str) -> str:
@@ -191,11 +267,20 @@ def apply_update(view: JudgeDisplay, update: Any) -> JudgeDisplay:
     if update.judgment is not None:
         view.samples.append(sample_from_judgment(update.judgment))
     if update.aggregate is not None:
-        aggregate = update.aggregate
-        view.verdict = _value(aggregate.verdict)
-        view.votes = dict(aggregate.votes or {})
-        view.position_consistent = aggregate.position_consistent
+        _take_aggregate(view, update.aggregate)
     return view
+
+
+def _take_aggregate(view: JudgeDisplay, result: Any) -> None:
+    """The decision and its evidence from a judges.types.AggregateJudgment."""
+    view.verdict = _value(result.verdict)
+    view.votes = dict(result.votes or {})
+    view.position_consistent = result.position_consistent
+    view.aggregation = result.aggregation
+    view.margin = result.margin
+    view.probability = result.verdict_probability
+    if result.samples:
+        view.protocol = result.samples[0].protocol
 
 
 def sample_from_judgment(judgment: Any) -> SampleRow:
@@ -219,7 +304,11 @@ def attach_ids(view: JudgeDisplay, rows: Iterable[Mapping[str, Any]]) -> None:
 
 
 def display_from_rows(rows: list[Mapping[str, Any]]) -> JudgeDisplay:
-    """A stored judging run (rows of one run, first sample first) as a finished display."""
+    """A stored judging run (rows of one run, first sample first) as a finished display.
+
+    The decision is `judges.scaling.aggregate` over the rows, by the rule stored with them
+    (rows stored before rules were recorded: the default rule).
+    """
     if not rows:
         return JudgeDisplay()
     first = rows[0]
@@ -236,19 +325,60 @@ def display_from_rows(rows: list[Mapping[str, Any]]) -> JudgeDisplay:
         )
         for r in rows
     ]
-    votes = Counter(s.verdict for s in samples if s.verdict != "none")
     view = JudgeDisplay(
         principles=first.get("principles") or "",
         critique=first.get("critique") or "",
         verdict_text=_stored_verdict_text(first),
         samples=samples,
         sample_count=len(samples),
-        verdict=majority(votes),
-        votes=dict(votes),
+        protocol=first.get("protocol") or "pairwise",
         stored=True,
     )
-    view.position_consistent = _consistency(samples)
+    judgments = _judgments_of(rows)
+    if judgments is None:  # a value no judge writes: shown as text, decided by a plain count
+        votes = Counter(s.verdict for s in samples if s.verdict != "none")
+        view.verdict, view.votes = majority(votes), dict(votes)
+        return view
+    rule = next((r["aggregation"] for r in rows if r.get("aggregation")), Aggregation.MEAN)
+    _take_aggregate(view, aggregate(judgments, _known_rule(rule)))
     return view
+
+
+def _judgments_of(rows: list[Mapping[str, Any]]) -> list[Judgment] | None:
+    """The stored rows as judges' Judgments (un-swapped, as stored); None if one is unreadable."""
+    try:
+        judgments = [
+            Judgment(
+                protocol=r.get("protocol") or "pairwise",
+                prompt_version=r.get("prompt_version") or "",
+                verdict=Verdict(r["verdict"]),
+                status=Status(r["status"]),
+                scores=_scores(r),
+                verdict_probability=r.get("verdict_probability"),
+                verdict_source=r.get("verdict_source") or "none",
+                swapped=bool(r["swapped"]),
+                sample_index=r["sample_index"],
+                pair_id=r.get("pair_id"),
+            )
+            for r in rows
+        ]
+    except (KeyError, ValueError):
+        return None
+    if len({(j.protocol, j.pair_id) for j in judgments}) > 1:
+        return None
+    return judgments
+
+
+def _scores(row: Mapping[str, Any]) -> tuple[float, float] | None:
+    a, b = row.get("score_a"), row.get("score_b")
+    return (float(a), float(b)) if a is not None and b is not None else None
+
+
+def _known_rule(rule: Any) -> Aggregation:
+    try:
+        return Aggregation(rule)
+    except ValueError:
+        return Aggregation.MEAN
 
 
 def majority(votes: Counter) -> str:
@@ -259,17 +389,6 @@ def majority(votes: Counter) -> str:
     if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
         return "tie"
     return ranked[0][0]
-
-
-def _consistency(samples: list[SampleRow]) -> bool | None:
-    originals = {s.index: s.verdict for s in samples if not s.swapped}
-    swapped = {s.index: s.verdict for s in samples if s.swapped}
-    compared = [
-        (originals[i], swapped[i])
-        for i in originals.keys() & swapped.keys()
-        if "none" not in (originals[i], swapped[i])
-    ]
-    return all(a == b for a, b in compared) if compared else None
 
 
 def _stored_verdict_text(row: Mapping[str, Any]) -> str:
