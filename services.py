@@ -38,6 +38,8 @@ from judges.judge import (
     stream_judgment,
     warm_judgment,
 )
+from judges.prompts import Cut
+from judges.protocols import prompt_cuts
 from judges.types import AggregateJudgment, ChatTurn, Judgment, PairInput
 from settings import Settings, load_settings
 from storage import queries
@@ -456,6 +458,16 @@ class Services:
             seen.add(key)
             run.insert(0, row)
         return sorted(run, key=lambda r: (r["sample_index"], bool(r["swapped"])))
+
+    def prompt_cuts(self, pair: queries.PairView, run: list[dict[str, Any]]) -> list[Cut] | None:
+        """What the judge of `run` (latest_judgment_run's rows) did not see of `pair`: the cuts
+        its prompt made, from the function that made them, checked against the stored prompt
+        ([] when nothing was cut; None when it cannot be told)."""
+        if not run:
+            return []
+        shown = next((r for r in run if not r["swapped"] and r.get("prompt_messages")), run[0])
+        sent = None if shown["swapped"] else shown.get("prompt_messages")
+        return prompt_cuts(pair_input(pair), shown["protocol"], shown["prompt_version"], sent)
 
     def judge_info(self) -> dict[str, Any]:
         """The configured judge, whether it is loaded and how long loading took."""

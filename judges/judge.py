@@ -133,17 +133,19 @@ def stream_judgment(
         gen_options = options.generation_options(backend, sample_index)
         states: list[ParseState] = []
         generations: list[Generation] = []
+        sent: list[Messages] = []
         for messages in protocol.conversations(shown):
             parser = protocol.parser()
             parser.feed(prefill)
-            for item in _stream_safely(backend, _started(messages, prefill), gen_options):
+            sent.append(_started(messages, prefill))
+            for item in _stream_safely(backend, sent[-1], gen_options):
                 if isinstance(item, Generation):
                     generations.append(_with_prefill(item, prefill))
                     break
                 shown_state = protocol.display([*states, parser.feed(item)])
                 yield _update(shown_state, sample_index, swapped, len(plan))
             states.append(protocol.parse(generations[-1]))
-        sample = _Sample(shown, sample_index, swapped, generations)
+        sample = _Sample(shown, sample_index, swapped, generations, sent=sent)
         (judgment,) = _finish(protocol, backend, options, [sample], judge_version)
         judgment.latency_s = time.perf_counter() - started  # generation and probes
         judgments.append(judgment)
@@ -216,6 +218,7 @@ class _Sample:
     swapped: bool
     generations: list[Generation] = field(default_factory=list)
     latency_s: float = 0.0
+    sent: list[Messages] = field(default_factory=list)  # each call's messages, prefill included
 
 
 def _update(
@@ -335,6 +338,7 @@ def _finish(
             judge_version=judge_version,
             latency_s=sample.latency_s,
         )
+        judgment.prompt_messages = [dict(m) for messages in sample.sent for m in messages]
         judgments.append(unswap(judgment) if sample.swapped else judgment)
     return judgments
 
@@ -382,7 +386,8 @@ def _run_block(
                 options.generation_options(backend, sample_index),
             )
             share = (time.perf_counter() - started) / len(chunk)
-            for (sample, _), generation in zip(chunk, generations, strict=True):
+            for (sample, messages), generation in zip(chunk, generations, strict=True):
+                sample.sent.append(messages)
                 sample.generations.append(_with_prefill(generation, prefill))
                 sample.latency_s += share
     return samples

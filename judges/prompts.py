@@ -17,6 +17,24 @@ Messages = list[dict[str, str]]
 OMITTED = "[... {n} characters omitted ...]"
 
 
+@dataclass(frozen=True)
+class Cut:
+    """How one text was shortened for a judge prompt: what the judge saw of it.
+
+    `field` names the placeholder it filled ("prompt", "reference", "response_a", ...);
+    `kept_head` characters from the start and `kept_tail` from the end reached the judge.
+    """
+
+    field: str
+    length: int
+    kept_head: int
+    kept_tail: int
+
+    @property
+    def omitted(self) -> int:
+        return self.length - self.kept_head - self.kept_tail
+
+
 def truncate_middle(text: str, budget: int) -> str:
     """`text` cut to at most `budget` characters, keeping the head and the tail.
 
@@ -25,18 +43,25 @@ def truncate_middle(text: str, budget: int) -> str:
     with what matters, the tail keeps how the response ends (a final answer, a conclusion).
     Cuts move back to a whitespace boundary when one is near, so words are not split.
     """
+    return cut_middle(text, budget)[0]
+
+
+def cut_middle(text: str, budget: int, field: str = "") -> tuple[str, Cut | None]:
+    """`truncate_middle`'s text and the cut it made (None when the text fit): one function
+    makes both, so what the page says the judge saw is what the judge saw."""
     if budget <= 0:
         raise ValueError(f"truncate_middle: budget must be positive, got {budget}")
     if len(text) <= budget:
-        return text
+        return text, None
     # The marker's length depends on N, which depends on the marker: size it for the worst case.
     room = budget - len(OMITTED.format(n=len(text))) - 2  # two newlines around the marker
     if room < 2:
-        return text[:budget]
+        return text[:budget], Cut(field, len(text), budget, 0)
     head_end = _snap_back(text, (room * 2) // 3)
     tail_start = _snap_forward(text, len(text) - (room - head_end))
     omitted = tail_start - head_end
-    return f"{text[:head_end]}\n{OMITTED.format(n=omitted)}\n{text[tail_start:]}"
+    shown = f"{text[:head_end]}\n{OMITTED.format(n=omitted)}\n{text[tail_start:]}"
+    return shown, Cut(field, len(text), head_end, len(text) - tail_start)
 
 
 def _snap_back(text: str, index: int) -> int:
@@ -79,19 +104,34 @@ class PromptTemplate:
 
     def render(self, prompt: str, reference: str | None = None, **responses: str) -> Messages:
         """The chat messages for one judge call; responses by placeholder name (response_a=...)."""
+        return self.render_with_cuts(prompt, reference, **responses)[0]
+
+    def render_with_cuts(
+        self, prompt: str, reference: str | None = None, **responses: str
+    ) -> tuple[Messages, list[Cut]]:
+        """`render`'s messages and every cut it made to fit the budgets, in placeholder order
+        (responses, the prompt, the reference)."""
+        cuts: list[Cut] = []
+
+        def fitted(text: str, budget: int, field: str) -> str:
+            shown, cut = cut_middle(text, budget, field)
+            cuts.extend([cut] if cut else [])
+            return shown
+
         values = {
-            key: truncate_middle(text, self.max_response_chars) for key, text in responses.items()
+            key: fitted(text, self.max_response_chars, key) for key, text in responses.items()
         }
-        values["prompt"] = truncate_middle(prompt, self.max_prompt_chars)
+        values["prompt"] = fitted(prompt, self.max_prompt_chars, "prompt")
         values["reference_block"] = ""
         if reference:
-            reference = truncate_middle(reference, self.max_reference_chars)
+            reference = fitted(reference, self.max_reference_chars, "reference")
             values["reference_block"] = f"[Reference answer]\n{reference}\n\n"
         try:
             user = self.user.format(**values)
         except KeyError as exc:
             raise ValueError(f"prompt {self.version}: no value for placeholder {exc}") from exc
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+        messages = [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+        return messages, cuts
 
 
 PAIRWISE_V1 = PromptTemplate(

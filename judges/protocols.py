@@ -29,7 +29,7 @@ from judges.backends.base import Backend, Generation, Messages, TokenLogprob
 from judges.parsing import PAIRWISE as PAIRWISE_GRAMMAR
 from judges.parsing import POINTWISE, QUESTION_RE, Grammar, ParseState, StreamingParser, parse
 from judges.parsing import VERIFIER as VERIFIER_GRAMMAR
-from judges.prompts import PromptTemplate, get_prompt
+from judges.prompts import Cut, PromptTemplate, get_prompt
 from judges.types import Judgment, PairInput, Section, Status, Verdict
 
 Probe = tuple[Messages, str]  # (conversation, assistant prefix) for Backend.next_token_logprobs
@@ -139,8 +139,17 @@ class Protocol(ABC):
         return self.template.version
 
     @abstractmethod
+    def rendered(self, pair: PairInput) -> list[tuple[Messages, list[Cut]]]:
+        """The judge calls one sample of this pair needs, in this order, each with the cuts its
+        prompt made (field names in the pair's terms: "response_a", "prompt", ...)."""
+
     def conversations(self, pair: PairInput) -> list[Messages]:
         """The judge calls one sample of this pair needs, in this order."""
+        return [messages for messages, _ in self.rendered(pair)]
+
+    def cuts(self, pair: PairInput) -> list[Cut]:
+        """What the judge did not see of this pair: the cuts of every call, each field once."""
+        return _each_field_once(self.rendered(pair))
 
     def parser(self) -> StreamingParser:
         """A fresh streaming parser for one conversation's output."""
@@ -225,9 +234,9 @@ class PairwiseProtocol(Protocol):
     name = "pairwise"
     grammar = PAIRWISE_GRAMMAR
 
-    def conversations(self, pair: PairInput) -> list[Messages]:
+    def rendered(self, pair: PairInput) -> list[tuple[Messages, list[Cut]]]:
         return [
-            self.template.render(
+            self.template.render_with_cuts(
                 pair.prompt_text(),
                 pair.reference,
                 response_a=pair.response_a,
@@ -315,9 +324,9 @@ class PointwiseProtocol(Protocol):
     name = "pointwise"
     grammar = POINTWISE
 
-    def conversations(self, pair: PairInput) -> list[Messages]:
+    def rendered(self, pair: PairInput) -> list[tuple[Messages, list[Cut]]]:
         return [
-            self.template.render(
+            self.template.render_with_cuts(
                 pair.prompt_text(),
                 pair.reference,
                 response_a=pair.response_a,
@@ -360,12 +369,16 @@ class VerifierProtocol(Protocol):
     grammar = VERIFIER_GRAMMAR
     calls_per_sample = 2
 
-    def conversations(self, pair: PairInput) -> list[Messages]:
+    def rendered(self, pair: PairInput) -> list[tuple[Messages, list[Cut]]]:
         prompt = pair.prompt_text()
-        return [
-            self.template.render(prompt, pair.reference, response=response)
-            for response in (pair.response_a, pair.response_b)
-        ]
+        calls = []
+        for side, response in (("response_a", pair.response_a), ("response_b", pair.response_b)):
+            messages, cuts = self.template.render_with_cuts(
+                prompt, pair.reference, response=response
+            )
+            named = [replace(cut, field=side) if cut.field == "response" else cut for cut in cuts]
+            calls.append((messages, named))
+        return calls
 
     def display(self, states: Sequence[ParseState]) -> ParseState:
         """Both verifications in the critique panel, both answers in the verdict panel."""
@@ -486,6 +499,38 @@ def _combined_status(generations: Sequence[Generation], verdict: Verdict) -> Sta
     if "length" in reasons:
         return Status.TRUNCATED
     return Status.NO_VERDICT if verdict is Verdict.NONE else Status.COMPLETE
+
+
+def _each_field_once(calls: Sequence[tuple[Messages, list[Cut]]]) -> list[Cut]:
+    found: dict[str, Cut] = {}
+    for _, cuts in calls:
+        found.update((cut.field, cut) for cut in cuts if cut.field not in found)
+    return list(found.values())
+
+
+def prompt_cuts(
+    pair: PairInput,
+    protocol: str,
+    prompt_version: str | None,
+    sent: Sequence[Mapping[str, str]] | None = None,
+) -> list[Cut] | None:
+    """What a judgment's prompt cut from `pair`, from the template and budgets that built it.
+
+    `sent`: the messages stored with a judgment in the pair's own order (every call one after
+    another, the answer prefill included); when given, they must be what the template builds
+    from the pair now. None when that cannot be told: an unknown prompt version, or messages
+    that differ from what this template builds.
+    """
+    try:
+        judge = get_protocol(protocol, prompt_version)
+    except ValueError:
+        return None
+    calls = judge.rendered(pair)
+    if sent is not None:
+        built = [message for messages, _ in calls for message in messages]
+        if [dict(m) for m in sent if m.get("role") != "assistant"] != built:
+            return None
+    return _each_field_once(calls)
 
 
 PROTOCOLS: dict[str, type[Protocol]] = {
