@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from judges.backends.base import Backend
@@ -71,3 +73,17 @@ def test_a_prompt_read_ahead_gives_the_same_judgment(embedded) -> None:
     assert warmed.raw_text == cold.raw_text == again.raw_text
     assert warmed.verdict is cold.verdict
     assert warmed.verdict_probability == pytest.approx(cold.verdict_probability, abs=1e-4)
+
+
+def test_pointwise_scores_are_the_ones_the_judge_wrote(embedded) -> None:
+    options = JudgeOptions(protocol="pointwise", max_new_tokens=64)
+    judgment = list(stream_judgment(embedded, PAIR, options))[-1].judgment
+    written = re.findall(
+        r"\\boxed\{\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\}", judgment.raw_text
+    )
+    if not written:  # the small judge wrote no scores: that must be said, never made up
+        assert judgment.scores is None and judgment.verdict is Verdict.NONE
+        return
+    a, b = (float(x) for x in written[0])
+    assert judgment.scores == (a, b) and judgment.verdict_source == "scores"
+    assert judgment.verdict is (Verdict.A if a > b else Verdict.B if b > a else Verdict.TIE)
