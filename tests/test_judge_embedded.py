@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 
 import pytest
 
 from judges.backends.base import Backend
 from judges.judge import JudgeOptions, judge_pairs, stream_judgment, warm_judgment
-from judges.types import PairInput, Section, Status, Verdict
+from judges.types import Aggregation, PairInput, Section, Status, Verdict
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +89,31 @@ def test_pointwise_scores_are_the_ones_the_judge_wrote(embedded) -> None:
     a, b = (float(x) for x in written[0])
     assert judgment.scores == (a, b) and judgment.verdict_source == "scores"
     assert judgment.verdict is (Verdict.A if a > b else Verdict.B if b > a else Verdict.TIE)
+
+
+@pytest.mark.parametrize("rule", [Aggregation.VOTE, Aggregation.MEAN])
+def test_k_samples_in_both_orders_combine_by_the_chosen_rule(embedded, rule) -> None:
+    options = JudgeOptions(k=3, swap=True, temperature=0.9, max_new_tokens=16, aggregate=rule)
+    result = list(stream_judgment(embedded, PAIR, options))[-1].aggregate
+    samples = result.samples
+    assert len(samples) == 6 and sum(s.swapped for s in samples) == 3
+    assert sum(result.votes.values()) == 6
+    assert result.votes == dict(Counter(s.verdict.value for s in samples))
+    if rule is Aggregation.VOTE:
+        counts = Counter(s.verdict for s in samples if s.verdict is not Verdict.NONE)
+        top = max(counts.values())
+        leaders = [v for v, c in counts.items() if c == top]
+        assert result.verdict is (leaders[0] if len(leaders) == 1 else Verdict.TIE)
+        return
+
+    # Mean: the sign of the mean log-odds of A over B, each sample's P(A) in the pair's order.
+    def log_odds(s) -> float:
+        p = min(max(s.verdict_probability, 1e-6), 1 - 1e-6)
+        p_a = {Verdict.A: p, Verdict.B: 1 - p}.get(s.verdict, 0.5)
+        return math.log(p_a / (1 - p_a))
+
+    decided = [s for s in samples if s.verdict is not Verdict.NONE]
+    margin = sum(log_odds(s) for s in decided) / len(decided)
+    assert result.aggregation == "mean" and result.margin == pytest.approx(margin, abs=1e-6)
+    expected = Verdict.TIE if abs(margin) <= 0.1 else Verdict.A if margin > 0 else Verdict.B
+    assert result.verdict is expected
