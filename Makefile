@@ -9,12 +9,15 @@ UV := $(BIN)/uv
 # PyTorch's CPU index (PyPI has only the CUDA build under that version).
 TORCH_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 UV_INSTALL := $(UV) pip install --quiet --python $(BIN)/python --no-deps $(TORCH_SOURCE)
-LOCK_FLAGS := --quiet --python-version 3.11 --custom-compile-command "make lock" \
-	--constraint lock-constraints.txt $(TORCH_SOURCE)
+# The lock's header names the pyproject.toml it was made from, so any change to that file shows
+# as a stale lock in `make lock-check` (CI) until `make lock` is run and both are committed.
+PYPROJECT_SHA = $(shell sha256sum pyproject.toml | cut -c1-16)
+LOCK_FLAGS = --quiet --python-version 3.11 --constraint lock-constraints.txt $(TORCH_SOURCE) \
+	--custom-compile-command "make lock  (from pyproject.toml sha256 $(PYPROJECT_SHA)...)"
 BASE_STAMP := $(VENV)/.base-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run test install install-dev lock lock-check lint format clean
+.PHONY: run test install install-dev lock lock-upgrade lock-check lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +43,13 @@ compile_locks = cd $(1) && $(abspath $(UV)) pip compile pyproject.toml --extra d
 	-o requirements-dev.lock && $(abspath $(UV)) pip compile pyproject.toml $(LOCK_FLAGS) \
 	-c requirements-dev.lock -o requirements.lock
 
-# The newest versions pyproject.toml allows; commit both files with the pyproject.toml change.
+# Refresh after editing pyproject.toml: locked versions stay where its ranges still allow them.
+# Commit both lock files with the pyproject.toml change.
 lock: | $(BIN)/python
+	$(call compile_locks,.,)
+
+# Move every package to the newest version pyproject.toml allows (then run make test).
+lock-upgrade: | $(BIN)/python
 	$(call compile_locks,.,--upgrade)
 
 # Fails when pyproject.toml asks for something the committed lock does not hold: the same
