@@ -6,10 +6,21 @@ from html.parser import HTMLParser
 from types import SimpleNamespace
 
 import pytest
+from exact_text_cases import EXACT_CASES, rendered_text, squashed
 
 from webui.common import annotator_of, check_name
 from webui.judge_view import JudgeDisplay, display_from_rows, majority
-from webui.render import chat_html, safe_markdown
+from webui.render import (
+    HIDDEN_CHARS,
+    MAX_DISPLAY_CHARS,
+    chat_html,
+    exact_html,
+    panel,
+    prompt_views,
+    safe_markdown,
+    text_views,
+    visible_text,
+)
 
 HOSTILE = [
     ("script", "<script>window.__pwned=1</script>"),
@@ -232,3 +243,59 @@ def test_live_swap_stream_shows_each_sample_then_the_vote() -> None:
     assert "same in both orders" in badge
     rows = view.samples_html()
     assert rows.count("<tr>") == 3 and "swapped" in rows and "original" in rows
+
+
+# --- issue 15: the exact view is the stored text; the rendered view keeps the characters -------
+
+
+@pytest.mark.parametrize("name,text,rendered", EXACT_CASES, ids=[c[0] for c in EXACT_CASES])
+def test_exact_view_holds_the_stored_string_character_for_character(
+    name: str, text: str, rendered: str | None
+) -> None:
+    markup = exact_html(text)
+    assert_inert(markup)
+    # Python's parser keeps the newline a browser drops right after <pre> (checked in Chromium
+    # by tests/test_browser_exact_text.py).
+    assert visible_text(markup) == "\n" + text
+    for char in set(HIDDEN_CHARS.findall(text)):
+        assert char not in markup  # in the DOM by character reference, shown by its code
+        assert f'data-code="[U+{ord(char):04X}]"' in markup
+
+
+@pytest.mark.parametrize("name,text,rendered", EXACT_CASES, ids=[c[0] for c in EXACT_CASES])
+def test_rendered_view_loses_no_character_outside_the_markup_it_renders(
+    name: str, text: str, rendered: str | None
+) -> None:
+    views, differs = text_views(text)
+    rendered_part = views.split('<div class="grm-view-exact">')[0]
+    assert_inert(rendered_part)
+    assert squashed(visible_text(rendered_part)) == rendered_text(text, rendered)
+    assert differs is (rendered is not None)  # the marker: rendering hides characters
+    assert panel("Response A", views, differs=differs).count("grm-differs") == int(differs)
+
+
+@pytest.mark.parametrize(
+    "text,tag",
+    [
+        ("**bold** text", "<strong>bold</strong>"),
+        ("*em* and _em_", "<em>em</em> and <em>em</em>"),
+        ("a `code*span*`", "<code>code*span*</code>"),
+        ("$x*y$ and $z*w$", '<span class="grm-math">$x*y$</span>'),
+        ("| a | b |\n|---|---|\n| 1 | 2 |", "<td>1</td>"),
+    ],
+)
+def test_deliberate_markdown_still_renders(text: str, tag: str) -> None:
+    assert tag in safe_markdown(text)
+
+
+def test_a_chat_prompt_carries_both_views_for_every_turn_and_one_marker_flag() -> None:
+    turns = [{"role": "user", "content": "2*3*4"}, {"role": "assistant", "content": "**24**"}]
+    views, differs = prompt_views("", turns)
+    assert views.count('class="grm-view-exact"') == 2 and differs
+    assert prompt_views("", turns[:1])[1] is False
+
+
+def test_a_huge_text_is_cut_in_the_exact_view_too_and_says_so() -> None:
+    markup = exact_html("y" * (MAX_DISPLAY_CHARS + 5))
+    assert visible_text(markup).count("y") == MAX_DISPLAY_CHARS
+    assert f"Showing the first {MAX_DISPLAY_CHARS:,}" in markup

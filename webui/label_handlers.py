@@ -17,8 +17,9 @@ import gradio as gr
 
 from webui import history
 from webui.common import annotator_of, check_name, dataset_choices, dataset_id_of, explain
+from webui.judge_saw import judge_saw_html
 from webui.judge_view import JudgeDisplay, apply_update, attach_ids, display_from_rows
-from webui.render import chat_html, panel, safe_markdown, safe_text
+from webui.render import panel, prompt_views, safe_text, text_views
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ STREAM_INTERVAL_S = 0.08  # repaint at most ~12 times a second; the first text g
 NO_PAIR = {"pair_id": None, "token": None}
 NO_JUDGE = {"pair_id": None, "verdict": None, "judgment_id": None}
 # meta, prompt, A, B, principles, critique, verdict, badge, samples, current, judged,
-# corrected critique, note, status
-SCREEN_OUTPUTS = 14
+# corrected critique, note, what the judge saw, status
+SCREEN_OUTPUTS = 15
 
 
 class LabelHandlers:
@@ -203,6 +204,18 @@ class LabelHandlers:
         judged = {"pair_id": pair_id, "verdict": view.verdict, "judgment_id": view.judgment_id()}
         yield self._judge_out(view, judged, view.problem() or "")
 
+    def judge_saw(self, current: dict) -> str:
+        """After a judgment: which texts the judge's prompt cut, and the prompt it received."""
+        pair_id = (current or {}).get("pair_id")
+        if not pair_id:
+            return ""
+        return self._judge_saw(
+            self.services.pair(pair_id), self.services.latest_judgment_run(pair_id)
+        )
+
+    def _judge_saw(self, pair: Any, rows: list[dict]) -> str:
+        return judge_saw_html(rows, self.services.prompt_cuts(pair, rows) if rows else [])
+
     def stopped(self) -> tuple:
         """The person pressed Stop: the badge says so; what the judge wrote stays readable."""
         return BADGE_STOPPED, _status("Judging stopped. Press J to judge again.")
@@ -233,15 +246,16 @@ class LabelHandlers:
         if pair is None:
             done = "<div class='grm-done'>Nothing left to label here. Pick another dataset.</div>"
             view = JudgeDisplay()
-            outputs = (*self._view_outputs(view), NO_PAIR, NO_JUDGE, "", "", _status(status))
+            outputs = (*self._view_outputs(view), NO_PAIR, NO_JUDGE, "", "", "", _status(status))
             return (done, "", "", "", *outputs)
         rows = self.services.latest_judgment_run(pair.id)
         view = display_from_rows(rows)
         judged = {"pair_id": pair.id, "verdict": view.verdict, "judgment_id": view.judgment_id()}
         current = {"pair_id": pair.id, "token": uuid.uuid4().hex}
+        prompt, prompt_differs = prompt_views(_text_prompt(pair), _turns(pair))
         return (
             _meta_html(pair),
-            panel("Prompt", chat_html(_text_prompt(pair), _turns(pair)), "grm-box-prompt"),
+            panel("Prompt", prompt, "grm-box-prompt", differs=prompt_differs),
             _response_html("A", pair.response_a),
             _response_html("B", pair.response_b),
             *self._view_outputs(view),
@@ -249,6 +263,7 @@ class LabelHandlers:
             judged if rows else NO_JUDGE,
             "",
             "",
+            self._judge_saw(pair, rows),
             _status(status),
         )
 
@@ -286,4 +301,5 @@ def _meta_html(pair: Any) -> str:
 
 
 def _response_html(side: str, text: str) -> str:
-    return panel(f"Response {side}", safe_markdown(text), "grm-box-response")
+    views, differs = text_views(text)
+    return panel(f"Response {side}", views, "grm-box-response", differs=differs)

@@ -17,6 +17,19 @@ BUTTONS = [  # (label on screen, elem_id the keyboard script clicks, stored verd
     ("Both bad  4", "grm-label-bad", "both_bad"),
     ("Skip  S", "grm-skip", "skip"),
 ]
+TEXT_VIEWS = [("Rendered", "rendered"), ("Exact", "exact")]
+# Each person's choice of text view, kept in this browser (localStorage); the page shows one of
+# the two views every text panel carries (assets/app.css), so switching needs no server call.
+VIEW_KEY = "grm-text-view"
+APPLY_VIEW_JS = (
+    "(view) => { view = view === 'exact' ? 'exact' : 'rendered';"
+    " document.documentElement.dataset.grmTextView = view;"
+    f" try {{ localStorage.setItem('{VIEW_KEY}', view); }} catch (e) {{}} return view; }}"
+)
+REMEMBERED_VIEW_JS = (
+    f"() => {{ let view = 'rendered'; try {{ view = localStorage.getItem('{VIEW_KEY}') || view; }}"
+    " catch (e) {} return view === 'exact' ? 'exact' : 'rendered'; }"
+)
 
 
 def build_label_tab(services: Any, demo: gr.Blocks, judge_limit: int) -> gr.Tab:
@@ -38,6 +51,7 @@ def build_label_tab(services: Any, demo: gr.Blocks, judge_limit: int) -> gr.Tab:
         # the name is accepted is never dropped by a component that is not there yet.
         with gr.Column(visible=HIDDEN, elem_id="grm-desk") as desk:
             ui = _desk_components(services, judge_limit)
+    _wire_text_view(demo, ui["text_view"])
     screen = [
         ui["meta"],
         ui["prompt"],
@@ -52,6 +66,7 @@ def build_label_tab(services: Any, demo: gr.Blocks, judge_limit: int) -> gr.Tab:
         judged,
         ui["fix"],
         ui["note"],
+        ui["judge_saw"],
         ui["status"],
     ]
     judge_out = [ui[k] for k in ("principles", "critique", "verdict", "badge", "samples")]
@@ -65,6 +80,7 @@ def build_label_tab(services: Any, demo: gr.Blocks, judge_limit: int) -> gr.Tab:
         concurrency_limit=judge_limit,
         show_progress="hidden",
     )
+    judge_event.then(h.judge_saw, [current], [ui["judge_saw"]], show_progress="hidden", **PRIVATE)
     # Pressed by the page script (webui/keys.py) when a label is saved mid-judgment: the client
     # drops what the cancelled stream still sends, so no stale chunk lands on the next pair.
     ui["cancel_judge"].click(None, None, None, cancels=[judge_event], **PRIVATE)
@@ -110,6 +126,12 @@ def build_label_tab(services: Any, demo: gr.Blocks, judge_limit: int) -> gr.Tab:
     return tab
 
 
+def _wire_text_view(demo: gr.Blocks, choice: gr.Radio) -> None:
+    """Rendered or exact text: the browser's remembered choice on load, kept on change."""
+    demo.load(None, None, [choice], js=REMEMBERED_VIEW_JS, **PRIVATE)
+    choice.change(None, [choice], None, js=APPLY_VIEW_JS, **PRIVATE)
+
+
 def _saver(h: LabelHandlers, kind: str):
     """A save handler for one button (a real function: Gradio reads its gr.Request hint)."""
 
@@ -142,6 +164,16 @@ def _desk_components(services: Any, judge_limit: int) -> dict[str, Any]:
             container=False,
         )
         ui["progress"] = gr.HTML(elem_id="grm-progress", js_on_load=None)
+        ui["text_view"] = gr.Radio(
+            TEXT_VIEWS,
+            value="rendered",
+            label="Text",
+            show_label=False,
+            container=False,
+            scale=0,
+            min_width=210,
+            elem_id="grm-text-view",
+        )
         ui["next"] = gr.Button("↻ Reload", size="sm", scale=0, min_width=90, elem_id="grm-next")
     ui["meta"] = gr.HTML(elem_id="grm-meta", js_on_load=None)
     with gr.Row(elem_id="grm-main"):
@@ -166,6 +198,8 @@ def _desk_components(services: Any, judge_limit: int) -> dict[str, Any]:
             for key in ("principles", "critique", "verdict"):
                 ui[key] = gr.HTML(elem_id=f"grm-{key}", js_on_load=None)
             ui["samples"] = gr.HTML(elem_id="grm-samples", js_on_load=None)
+            # Beside the responses: what the judge's prompt cut of them, and that prompt.
+            ui["judge_saw"] = gr.HTML(elem_id="grm-judge-saw", js_on_load=None)
     with gr.Row(elem_id="grm-actions"):
         for label, elem_id, _ in BUTTONS:
             variant = "primary" if elem_id == "grm-agree" else "secondary"
