@@ -249,3 +249,38 @@ def _missing_browser(reason: str, required: bool) -> None:
     if required:
         pytest.fail(f"GRM_REQUIRE_BROWSER=1 but {reason}")
     pytest.skip(reason)
+
+
+# -- stored judgments and the agreement figures a test expects (API and browser tests) -------
+
+
+def store_judgments(services, pair_ids: list[int], verdicts: list[str]) -> list[int]:
+    """One complete pairwise judgment per pair, with these verdicts, by the active judge
+    version (as if the judge had run); their ids in the same order."""
+    from storage import queries
+
+    version = services.judge_version_id()
+    rows = [
+        {
+            "pair_id": pair_id,
+            "judge_version_id": version,
+            "protocol": "pairwise",
+            "prompt_version": "pairwise-v1",
+            "verdict": verdict,
+            "status": "complete",
+            "verdict_probability": 0.6,
+            "verdict_source": "text",
+        }
+        for pair_id, verdict in zip(pair_ids, verdicts, strict=True)
+    ]
+    with services.sessions.begin() as s:
+        return queries.add_judgments(s, rows)
+
+
+def textbook_kappa(first: list[str], second: list[str]) -> float:
+    """Cohen's kappa, (p_o - p_e) / (1 - p_e), written out here so that tests do not check the
+    product's metrics with themselves."""
+    n = len(first)
+    observed = sum(a == b for a, b in zip(first, second, strict=True)) / n
+    expected = sum(first.count(c) * second.count(c) for c in set(first) | set(second)) / n**2
+    return (observed - expected) / (1 - expected)

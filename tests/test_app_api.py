@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from conftest import RunningApp, free_port, store_judgments, textbook_kappa
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AuthenticationError
 
 from storage import queries
 
@@ -138,28 +145,164 @@ def test_good_import_appears_in_the_datasets_table(running_app, tmp_path: Path) 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "trl-preference", "trl-sft"])
 def test_export_downloads_every_format(running_app, fmt: str) -> None:
     client = _client(running_app)
-    _start(client, f"api-export-{fmt}")
-    client.predict(0, "", "", api_name="/label_A")
+    annotator = f"api-export-{fmt}"
+    first = _start(client, annotator)
+    critique = f"A answers the question; B does not ({uuid.uuid4().hex[:8]})."
+    note = f"exported as {fmt}"
+    client.predict(0, critique, note, api_name="/label_A")
     message, download = client.predict(fmt, 0, api_name="/export")
-    assert "Exported" in message, message
-    assert download and Path(download["path"] if isinstance(download, dict) else download).name
+    exported = int(re.search(r"Exported (\d+) labeled rows", message).group(1))
+    path = Path(download["path"])  # the app runs in this process: its file is on this disk
+    pair = running_app.services.pair(first)
+    if fmt in ("jsonl", "csv", "parquet"):
+        frame = _read_table(path, fmt)
+        assert len(frame) == exported
+        mine = frame[frame["annotator"] == annotator]
+        got = [
+            (int(r.pair_id), r.human_label, r.note, r.corrected_critique) for r in mine.itertuples()
+        ]
+        assert got == [(first, "A", note, critique)]
+        return
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == exported
+    if fmt == "trl-preference":
+        assert all(set(r) == {"prompt", "chosen", "rejected"} for r in records)
+        if isinstance(records[0]["prompt"], list):  # one chat pair makes every row chat
+            turns = pair.prompt if pair.is_chat else [{"role": "user", "content": pair.prompt}]
+            expected = {
+                "prompt": turns,
+                "chosen": [{"role": "assistant", "content": pair.response_a}],
+                "rejected": [{"role": "assistant", "content": pair.response_b}],
+            }
+        else:
+            expected = {
+                "prompt": pair.prompt,
+                "chosen": pair.response_a,
+                "rejected": pair.response_b,
+            }
+        assert expected in records  # the person chose A
+        return
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)
+    (mine,) = [r["messages"] for r in records if r["messages"][1]["content"].startswith(critique)]
+    assert mine[1]["content"] == f"{critique}\n\nVerdict: [[A]]"  # the person's critique
+    question = mine[0]["content"]
+    assert f"[Response A]\n{pair.response_a}" in question
+    assert f"[Response B]\n{pair.response_b}" in question
 
 
-def test_agreement_report_counts_labels(running_app) -> None:
-    cards, *_ = _client(running_app).predict(0, api_name="/agreement")
-    assert "Accuracy" in cards and "Cohen" in cards
+def _read_table(path: Path, fmt: str) -> pd.DataFrame:
+    if fmt == "jsonl":
+        return pd.read_json(path, lines=True, dtype=False)
+    if fmt == "csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.read_parquet(path)
 
 
-def test_judge_tab_shows_the_loaded_model(running_app) -> None:
+# The judge's stored verdicts and a person's labels on the same six pairs, in file order.
+JUDGE_SAID = ["A", "B", "A", "tie", "B", "A"]
+PERSON_SAID = ["A", "B", "B", "tie", "A", "A"]
+VERDICT_COLUMNS = ["A", "B", "tie", "none"]
+
+
+@pytest.fixture
+def scored_app(tmp_path: Path) -> Iterator[tuple[RunningApp, int, dict[int, int]]]:
+    """A second app (no judge loaded) with a dataset of its own whose six pairs carry stored
+    judgments (JUDGE_SAID), plus a judged, labeled demo pair that must not count for that
+    dataset. Its dataset id and {pair id: line index}. The app is built after the import:
+    through the API a dataset can only be one of the choices the app was built with."""
+    from app import build_app, serve
+    from services import Services
+    from settings import load_settings
+
+    settings = load_settings(home=tmp_path / "scored-home", database_url=None, port=free_port())
+    services = Services.open(settings)
+    services.load_demo_if_empty()
+    name = f"scored-{uuid.uuid4().hex[:6]}"
+    source = tmp_path / f"{name}.jsonl"
+    lines = [
+        {"prompt": f"Question {i}?", "response_a": f"answer A{i}", "response_b": f"answer B{i}"}
+        for i in range(len(JUDGE_SAID))
+    ]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    services.import_file(source, dataset=name)
+    dataset_id = next(d.id for d in services.datasets() if d.name == name)
+    with services.sessions.begin() as s:
+        pairs = queries.pending_pairs(s, None, "pairwise", dataset_id=dataset_id)
+        demo_pair = queries.pending_pairs(s, None, "pairwise", dataset_id=None, limit=1)[0].id
+    line_of = {p.id: int(p.prompt.split()[1].rstrip("?")) for p in pairs}
+    by_line = sorted(line_of, key=line_of.get)
+    store_judgments(services, by_line, JUDGE_SAID)
+    (noise,) = store_judgments(services, [demo_pair], ["A"])
+    services.save_label(demo_pair, "someone-else", "B", judgment_id=noise)
+    demo = build_app(services)
+    _, url = serve(demo, settings, prevent_thread_lock=True, quiet=True)
+    yield RunningApp(url, services, settings, demo), dataset_id, line_of
+    demo.close()
+
+
+def _cards(cards_html: str) -> dict[str, tuple[str, str]]:
+    """The agreement cards as {title: (value, note)}."""
+    found = re.findall(
+        r'grm-card-title">(.*?)</div><div class="grm-card-value">(.*?)</div>'
+        r'<div class="grm-card-note">(.*?)</div>',
+        cards_html,
+    )
+    return {html.unescape(t): (html.unescape(v), html.unescape(n)) for t, v, n in found}
+
+
+def test_agreement_report_counts_labels(scored_app) -> None:
+    app, dataset_id, line_of = scored_app
+    client = _client(app)
+    client.predict("api-agreement", api_name="/set_annotator")
+    screen = client.predict(dataset_id, api_name="/next_pair")
+    for _ in JUDGE_SAID:
+        pair_id = _pair_id(screen[0])
+        verdict = PERSON_SAID[line_of[pair_id]]
+        screen = client.predict(dataset_id, "", "", api_name=f"/label_{verdict}")
+        assert f"Saved #{pair_id}: {verdict}." in screen[-1], screen[-1]
+    assert _pair_id(screen[0]) is None, "the dataset's queue should be empty"
+    # Each label points at the judgment shown with its pair.
+    labels = {r["pair_id"]: r for r in _labels(app, "api-agreement")}
+    assert {p: (r["label"], r["judge_verdict"]) for p, r in labels.items()} == {
+        p: (PERSON_SAID[i], JUDGE_SAID[i]) for p, i in line_of.items()
+    }
+    assert all(r["judgment_id"] is not None for r in labels.values())
+
+    cards_html, confusion, *_ = client.predict(dataset_id, api_name="/agreement")
+    cards = _cards(cards_html)
+    n = len(PERSON_SAID)
+    correct = sum(j == h for j, h in zip(JUDGE_SAID, PERSON_SAID, strict=True))
+    kappa = textbook_kappa(JUDGE_SAID, PERSON_SAID)
+    assert cards["Accuracy"][0] == f"{correct / n:.1%}" == "66.7%"
+    assert cards["Cohen's κ"] == (f"{kappa:.3f}", f"{n} labels compared")
+    assert cards["Cohen's κ"][0] == "0.455"  # (4/6 - 14/36) / (1 - 14/36)
+    assert cards["Not judged"] == ("0", f"of {n} labels")
+    expected = [
+        [f"human {h}"]
+        + [
+            sum(p == h and j == c for j, p in zip(JUDGE_SAID, PERSON_SAID, strict=True))
+            for c in VERDICT_COLUMNS
+        ]
+        for h in ("A", "B", "tie")
+    ]
+    assert confusion["headers"][1:] == [f"judge {c}" for c in VERDICT_COLUMNS]
+    assert confusion["data"] == expected
+    assert expected == [["human A", 2, 1, 0, 0], ["human B", 1, 1, 0, 0], ["human tie", 0, 0, 1, 0]]
+
+
+def test_judge_tab_shows_the_loaded_model(running_app, embedded_backend) -> None:
     status = _client(running_app).predict(api_name="/load_judge")
-    assert "transformers" in status and "loaded" in status
+    seconds = embedded_backend.load_seconds
+    assert (
+        f"<b>transformers</b> · SmolLM2-135M-Instruct (embedded) · loaded in {seconds:.1f} s"
+        in status
+    ), status
+    assert "not loaded" not in status
 
 
 @pytest.fixture
 def auth_app(tmp_path: Path):
     """A second app with login on (two users); no judge is needed for labeling."""
-    from conftest import free_port
-
     from app import build_app, serve
     from services import Services
     from settings import load_settings
@@ -177,7 +320,7 @@ def auth_app(tmp_path: Path):
 
 def test_with_login_labels_carry_the_user_not_a_name_sent_to_the_api(auth_app) -> None:
     url, services = auth_app
-    with pytest.raises(Exception):  # noqa: B017 (any refusal will do: no login, no app)
+    with pytest.raises(AuthenticationError, match="credentials were not provided"):
         Client(url, verbose=False, analytics_enabled=False).predict(0, api_name="/next_pair")
     client = Client(url, auth=("ana", "pw-a"), verbose=False, analytics_enabled=False)
     client.predict("mallory", api_name="/set_annotator")  # pretends to be someone else

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from conftest import store_judgments, textbook_kappa
 
 from judges.backends.base import Backend, Generation
 from storage import queries
@@ -36,22 +37,46 @@ SCRIPTED_JUDGMENT = (
 
 
 class PacedJudge(Backend):
-    """A scripted judge that writes at a readable pace, so the test can watch the stream."""
+    """A scripted judge that writes at a readable pace, so the test can watch the stream.
+
+    `hold_at(n)` makes a stream wait after its first n characters until `release()`. `ends`
+    records how each stream ended: "finished" (all text written) or "stopped" (its reader
+    closed it early); `ended` is set when one ends.
+    """
 
     name = "paced"
 
     def __init__(self, text: str, delay_s: float = 0.04, chunk: int = 6) -> None:
         self.text, self.delay_s, self.chunk = text, delay_s, chunk
+        self.held_from: int | None = None
+        self.released = threading.Event()
+        self.ends: list[str] = []
+        self.ended = threading.Event()
 
     @property
     def model_name(self) -> str:
         return "paced-test-judge"
 
+    def hold_at(self, chars: int) -> None:
+        self.held_from = chars
+        self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
+
     def stream(self, messages, options) -> Iterator[str | Generation]:
-        for start in range(0, len(self.text), self.chunk):
-            time.sleep(self.delay_s)
-            yield self.text[start : start + self.chunk]
-        yield Generation(text=self.text, finish_reason="stop", completion_tokens=len(self.text))
+        end = "stopped"
+        try:
+            for start in range(0, len(self.text), self.chunk):
+                if self.held_from is not None and start >= self.held_from:
+                    self.released.wait(WAIT_MS / 1000)
+                time.sleep(self.delay_s)
+                yield self.text[start : start + self.chunk]
+            end = "finished"
+            yield Generation(text=self.text, finish_reason="stop", completion_tokens=len(self.text))
+        finally:
+            self.ends.append(end)
+            self.ended.set()
 
 
 @pytest.fixture
@@ -64,6 +89,7 @@ def scripted_judge(running_app) -> Iterator[PacedJudge]:
     try:
         yield judge
     finally:
+        judge.release()  # no stream stays held after its test
         services.use_backend(previous, services.backend_load_seconds)
 
 
@@ -200,15 +226,29 @@ def test_hostile_content_runs_nothing_and_fetches_nothing(
     )
     page.click("#grm-judge")
     page.wait_for_selector('#grm-badge .grm-badge[data-state="done"]')
-    time.sleep(0.5)  # give any injected handler or image load the chance to run
+    # The control: an image the test itself adds after all that content was on the page. Once
+    # its request has reached the listener and its handler has run, the page demonstrably could
+    # fetch from outside and run handlers, and the hostile ones had their chance first.
+    control = f"{outside}/control.png"
+    page.evaluate(
+        """src => new Promise(done => {
+          const img = document.createElement('img');
+          img.onload = img.onerror = () => { window.__grmControl = src; done(); };
+          img.src = src;
+          document.body.appendChild(img);
+        })""",
+        control,
+    )
+    assert page.evaluate("() => window.__grmControl") == control
+    assert "/control.png" in listener
 
     assert page.evaluate("() => window.__pwned") is None
     assert "<script>window.__pwned=3</script>" in page.inner_text("#grm-response-b")
     assert page.locator("#grm-response-a img, #grm-response-b img, #grm-prompt img").count() == 0
     assert page.locator("#grm-principles img, #grm-response-b iframe").count() == 0
-    assert listener[1:] == [], f"the page fetched from outside: {listener[1:]}"
+    assert listener[1:] == ["/control.png"], f"the page fetched from outside: {listener[1:]}"
     app_host = urlparse(running_app.url).netloc
-    strangers = [u for u in requests if urlparse(u).scheme in ("http", "https")]
+    strangers = [u for u in requests if urlparse(u).scheme in ("http", "https") and u != control]
     assert all(urlparse(u).netloc == app_host for u in strangers), strangers
     page.context.close()
 
@@ -249,7 +289,8 @@ def test_two_annotators_labeling_at_once_lose_nothing(browser, running_app) -> N
 def test_a_long_judgment_blocks_no_save_and_stops_when_its_person_moves_on(
     browser, running_app, scripted_judge
 ) -> None:
-    scripted_judge.delay_s = 0.25  # about 12 s for the whole script
+    scripted_judge.delay_s = 0.25  # every chunk is painted on its own
+    scripted_judge.hold_at(SCRIPTED_JUDGMENT.index("Critique:"))  # mid-judgment until released
     judging = open_desk(browser, running_app.url, "slow-judge")
     other = open_desk(browser, running_app.url, "quick-saver")
     judging.click("#grm-judge")
@@ -265,9 +306,12 @@ def test_a_long_judgment_blocks_no_save_and_stops_when_its_person_moves_on(
     judging.keyboard.press("2")  # decide before the judge finishes, and move on
     wait_for_new_pair(judging, left)
     shown = _judge_area(judging)
-    judging.wait_for_timeout(1500)  # the old stream would have painted over it by now
-    assert _judge_area(judging) == shown
     assert 'data-state="running"' not in shown[1]
+    scripted_judge.release()  # the judge could write on: the app must stop it instead
+    assert scripted_judge.ended.wait(WAIT_MS / 1000), "the judge's stream never ended"
+    assert scripted_judge.ends == ["stopped"], "the judge wrote on for a pair nobody sees"
+    round_trip(judging)  # whatever the old stream sent before it stopped has reached the page
+    assert _judge_area(judging) == shown
     assert labels_of(running_app, "slow-judge")[left]["label"] == "B"
 
     scripted_judge.delay_s = 0.01  # the judge slot is free again for the next pair
@@ -278,20 +322,47 @@ def test_a_long_judgment_blocks_no_save_and_stops_when_its_person_moves_on(
 
 
 def test_keys_typed_into_a_note_are_text_and_the_note_is_saved(browser, running_app) -> None:
+    from playwright.sync_api import expect
+
     page = open_desk(browser, running_app.url, "typist")
     first = pair_on_screen(page)
     page.get_by_text("Correct the judge").click()
     note = page.locator("#grm-note textarea, #grm-note input").first
+    page.evaluate(WATCH_STATUS)
     note.click()
     note.type("12 3 4 s u y")  # every one of them is a shortcut outside a text field
     note.press("Enter")
-    page.wait_for_timeout(800)
-    assert pair_on_screen(page) == first and labels_of(running_app, "typist") == {}
+    expect(note).to_have_value("12 3 4 s u y")  # each key went into the note
+    assert pair_on_screen(page) == first
     page.locator("#grm-label-b").click()
     wait_for_new_pair(page, first)
-    label = labels_of(running_app, "typist")[first]
-    assert (label["label"], label["note"]) == ("B", "12 3 4 s u y")
+    # The click's answer came after anything a shortcut would have sent: the only label is
+    # this one, and the only message the person saw is its "Saved".
+    labels = labels_of(running_app, "typist")
+    assert {p: (r["label"], r["note"]) for p, r in labels.items()} == {first: ("B", "12 3 4 s u y")}
+    assert page.evaluate("() => window.__grmStatuses") == [f"Saved #{first}: B."]
     page.context.close()
+
+
+# Every message the status line shows from now on (a shortcut answers there: "Nothing to
+# undo", "No judge verdict", "Saved").
+WATCH_STATUS = """() => {
+  const seen = window.__grmStatuses = [];
+  const line = document.querySelector('#grm-status');
+  new MutationObserver(() => {
+    const text = line.querySelector('.grm-status-text')?.innerText.trim();
+    if (text && seen[seen.length - 1] !== text) seen.push(text);
+  }).observe(line, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def round_trip(page) -> None:
+    """Open the Agreement tab (a request of this page's session, answered through the same
+    event stream as every earlier one) and wait for its answer, then go back to Label."""
+    page.get_by_role("tab", name="Agreement").click()
+    page.wait_for_selector("#grm-agreement-cards")
+    page.get_by_role("tab", name="Label").click()
+    page.wait_for_selector("#grm-tab-label", state="visible")
 
 
 def _judge_area(page) -> tuple[str, str]:
@@ -323,7 +394,7 @@ def test_auto_judge_judges_each_pair_as_it_opens(browser, running_app, scripted_
 def test_screenshots_of_label_and_agreement_tabs(
     browser, running_app, scripted_judge, tmp_path: Path
 ) -> None:
-    _seed_agreement(running_app)
+    dataset, categories = _seed_agreement(running_app, tmp_path)
     page = open_desk(browser, running_app.url, "browser-shots")
     page.evaluate(WATCH_STREAM)
     page.click("#grm-judge")
@@ -335,12 +406,46 @@ def test_screenshots_of_label_and_agreement_tabs(
     shots = [_shoot(page, tmp_path, "label")]
     page.get_by_role("tab", name="Agreement").click()
     page.wait_for_selector("#grm-agreement-cards")
-    page.wait_for_timeout(800)  # let the plot draw
+    box = page.locator("#grm-tab-agreement input").first
+    box.click()
+    box.fill(dataset)
+    page.locator("li[role=option]", has_text=dataset).first.click()
+    # The report for the seeded dataset has arrived (with its cards) and its plot is drawn:
+    # one bar per seeded category, named on the axis.
+    page.wait_for_function(PLOT_DRAWN, arg=categories)
     shots.append(_shoot(page, tmp_path, "agreement"))
-    assert "Accuracy" in page.inner_text("#grm-agreement-cards")
+
+    cards = _card_values(page)
+    judge = SEED_PATTERN * 2
+    human = [_seeded_label(who, i) for who in SEED_ANNOTATORS for i in range(len(SEED_PATTERN))]
+    correct = sum(j == h for j, h in zip(judge, human, strict=True))
+    assert cards["Accuracy"][0] == f"{correct / len(human):.1%}" == "68.8%"  # 11 of 16
+    kappa = textbook_kappa(judge, human)
+    assert cards["Cohen's κ"] == (f"{kappa:.3f}", f"{len(human)} labels compared")
+    assert cards["Not judged"] == ("0", f"of {len(human)} labels")
     for shot in shots:
-        assert shot.stat().st_size > 10_000
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     page.context.close()
+
+
+PLOT_DRAWN = """cats => {
+  const svg = document.querySelector('#grm-plot-category svg.marks');
+  if (!svg) return false;
+  const names = [...svg.querySelectorAll('.role-axis-label text')].map(t => t.textContent);
+  const bars = svg.querySelectorAll('.mark-rect.role-mark path').length;
+  return bars === cats.length && cats.every(c => names.includes(c));
+}"""
+
+
+def _card_values(page) -> dict[str, tuple[str, str]]:
+    """The agreement cards as {title: (value, note)}, as the person reads them."""
+    return {
+        card.locator(".grm-card-title").inner_text(): (
+            card.locator(".grm-card-value").inner_text(),
+            card.locator(".grm-card-note").inner_text(),
+        )
+        for card in page.locator("#grm-agreement-cards .grm-card").all()
+    }
 
 
 def _shoot(page, tmp_path: Path, name: str) -> Path:
@@ -351,30 +456,41 @@ def _shoot(page, tmp_path: Path, name: str) -> Path:
     return path
 
 
-def _seed_agreement(running_app) -> None:
-    """Judgments and two people's labels on a few demo pairs, so the figures have data."""
+SEED_PATTERN = ["A", "B", "A", "tie", "B", "A", "B", "A"]  # the judge's verdicts, in order
+SEED_ANNOTATORS = ("seed-ana", "seed-ben")
+
+
+def _seeded_label(annotator: str, index: int) -> str:
+    """What a seeded person said on pair `index`: the judge's verdict, except on every third
+    (ana) or fourth (ben) pair, where they chose the other side (A for a tie)."""
+    every = 3 if annotator == "seed-ana" else 4
+    said = SEED_PATTERN[index]
+    return ("B" if said == "A" else "A") if index % every == 0 else said
+
+
+def _seed_agreement(running_app, tmp_path: Path) -> tuple[str, list[str]]:
+    """A dataset of its own (eight pairs in two categories) with judgments and two people's
+    labels, so the figures have data; its name and categories."""
     services = running_app.services
-    version = services.judge_version_id()
-    pattern = ["A", "B", "A", "tie", "B", "A", "B", "A"]
-    demo = next(d.id for d in services.datasets() if d.name == "demo")
+    tag = uuid.uuid4().hex[:6]
+    dataset, categories = f"agreement-{tag}", [f"writing-{tag}", f"coding-{tag}"]
+    source = tmp_path / f"{dataset}.jsonl"
+    rows = [
+        {
+            "prompt": f"Seeded question {i}?",
+            "response_a": f"First answer to question {i}.",
+            "response_b": f"Second answer to question {i}.",
+            "category": categories[i % 2],
+        }
+        for i in range(len(SEED_PATTERN))
+    ]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    services.import_file(source, dataset=dataset)
+    dataset_id = next(d.id for d in services.datasets() if d.name == dataset)
     with services.sessions.begin() as s:
-        pairs = [p.id for p in queries.pending_pairs(s, None, "pairwise", dataset_id=demo)][-8:]
-        rows = [_judgment(pid, version, v) for pid, v in zip(pairs, pattern, strict=True)]
-        ids = queries.add_judgments(s, rows)
-    for i, (pid, jid) in enumerate(zip(pairs, ids, strict=True)):
-        for who, flip in (("seed-ana", i % 3 == 0), ("seed-ben", i % 4 == 0)):
-            verdict = ("B" if pattern[i] == "A" else "A") if flip else pattern[i]
-            services.save_label(pid, who, verdict, judgment_id=jid)
-
-
-def _judgment(pair_id: int, version: int, verdict: str) -> dict:
-    return {
-        "pair_id": pair_id,
-        "judge_version_id": version,
-        "protocol": "pairwise",
-        "prompt_version": "pairwise-v1",
-        "verdict": verdict,
-        "status": "complete",
-        "verdict_probability": 0.6,
-        "verdict_source": "text",
-    }
+        pairs = [p.id for p in queries.pending_pairs(s, None, "pairwise", dataset_id=dataset_id)]
+    judgments = store_judgments(services, pairs, SEED_PATTERN)
+    for i, (pair_id, judgment_id) in enumerate(zip(pairs, judgments, strict=True)):
+        for who in SEED_ANNOTATORS:
+            services.save_label(pair_id, who, _seeded_label(who, i), judgment_id=judgment_id)
+    return dataset, categories

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import gradio as gr
@@ -53,9 +53,11 @@ def test_a_failing_judge_stream_ends_with_a_message_and_no_verdict() -> None:
 
 @dataclass
 class SlowBatchServices:
-    """judge_pending that works one pair at a time until told to stop."""
+    """judge_pending that works one pair at a time until told to stop; `working` is set once
+    the first pair is judged."""
 
     judged: int = 0
+    working: threading.Event = field(default_factory=threading.Event)
 
     def judge_pending(self, dataset=None, options=None, limit=None, on_progress=None,
                       should_stop=None) -> JudgeRunReport:  # fmt: skip
@@ -65,6 +67,7 @@ class SlowBatchServices:
             time.sleep(0.02)
             self.judged = done
             on_progress(done, 1000)
+            self.working.set()
         return JudgeRunReport(self.judged, self.judged, 0, 0.1, cancelled=True)
 
     def datasets(self) -> list:
@@ -79,7 +82,7 @@ def test_cancel_stops_a_running_batch_of_the_same_session_only() -> None:
     progress = lambda *args, **kwargs: None  # noqa: E731
     worker = threading.Thread(target=lambda: result.append(handler.run(0, None, mine, progress)))
     worker.start()
-    time.sleep(0.2)
+    assert services.working.wait(timeout=10), "the batch never started"
     assert "Nothing is running" in handler.cancel(other)  # another person's Cancel
     assert services.judged > 0 and worker.is_alive()
     handler.cancel(mine)
