@@ -71,3 +71,20 @@ def test_nothing_cut_and_nothing_judged_read_differently() -> None:
     assert "cannot be told" in visible_text(judge_saw_html([row], None))
     old = visible_text(judge_saw_html([{"swapped": False}], []))
     assert "before the judge's prompts were kept" in old
+
+
+def test_a_malformed_stored_prompt_leaves_the_pair_on_screen(settings) -> None:
+    from services import Services
+    from storage import queries
+
+    services = Services.open(settings)
+    services.load_demo_if_empty()
+    pair = services.next_item("ana")
+    row = {"pair_id": pair.id, "judge_version_id": services.judge_version_id(),
+           "protocol": "pairwise", "prompt_version": "pairwise-v2", "verdict": "A",
+           "status": "complete", "prompt_messages": ["not a message"]}  # fmt: skip
+    with services.sessions.begin() as s:
+        queries.add_judgments(s, [row])
+    screen = LabelHandlers(services).open_next("ana", None, None)
+    assert f'data-pair-id="{pair.id}"' in screen[0]
+    assert screen[-2] == ""  # nothing claimed about what the judge saw

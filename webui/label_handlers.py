@@ -214,7 +214,11 @@ class LabelHandlers:
         )
 
     def _judge_saw(self, pair: Any, rows: list[dict]) -> str:
-        return judge_saw_html(rows, self.services.prompt_cuts(pair, rows) if rows else [])
+        try:
+            return judge_saw_html(rows, self.services.prompt_cuts(pair, rows) if rows else [])
+        except Exception:  # a malformed stored prompt must not keep the pair off the screen
+            log.warning("what the judge saw of pair %s cannot be shown", pair.id, exc_info=True)
+            return ""
 
     def stopped(self) -> tuple:
         """The person pressed Stop: the badge says so; what the judge wrote stays readable."""
