@@ -10,10 +10,10 @@ from pathlib import Path
 
 from judges.types import Aggregation
 from settings import load_settings
+from vocabulary import UNFINISHED_RUN_STATUSES, ProtocolName, RunStatus, TrainingMethod
 
 EXPORT_FORMATS = ["jsonl", "csv", "parquet", "trl-preference", "trl-sft"]
 IMPORT_FORMATS = ["auto", "pairs", "chosen-rejected", "llmbar"]
-PROTOCOLS = ["pairwise", "pointwise", "verifier"]
 
 
 def _services():
@@ -154,7 +154,7 @@ def watch_run(services, run_id: int, every_s: float = 2.0) -> dict:
         if line != last:
             print(line, flush=True)
             last = line
-        if run["status"] not in ("queued", "running"):
+        if run["status"] not in UNFINISHED_RUN_STATUSES:
             return run
         time.sleep(every_s)
 
@@ -162,7 +162,7 @@ def watch_run(services, run_id: int, every_s: float = 2.0) -> dict:
 def _follow_run(services, run_id: int, every_s: float = 2.0) -> int:
     """Watch the run to its end; exit code 0 only when it is done."""
     run = watch_run(services, run_id, every_s)
-    if run["status"] != "done":
+    if run["status"] != RunStatus.DONE:
         print(f"run {run_id} {run['status']}: {run['error']}", file=sys.stderr)
         return 1
     print(metrics_table(run["metrics_before"], run["metrics_after"]))
@@ -248,7 +248,9 @@ def cmd_train_worker(args: argparse.Namespace) -> int:
 
 def _add_retrain_commands(sub) -> None:
     train = sub.add_parser("train", help="retrain the judge on the labels (a LoRA adapter)")
-    train.add_argument("--method", choices=["sft", "dpo", "dpo+sft"], default="dpo")
+    train.add_argument(
+        "--method", choices=TrainingMethod.values(), default=TrainingMethod.DPO.value
+    )
     train.add_argument("--epochs", type=float, default=1.0)
     train.add_argument("--lora-rank", type=int, default=8)
     train.add_argument("--learning-rate", type=float, default=1e-4)
@@ -303,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     judge = sub.add_parser("judge", help="judge pending pairs (or one pair given as text)")
     judge.add_argument("--dataset")
-    judge.add_argument("--protocol", choices=PROTOCOLS)
+    judge.add_argument("--protocol", choices=ProtocolName.values())
     judge.add_argument("--k", type=int, default=1, help="samples per pair")
     judge.add_argument("--swap", action="store_true", help="judge both orders")
     judge.add_argument(

@@ -44,6 +44,7 @@ from judges.types import AggregateJudgment, ChatTurn, Judgment, PairInput
 from settings import Settings, load_settings
 from storage import queries
 from storage.db import init_db, make_engine, make_session_factory, read_session
+from vocabulary import UNFINISHED_RUN_STATUSES, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -621,11 +622,13 @@ class Services:
                 )
         except OSError as exc:
             with self._writing() as s:
-                _finish(s, run_id, "failed", error=f"the worker could not start: {exc}")
+                _finish(s, run_id, RunStatus.FAILED, error=f"the worker could not start: {exc}")
             raise
         self._workers[process.pid] = process
         with self._writing() as s:
-            queries.update_training_run(s, run_id, pid=process.pid, only_if_status=("queued",))
+            queries.update_training_run(
+                s, run_id, pid=process.pid, only_if_status=(RunStatus.QUEUED,)
+            )
 
     def _run_alive(self, run: dict[str, Any]) -> bool:
         if run["pid"] is None:  # between the row and the spawn; a crash there must not block
@@ -640,7 +643,7 @@ class Services:
         """One run as a dict; a run whose process died shows (and is stored) as failed."""
         with read_session(self.sessions) as s:
             run = queries.get_training_run(s, run_id)
-        if run["status"] in queries.UNFINISHED_RUN_STATUSES and not self._run_alive(run):
+        if run["status"] in UNFINISHED_RUN_STATUSES and not self._run_alive(run):
             with self._writing() as s:  # conditional: a run that just finished stays finished
                 _mark_ended(s, run_id)
                 run = queries.get_training_run(s, run_id)
@@ -651,17 +654,17 @@ class Services:
         with read_session(self.sessions) as s:
             runs = queries.list_training_runs(s, limit=limit)
         return [
-            self.training_run(r["id"]) if r["status"] in queries.UNFINISHED_RUN_STATUSES else r
+            self.training_run(r["id"]) if r["status"] in UNFINISHED_RUN_STATUSES else r
             for r in runs
         ]
 
     def cancel_training_run(self, run_id: int) -> dict[str, Any]:
         """Stop a queued or running run (SIGTERM its worker) and mark it cancelled."""
         run = self.training_run(run_id)
-        if run["status"] not in queries.UNFINISHED_RUN_STATUSES:
+        if run["status"] not in UNFINISHED_RUN_STATUSES:
             raise ValueError(f"training run {run_id} is {run['status']}, not running")
         with self._writing() as s:
-            _finish(s, run_id, "cancelled", error="cancelled by the user")
+            _finish(s, run_id, RunStatus.CANCELLED, error="cancelled by the user")
         if run["pid"] is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(run["pid"], signal.SIGTERM)
@@ -903,7 +906,7 @@ def _finish(s: Session, run_id: int, status: str, **values: Any) -> bool:
     return queries.update_training_run(
         s,
         run_id,
-        only_if_status=queries.UNFINISHED_RUN_STATUSES,
+        only_if_status=UNFINISHED_RUN_STATUSES,
         status=status,
         finished_at=datetime.now(timezone.utc),
         **values,
@@ -911,7 +914,7 @@ def _finish(s: Session, run_id: int, status: str, **values: Any) -> bool:
 
 
 def _mark_ended(s: Session, run_id: int) -> None:
-    _finish(s, run_id, "failed", error=ENDED_MESSAGE)
+    _finish(s, run_id, RunStatus.FAILED, error=ENDED_MESSAGE)
 
 
 class _ProgressWriter:
@@ -936,7 +939,7 @@ class _ProgressWriter:
         try:
             with self.services._writing() as s:
                 queries.update_training_run(
-                    s, self.run_id, progress=dict(self.state), only_if_status=("running",)
+                    s, self.run_id, progress=dict(self.state), only_if_status=(RunStatus.RUNNING,)
                 )
             self.written_at = time.monotonic()
         except SaveFailed as exc:  # progress is best effort; the run goes on
@@ -952,7 +955,11 @@ def run_training_worker(run_id: int, services: Services | None = None) -> int:
     with services._writing() as s:
         run = queries.get_training_run(s, run_id)
         started = queries.update_training_run(
-            s, run_id, status="running", pid=os.getpid(), only_if_status=("queued", "running")
+            s,
+            run_id,
+            status=RunStatus.RUNNING,
+            pid=os.getpid(),
+            only_if_status=UNFINISHED_RUN_STATUSES,
         )
     if not started:
         log.warning("training run %d is %s; not starting", run_id, run["status"])
@@ -994,7 +1001,7 @@ def _backend_maker(settings: Settings, base_model_path: str) -> Callable[[Path |
 
 def _fail(services: Services, run_id: int, reason: str, code: int) -> int:
     with services._writing() as s:
-        _finish(s, run_id, "failed", error=reason)
+        _finish(s, run_id, RunStatus.FAILED, error=reason)
     return code
 
 
@@ -1017,7 +1024,7 @@ def _register(services: Services, run: dict[str, Any], job: dict[str, Any], resu
             if not _finish(
                 s,
                 run["id"],
-                "done",
+                RunStatus.DONE,
                 metrics_before=result.metrics_before,
                 metrics_after=result.metrics_after,
                 label_snapshot={**(run["label_snapshot"] or {}), **result.label_snapshot},

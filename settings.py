@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BackendName = Literal["transformers", "openai", "vllm"]
-ProtocolName = Literal["pairwise", "pointwise", "verifier"]
+from vocabulary import DEFAULT_MAX_NEW_TOKENS, BackendName, ProtocolName
 
 
 def _default_model_cache() -> Path:
@@ -19,19 +17,20 @@ def _default_model_cache() -> Path:
 class Settings(BaseSettings):
     """Defaults work on a fresh laptop: SQLite under ./.grm and the embedded SmolLM2 judge."""
 
-    model_config = SettingsConfigDict(env_prefix="GRM_", extra="ignore")
+    # use_enum_values: the settings hold plain strings ("openai"), checked against the enums.
+    model_config = SettingsConfigDict(env_prefix="GRM_", extra="ignore", use_enum_values=True)
 
     home: Path = Path(".grm")
     database_url: str | None = None
     model_cache: Path = _default_model_cache()
 
-    judge_backend: BackendName = "transformers"
+    judge_backend: BackendName = BackendName.TRANSFORMERS
     judge_model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_api_key: str = "not-needed"
     openai_timeout_s: float = 60.0
-    judge_protocol: ProtocolName = "pairwise"
-    max_new_tokens: int = 320
+    judge_protocol: ProtocolName = ProtocolName.PAIRWISE
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     judge_batch_size: int = 8
     judge_threads: int | None = None  # the local judge's CPU threads while serving; None: cores - 1

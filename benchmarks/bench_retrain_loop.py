@@ -38,6 +38,7 @@ from judges.types import PairInput  # noqa: E402
 from services import Services, metric_rows  # noqa: E402
 from settings import load_settings  # noqa: E402
 from storage import queries  # noqa: E402
+from vocabulary import DEFAULT_MAX_NEW_TOKENS, TrainingMethod  # noqa: E402
 
 LLMBAR = ROOT.parent / "shared" / "data" / "llmbar"
 TRAIN_SETS = ["Processed_MT-Bench", "Processed_LLMEval_2"]
@@ -51,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-limit", type=int, default=None, help="pairs per training set")
     parser.add_argument("--eval-limit", type=int, default=None, help="LLMBar_Natural pairs")
-    parser.add_argument("--method", choices=["sft", "dpo", "dpo+sft"], default="dpo")
+    parser.add_argument("--method", choices=TrainingMethod.values(), default=TrainingMethod.DPO)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -60,7 +61,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rft-samples", type=int, default=0, help="extra samples per pair")
     parser.add_argument("--min-labels", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=320, help="judging budget")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="judging budget"
+    )
     parser.add_argument("--swap", action="store_true", help="judge both orders when evaluating")
     parser.add_argument("--home", default=None, help="data directory (default: a temp dir)")
     parser.add_argument("--out", default=str(RESULTS))

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,6 +30,7 @@ from judges.prompts import get_prompt
 from judges.protocols import PROBE_TOP_K, Probe, ProbeResult, Protocol, get_protocol
 from judges.scaling import aggregate, unswap
 from judges.types import AggregateJudgment, Aggregation, Judgment, PairInput, Section
+from vocabulary import DEFAULT_MAX_NEW_TOKENS, ProtocolName
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,12 @@ class JudgeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    protocol: Literal["pairwise", "pointwise", "verifier"] = "pairwise"
+    protocol: ProtocolName = ProtocolName.PAIRWISE
     prompt_version: str | None = None  # None: the protocol's latest prompt
     k: int = Field(1, ge=1, le=64)
     swap: bool = False
     temperature: float = Field(0.0, ge=0.0, le=2.0)
-    max_new_tokens: int = Field(320, ge=1, le=32768)
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=32768)
     seed: int = 0
     logprobs: bool = True
     aggregate: Aggregation = Aggregation.MEAN

@@ -31,6 +31,7 @@ from judges.parsing import POINTWISE, QUESTION_RE, Grammar, ParseState, Streamin
 from judges.parsing import VERIFIER as VERIFIER_GRAMMAR
 from judges.prompts import Cut, PromptTemplate, get_prompt
 from judges.types import Judgment, PairInput, Section, Status, Verdict
+from vocabulary import ProtocolName
 
 Probe = tuple[Messages, str]  # (conversation, assistant prefix) for Backend.next_token_logprobs
 ProbeResult = Mapping[str, float] | None  # token -> log-probability, None when unavailable
@@ -534,9 +535,9 @@ def prompt_cuts(
 
 
 PROTOCOLS: dict[str, type[Protocol]] = {
-    "pairwise": PairwiseProtocol,
-    "pointwise": PointwiseProtocol,
-    "verifier": VerifierProtocol,
+    ProtocolName.PAIRWISE: PairwiseProtocol,
+    ProtocolName.POINTWISE: PointwiseProtocol,
+    ProtocolName.VERIFIER: VerifierProtocol,
 }
 
 

@@ -41,10 +41,10 @@ from judges.training_data import (
     token_measure,
 )
 from judges.types import PairInput
+from vocabulary import TrainingMethod
 
 log = logging.getLogger(__name__)
 
-METHODS = ("sft", "dpo", "dpo+sft")
 BUDGET_SLACK_TOKENS = 16
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -62,7 +62,7 @@ class TrainConfig:
         metadata={
             "help": "sft: rejective fine-tuning on positive judgments; dpo: prefer positive over "
             "negative judgments (Con-J); dpo+sft: DPO plus an NLL term on the positive (DJPO).",
-            "choices": METHODS,
+            "choices": TrainingMethod.values(),
         },
     )
     protocol: str = field(
@@ -122,7 +122,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse settings that cannot make a run, naming the setting."""
         checks = [
-            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
+            (
+                self.method in TrainingMethod.values(),
+                f"method must be one of {', '.join(TrainingMethod.values())}",
+            ),
             (self.bf16 in ("auto", "true", "false"), "bf16 must be auto, true or false"),
             (self.epochs > 0, "epochs must be positive"),
             (self.max_steps is None or self.max_steps > 0, "max_steps must be positive"),

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from judges.types import ChatTurn, PairInput, Verdict
+from vocabulary import LabelVerdict
 
 Messages = list[dict[str, str]]
 MessageBuilder = Callable[[PairInput], Messages]
@@ -32,7 +33,6 @@ MessageBuilder = Callable[[PairInput], Messages]
 SampleMore = Callable[[list[PairInput], int], list[list[Mapping[str, Any]]]]
 
 TRAINABLE_LABELS = (Verdict.A, Verdict.B, Verdict.TIE)
-KNOWN_LABELS = ("A", "B", "tie", "both_bad", "skip")
 
 
 # ---------------------------------------------------------------- records in
@@ -103,8 +103,10 @@ def _parse_record(record: Mapping[str, Any], index: int) -> LabeledPair:
     if not isinstance(record["pair_id"], int):
         raise ValueError(f"{where}: pair_id must be an integer")
     label = str(record["label"])
-    if label not in KNOWN_LABELS:
-        raise ValueError(f"{where}: label {label!r} is not one of {', '.join(KNOWN_LABELS)}")
+    if label not in LabelVerdict.values():
+        raise ValueError(
+            f"{where}: label {label!r} is not one of {', '.join(LabelVerdict.values())}"
+        )
     pair = PairInput(
         prompt=_parse_prompt(record, where),
         response_a=str(record["response_a"]),

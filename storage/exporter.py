@@ -35,11 +35,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.models import Dataset, Judgment, Label, Pair
+from vocabulary import EXPORTED_VERDICTS
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("jsonl", "csv", "parquet", "trl-preference", "trl-sft")
-EXPORTED_VERDICTS = ("A", "B", "tie", "both_bad")
 TABLE_COLUMNS = (
     "dataset",
     "pair_id",

@@ -25,8 +25,8 @@ from storage.models import (
     TrainingRun,
     utcnow,
 )
+from vocabulary import UNFINISHED_RUN_STATUSES, LabelVerdict, RunStatus
 
-VERDICTS = frozenset({"A", "B", "tie", "both_bad", "skip"})
 # A judgment that failed (timeout, refused connection) does not count as judged: retry it.
 FAILED_JUDGMENT_STATUS = "error"
 MAX_ANNOTATOR_LENGTH = 200
@@ -237,6 +237,7 @@ def save_label(
     (`duplicate=True` for a replay); None only for a replay of a label undone since.
     """
     _check_label_input(verdict, annotator, client_token)
+    verdict = LabelVerdict(verdict).value  # stored as the plain string, whatever was passed
     if s.get(Pair, pair_id) is None:
         raise NotFoundError(f"pair {pair_id} not found")
     if judgment_id is not None:
@@ -270,8 +271,8 @@ def save_label(
 
 
 def _check_label_input(verdict: str, annotator: str, client_token: str | None) -> None:
-    if verdict not in VERDICTS:
-        raise ValueError(f"verdict {verdict!r} is not one of {sorted(VERDICTS)}")
+    if verdict not in LabelVerdict.values():
+        raise ValueError(f"verdict {verdict!r} is not one of {LabelVerdict.values()}")
     if not isinstance(annotator, str) or not annotator.strip():
         raise ValueError("annotator is empty")
     if len(annotator) > MAX_ANNOTATOR_LENGTH:
@@ -683,8 +684,6 @@ def stats(s: Session) -> dict[str, Any]:
 
 # --- training runs (issue 5) -----------------------------------------------------------------
 
-RUN_STATUSES = frozenset({"queued", "running", "done", "failed", "cancelled"})
-UNFINISHED_RUN_STATUSES = ("queued", "running")
 RUN_FIELDS = frozenset(
     {"status", "progress", "metrics_before", "metrics_after", "error", "pid", "log_path"}
     | {"label_snapshot", "config", "finished_at"}
@@ -697,16 +696,15 @@ def create_training_run(
     config: dict[str, Any],
     base_version_id: int | None,
     label_snapshot: dict[str, Any] | None = None,
-    status: str = "queued",
+    status: str = RunStatus.QUEUED,
 ) -> int:
     """Record a new training run; its id."""
-    _check_run_status(status)
     run = TrainingRun(
-        method=method,
+        method=str(method),
         config=config,
         base_version_id=base_version_id,
         label_snapshot=label_snapshot,
-        status=status,
+        status=_run_status(status),
     )
     s.add(run)
     s.flush()
@@ -725,10 +723,10 @@ def update_training_run(
     if unknown:
         raise ValueError(f"training_run has no updatable field {sorted(unknown)}")
     if "status" in values:
-        _check_run_status(values["status"])
+        values["status"] = _run_status(values["status"])
     stmt = update(TrainingRun).where(TrainingRun.id == run_id).values(**values)
     if only_if_status is not None:
-        stmt = stmt.where(TrainingRun.status.in_(only_if_status))
+        stmt = stmt.where(TrainingRun.status.in_([_run_status(x) for x in only_if_status]))
     changed = s.execute(stmt).rowcount
     if not changed and s.get(TrainingRun, run_id) is None:
         raise NotFoundError(f"training run {run_id} not found")
@@ -736,9 +734,11 @@ def update_training_run(
     return bool(changed)
 
 
-def _check_run_status(status: str) -> None:
-    if status not in RUN_STATUSES:
-        raise ValueError(f"training run status {status!r} is not one of {sorted(RUN_STATUSES)}")
+def _run_status(status: str) -> str:
+    """The status as the plain string stored (enum members included), or ValueError."""
+    if status not in RunStatus.values():
+        raise ValueError(f"training run status {status!r} is not one of {RunStatus.values()}")
+    return RunStatus(status).value
 
 
 def _training_run_stmt() -> Select:
@@ -761,7 +761,9 @@ def list_training_runs(s: Session, limit: int | None = None) -> list[dict[str, A
 
 def running_training_run(s: Session) -> dict[str, Any] | None:
     """The newest run still queued or running (by its row; the caller checks its process)."""
-    stmt = _training_run_stmt().where(TrainingRun.status.in_(UNFINISHED_RUN_STATUSES))
+    stmt = _training_run_stmt().where(
+        TrainingRun.status.in_([x.value for x in UNFINISHED_RUN_STATUSES])
+    )
     rows = _dicts(s.execute(stmt.order_by(TrainingRun.id.desc()).limit(1)))
     return rows[0] if rows else None
 
@@ -792,7 +794,6 @@ def version_judgments(
 
 
 __all__ = [
-    "VERDICTS",
     "DatasetInfo",
     "LabelView",
     "NotFoundError",

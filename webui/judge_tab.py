@@ -6,11 +6,10 @@ from typing import Any
 
 import gradio as gr
 
+from vocabulary import BackendName, ProtocolName
 from webui.common import explain
 from webui.render import safe_text
 
-BACKENDS = ["transformers", "openai", "vllm"]
-PROTOCOLS = ["pairwise", "pointwise", "verifier"]
 MODEL_HINT = (
     "empty: the embedded SmolLM2-135M-Instruct; or a local directory, a .gguf, a served name"
 )
@@ -102,7 +101,7 @@ def build_judge_tab(services: Any, judge_limit: int) -> gr.Tab:
         gr.Markdown("These settings apply to everyone using this app: there is one loaded judge.")
         with gr.Row():
             backend = gr.Dropdown(
-                BACKENDS, value=v["backend"], label="Backend", elem_id="grm-backend"
+                BackendName.values(), value=v["backend"], label="Backend", elem_id="grm-backend"
             )
             model = gr.Textbox(
                 label="Model",
@@ -110,7 +109,7 @@ def build_judge_tab(services: Any, judge_limit: int) -> gr.Tab:
                 placeholder=MODEL_HINT,
                 scale=2,
             )
-            protocol = gr.Dropdown(PROTOCOLS, value=v["protocol"], label="Protocol")
+            protocol = gr.Dropdown(ProtocolName.values(), value=v["protocol"], label="Protocol")
         with gr.Row():
             k = gr.Slider(1, 16, value=v["k"], step=1, label="Samples k (majority vote)")
             swap = gr.Checkbox(value=v["swap"], label="Swap: also judge with A and B exchanged")

@@ -7,10 +7,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from vocabulary import UNFINISHED_RUN_STATUSES, RunStatus, TrainingMethod
 from webui.common import explain
 from webui.render import safe_text
 
-METHODS = ["dpo", "sft", "dpo+sft"]
 POLL_S = 2.0
 VERSION_COLUMNS = ["id", "name", "active", "parent", "run", "accuracy", "kappa", "adapter"]
 LOSS_COLUMNS = ["step", "loss"]
@@ -30,9 +30,9 @@ def progress_text(run: dict[str, Any] | None) -> str:
         return "No training run yet."
     p = run.get("progress") or {}
     head = f"Run {run['id']} ({run['method']}): {run['status']}"
-    if run["status"] in ("failed", "cancelled"):
+    if run["status"] in (RunStatus.FAILED, RunStatus.CANCELLED):
         return f"{head}. {run['error'] or ''}".strip()
-    if run["status"] == "done":
+    if run["status"] == RunStatus.DONE:
         return f"{head}. A new judge version is registered; activate it below to judge with it."
     parts = [head, PHASES.get(p.get("phase"), p.get("phase") or "waiting for the worker")]
     if p.get("phase") == "training" and p.get("max_steps"):
@@ -101,7 +101,7 @@ class RetrainHandlers:
 
     def cancel(self) -> str:
         run = self._latest()
-        if run is None or run["status"] not in ("queued", "running"):
+        if run is None or run["status"] not in UNFINISHED_RUN_STATUSES:
             return _box("ok", "Nothing is running.")
         try:
             run = self.services.cancel_training_run(run["id"])
@@ -155,7 +155,9 @@ def build_retrain_tab(services: Any) -> gr.Tab:
             "after. The new judge is registered but not used until you activate it."
         )
         with gr.Row():
-            method = gr.Dropdown(METHODS, value="dpo", label="Method")
+            method = gr.Dropdown(
+                TrainingMethod.values(), value=TrainingMethod.DPO.value, label="Method"
+            )
             epochs = gr.Number(value=1.0, label="Epochs", minimum=0.1)
             rank = gr.Number(value=8, label="LoRA rank", precision=0, minimum=1)
             lr = gr.Number(value=1e-4, label="Learning rate")

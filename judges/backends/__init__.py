@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from judges.backends.base import Backend, BackendError, Generation, GenerationOptions
+from vocabulary import BackendName
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -16,9 +17,9 @@ __all__ = ["BACKENDS", "Backend", "BackendError", "Generation", "GenerationOptio
 
 # name -> "module:Class"; the module (and torch / vllm with it) is imported on first use only.
 BACKENDS: dict[str, str] = {
-    "transformers": "judges.backends.transformers_backend:TransformersBackend",
-    "openai": "judges.backends.openai_backend:OpenAIBackend",
-    "vllm": "judges.backends.vllm_backend:VLLMBackend",
+    BackendName.TRANSFORMERS: "judges.backends.transformers_backend:TransformersBackend",
+    BackendName.OPENAI: "judges.backends.openai_backend:OpenAIBackend",
+    BackendName.VLLM: "judges.backends.vllm_backend:VLLMBackend",
 }
 
 

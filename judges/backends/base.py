@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict
 
+from vocabulary import DEFAULT_MAX_NEW_TOKENS
+
 Messages = list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": "..."}]
 
 
@@ -31,7 +33,7 @@ class GenerationOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_new_tokens: int = 320
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int | None = None

@@ -1,0 +1,76 @@
+"""The fixed lists of GRM Studio, each named once: judge protocols, judge backends, the verdicts a
+person can give, training-run statuses and training methods.
+
+settings, the CLI's choices, the web UI's choices, judges and storage all read them from here (a
+top-level module, so `judges` and `storage` share it without importing each other). Members are
+strings: they compare, hash, print and store as their value ("pairwise", not "Protocol.PAIRWISE").
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Name(str, Enum):
+    """A str enum that formats as its value on every Python this project supports (3.10+)."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @classmethod
+    def values(cls) -> list[str]:
+        return [member.value for member in cls]
+
+
+class ProtocolName(Name):
+    """How a judge is asked: compare two responses, score each, or verify each."""
+
+    PAIRWISE = "pairwise"
+    POINTWISE = "pointwise"
+    VERIFIER = "verifier"
+
+
+class BackendName(Name):
+    TRANSFORMERS = "transformers"
+    OPENAI = "openai"
+    VLLM = "vllm"
+
+
+class LabelVerdict(Name):
+    """What a person decided about a pair. Only A, B and tie say which response is better."""
+
+    A = "A"
+    B = "B"
+    TIE = "tie"
+    BOTH_BAD = "both_bad"
+    SKIP = "skip"
+
+
+# Verdicts that compare the two responses (scored against the judge, trained on, exported).
+COMPARING_VERDICTS = (LabelVerdict.A, LabelVerdict.B, LabelVerdict.TIE)
+# Verdicts stored as labels in exports (a skip is not a label).
+EXPORTED_VERDICTS = (*COMPARING_VERDICTS, LabelVerdict.BOTH_BAD)
+
+
+class RunStatus(Name):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+UNFINISHED_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class TrainingMethod(Name):
+    """Retraining objectives: SFT on agreeing judgments (rejective fine-tuning), DPO of agreeing
+    over disagreeing judgments (Con-J), and DPO with an NLL term on the chosen one (DJPO)."""
+
+    SFT = "sft"
+    DPO = "dpo"
+    DPO_SFT = "dpo+sft"
+
+
+# New tokens a judge may write when nothing else is said (settings, options, backends).
+DEFAULT_MAX_NEW_TOKENS = 320
