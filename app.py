@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 # Set before Gradio reads them: no telemetry or version checks leave the machine.
@@ -19,7 +18,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
+from assets import asset_path  # noqa: E402
 from settings import Settings, load_settings  # noqa: E402
+from vocabulary import BackendName  # noqa: E402
 from webui.agreement_tab import build_agreement_tab  # noqa: E402
 from webui.batch_tab import build_batch_tab  # noqa: E402
 from webui.data_tab import build_data_tab  # noqa: E402
@@ -30,9 +31,8 @@ from webui.retrain_tab import build_retrain_tab  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 # One model answers one request at a time in-process; served models take several at once.
-JUDGE_CONCURRENCY = {"transformers": 1, "openai": 4, "vllm": 8}
+JUDGE_CONCURRENCY = {BackendName.TRANSFORMERS: 1, BackendName.OPENAI: 4, BackendName.VLLM: 8}
 # Label saves, next pair, undo, tables: a separate, wider lane than the judge's.
 DEFAULT_CONCURRENCY = 16
 QUEUE_MAX_SIZE = 256
@@ -90,7 +90,7 @@ def launch_options(settings: Settings) -> dict[str, Any]:
         "pwa": False,
         "run_history": False,  # prompts and labels are not copied into browser storage
         "footer_links": ["api", "settings"],
-        "css_paths": [ASSETS / "app.css"],
+        "css_paths": [asset_path("app.css")],
         "head": shortcut_script(),
     }
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from judges.types import Aggregation
 from settings import load_settings
 from vocabulary import UNFINISHED_RUN_STATUSES, ProtocolName, RunStatus, TrainingMethod
+from webui.figures import progress_line
 
 EXPORT_FORMATS = ["jsonl", "csv", "parquet", "trl-preference", "trl-sft"]
 IMPORT_FORMATS = ["auto", "pairs", "chosen-rejected", "llmbar"]
@@ -169,25 +170,9 @@ def _follow_run(services, run_id: int, every_s: float = 2.0) -> int:
     return 0
 
 
-def progress_line(run: dict) -> str:
-    """One line for a run's progress: phase, step, loss, examples/s, time left."""
-    p = run.get("progress") or {}
-    phase = p.get("phase", run["status"])
-    parts = [f"run {run['id']} {run['status']}", phase]
-    if phase == "training" and p.get("max_steps"):
-        parts.append(f"step {p.get('step', 0)}/{p['max_steps']}")
-        if p.get("loss") is not None:
-            parts.append(f"loss {p['loss']:.4f}")
-        if p.get("eta_s") is not None:
-            parts.append(f"{p['eta_s']:.0f} s left")
-    elif p.get("total") and str(phase).startswith("evaluating"):
-        parts.append(f"{p.get('done', 0)}/{p['total']} pairs")
-    return "  ".join(parts)
-
-
 def metrics_table(*columns: dict | None, names: tuple[str, ...] = ("before", "after")) -> str:
     """Figures side by side, one metric a line."""
-    from services import metric_rows
+    from webui.figures import metric_rows
 
     rows = metric_rows(*columns, names=names[: len(columns)])
     header = list(rows[0])
@@ -210,7 +195,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from services import metric_value
+    from webui.figures import metric_value
 
     print(f"{'id':>4} {'':1} {'name':32} {'parent':>6} {'run':>4}  accuracy")
     for v in _services().versions():

@@ -24,13 +24,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from assets import asset_path  # noqa: E402
 from judges.backends.base import Generation, GenerationOptions, Messages  # noqa: E402
 from judges.embedded import ensure_embedded_model  # noqa: E402
 from judges.prompts import get_prompt  # noqa: E402
 from settings import load_settings  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "bench_judge_speed.json"
-DEMO_PAIRS = REPO / "assets" / "demo_pairs.jsonl"
+DEMO_PAIRS = asset_path("demo_pairs.jsonl")
 
 
 @dataclass

@@ -497,12 +497,12 @@ def compare_with_database(db_url: str, acks: list[dict]) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from storage import queries
-    from storage.db import make_engine, make_session_factory, read_session
+    from storage.db import make_engine, make_session_factory, reading
     from storage.models import LabelEvent
 
     engine = make_engine(db_url)
     try:
-        with read_session(make_session_factory(engine)) as s:
+        with reading(make_session_factory(engine)) as s:
             records = queries.labeled_records(s)
             events = s.scalar(
                 select(func.count(LabelEvent.id)).where(

@@ -35,10 +35,11 @@ from judges.evaluation import evaluate_judge  # noqa: E402
 from judges.judge import JudgeOptions  # noqa: E402
 from judges.train import TrainConfig  # noqa: E402
 from judges.types import PairInput  # noqa: E402
-from services import Services, metric_rows  # noqa: E402
+from services import Services  # noqa: E402
 from settings import load_settings  # noqa: E402
 from storage import queries  # noqa: E402
 from vocabulary import DEFAULT_MAX_NEW_TOKENS, TrainingMethod  # noqa: E402
+from webui.figures import metric_rows  # noqa: E402
 
 LLMBAR = ROOT.parent / "shared" / "data" / "llmbar"
 TRAIN_SETS = ["Processed_MT-Bench", "Processed_LLMEval_2"]

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from sqlalchemy import insert, select  # noqa: E402
 
 from storage import queries as q  # noqa: E402
-from storage.db import open_database, read_session  # noqa: E402
+from storage.db import open_database, reading  # noqa: E402
 from storage.importer import import_file  # noqa: E402
 from storage.models import Label, Pair, utcnow  # noqa: E402
 
@@ -140,7 +140,7 @@ def time_next_pair(factory, annotator: str, repeats: int, dataset_id: int | None
     timings = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        with read_session(factory) as s:
+        with reading(factory) as s:
             view = q.next_pair(s, annotator, dataset_id)
         timings.append(time.perf_counter() - t0)
     assert view is not None

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-SCORED_LABELS: tuple[str, ...] = ("A", "B", "tie")
+from vocabulary import COMPARING_VERDICTS
+
+SCORED_LABELS: tuple[str, ...] = tuple(COMPARING_VERDICTS)
 JUDGE_VERDICTS: tuple[str, ...] = ("A", "B", "tie", "none")
 NO_VERDICT = "none"
 

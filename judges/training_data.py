@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from judges.types import ChatTurn, PairInput, Verdict
-from vocabulary import LabelVerdict
+from vocabulary import COMPARING_VERDICTS, LabelVerdict
 
 Messages = list[dict[str, str]]
 MessageBuilder = Callable[[PairInput], Messages]
@@ -68,7 +68,7 @@ class LabeledPair:
 
     @property
     def trainable(self) -> bool:
-        return self.label in ("A", "B", "tie")
+        return self.label in COMPARING_VERDICTS
 
     @property
     def verdict(self) -> Verdict:

@@ -1,7 +1,9 @@
-"""Engine and session set-up. Nothing is created at import: callers build and pass them."""
+"""Engine and session set-up, and the two ways to touch the database: `reading` and `writing`.
+Nothing is created at import: callers build and pass them."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,11 +14,16 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+from storage.faults import storage_fault
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-# Execution option marking a connection whose transactions only read (see read_session).
+# Execution option marking a connection whose transactions only read (see reading).
 READ_ONLY_OPTION = "grm_read_only"
 
 
@@ -74,15 +81,31 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session for reads only: on SQLite a plain (deferred) BEGIN, so it never waits for
-    the write lock; it is rolled back at the end. Writes belong in `factory.begin()`."""
+def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A transaction for reads only: on SQLite a plain (deferred) BEGIN, so it never waits for
+    the write lock; it is rolled back at the end. Writes belong in `writing`."""
     with factory() as session:
         session.connection(execution_options={READ_ONLY_OPTION: True})
         try:
             yield session
         finally:
             session.rollback()
+
+
+@contextmanager
+def writing(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A write transaction (BEGIN IMMEDIATE on SQLite), committed at the end. A database fault
+    comes out as SaveFailed / DatabaseBusy with its reason: the transaction is rolled back and
+    nothing of it is stored. Other errors (bugs, bad input) pass through unchanged."""
+    try:
+        with factory.begin() as session:
+            yield session
+    except DBAPIError as exc:
+        fault = storage_fault(exc)
+        if fault is None:
+            raise
+        log.warning("%s [%s]", fault, str(exc.orig).splitlines()[0])
+        raise fault from exc
 
 
 def open_database(url: str) -> tuple[Engine, sessionmaker[Session]]:

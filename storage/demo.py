@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.db import reading
 from storage.importer import ImportReport, import_file
 from storage.models import Pair
 
@@ -20,7 +21,7 @@ def load_demo_if_empty(
     session_factory: sessionmaker[Session], path: str | Path
 ) -> ImportReport | None:
     """Import `path` as dataset "demo" when the database holds no pairs; None when it has some."""
-    with session_factory() as session:
+    with reading(session_factory) as session:
         has_pairs = session.scalar(select(Pair.id).limit(1)) is not None
     if has_pairs:
         return None

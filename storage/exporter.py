@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.db import reading
 from storage.models import Dataset, Judgment, Label, Pair
 from vocabulary import EXPORTED_VERDICTS
 
@@ -107,7 +108,7 @@ def export_labels(
     """Write current labels (optionally of one dataset / annotator) to `out_path`; rows written."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r} (known: {', '.join(EXPORT_FORMATS)})")
-    with session_factory() as session:
+    with reading(session_factory) as session:
         labeled = labeled_pairs(session, dataset=dataset, annotator=annotator)
     build, write = _FORMATS[format]
     records = build(labeled)

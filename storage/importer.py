@@ -36,6 +36,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from settings import Settings
+from storage.db import writing
 from storage.exporter import unescape_csv_cell
 from storage.models import Dataset, Pair
 from storage.queries import get_or_create_dataset
@@ -574,7 +575,7 @@ def _store(
     rows: list[dict[str, Any]],
 ) -> tuple[int, int]:
     """One transaction: find or create the dataset, skip hashes it holds, insert the rest."""
-    with session_factory.begin() as session:
+    with writing(session_factory) as session:
         dataset_id = get_or_create_dataset(session, name, source=str(path), format=fmt)
         stored = select(Pair.content_hash).where(Pair.dataset_id == dataset_id)
         seen = set(session.scalars(stored))

@@ -34,6 +34,9 @@ ID_CHUNK = 500
 JUDGMENT_COLUMNS = frozenset(c.name for c in Judgment.__table__.columns) - {"id"}
 
 
+SKIP = LabelVerdict.SKIP.value  # a skip is stored like a label but is not a decision
+
+
 class NotFoundError(LookupError):
     """A pair, judgment or judge version id that is not in the database."""
 
@@ -143,7 +146,7 @@ def _count_by_dataset(s: Session, stmt: Select) -> dict[int, int]:
 
 
 def _labeled_pairs_by_dataset() -> Select:
-    has_label = exists().where(Label.pair_id == Pair.id, Label.verdict != "skip")
+    has_label = exists().where(Label.pair_id == Pair.id, Label.verdict != SKIP)
     return select(Pair.dataset_id, func.count(Pair.id)).where(has_label)
 
 
@@ -212,6 +215,20 @@ def queue_counts(s: Session, annotator: str, dataset_id: int | None = None) -> Q
         )
     done = s.scalar(done_stmt)
     return QueueCounts(done=done, remaining=total - done, total=total)
+
+
+def judge_agreement_counts(
+    s: Session, annotator: str, dataset_id: int | None = None
+) -> tuple[int, int]:
+    """(compared, agreed): this annotator's labels made beside a judgment, and how many of
+    them agreed with it. Counted in the database: no label is loaded."""
+    stmt = select(
+        func.count(Label.agreed_with_judge), func.count().filter(Label.agreed_with_judge.is_(True))
+    ).where(Label.annotator == annotator, Label.verdict != SKIP)
+    if dataset_id is not None:
+        stmt = stmt.join(Pair, Pair.id == Label.pair_id).where(Pair.dataset_id == dataset_id)
+    compared, agreed = s.execute(stmt).one()
+    return compared, agreed
 
 
 # --- labels ---------------------------------------------------------------------------------
@@ -291,7 +308,7 @@ def _judgment_agreement(
         raise NotFoundError(f"judgment {judgment_id} not found")
     if found.pair_id != pair_id:
         raise ValueError(f"judgment {judgment_id} belongs to pair {found.pair_id}, not {pair_id}")
-    if agreed is None and verdict != "skip":
+    if agreed is None and verdict != LabelVerdict.SKIP:
         return found.verdict == verdict
     return agreed
 
@@ -584,7 +601,7 @@ def labeled_records(
         select(Label, Pair, Dataset.name, compared)
         .join(Pair, Pair.id == Label.pair_id)
         .join(Dataset, Dataset.id == Pair.dataset_id)
-        .where(Label.verdict != "skip")
+        .where(Label.verdict != SKIP)
         .order_by(Label.id)
     )
     rows = s.execute(_in_dataset(stmt, dataset_id)).all()
@@ -658,8 +675,8 @@ def stats(s: Session) -> dict[str, Any]:
     per_annotator = s.execute(
         select(
             Label.annotator,
-            func.count(Label.id).filter(Label.verdict != "skip"),
-            func.count(Label.id).filter(Label.verdict == "skip"),
+            func.count(Label.id).filter(Label.verdict != SKIP),
+            func.count(Label.id).filter(Label.verdict == SKIP),
             func.max(Label.updated_at),
         )
         .group_by(Label.annotator)
@@ -671,7 +688,7 @@ def stats(s: Session) -> dict[str, Any]:
         "pairs": sum(d.pair_count for d in datasets),
         "labeled": sum(d.labeled for d in datasets),
         "judged": sum(d.judged for d in datasets),
-        "labels": s.scalar(select(func.count(Label.id)).where(Label.verdict != "skip")),
+        "labels": s.scalar(select(func.count(Label.id)).where(Label.verdict != SKIP)),
         "judgments": s.scalar(select(func.count(Judgment.id))),
         "label_events": s.scalar(select(func.count(LabelEvent.id))),
         "per_annotator": [
@@ -771,10 +788,13 @@ def running_training_run(s: Session) -> dict[str, Any] | None:
 def version_judgments(
     s: Session, pair_ids: list[int], judge_version_id: int | None
 ) -> dict[int, list[dict[str, Any]]]:
-    """The judgments (with raw text) of one judge version for these pairs, by pair, oldest first."""
+    """The judgments (with raw text) of one judge version (None: of every version) for these
+    pairs, by pair, oldest first; a few queries whatever the number of pairs."""
     columns = (
         Judgment.id,
         Judgment.pair_id,
+        Judgment.judge_version_id,
+        Judgment.sample_index,
         Judgment.verdict,
         Judgment.raw_text,
         Judgment.swapped,

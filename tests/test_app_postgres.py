@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 from sqlalchemy import Engine, func, select
 
 from storage import queries
-from storage.db import make_engine, make_session_factory, read_session
+from storage.db import make_engine, make_session_factory, reading
 from storage.models import Dataset, LabelEvent, Pair
 
 
@@ -49,13 +49,13 @@ def _sign_in(app, name: str) -> tuple[Client, int]:
 
 
 def _labels(engine: Engine, annotator: str) -> list[tuple[int, str]]:
-    with read_session(make_session_factory(engine)) as s:
+    with reading(make_session_factory(engine)) as s:
         records = queries.labeled_records(s)
     return [(r["pair_id"], r["label"]) for r in records if r["annotator"] == annotator]
 
 
 def _events(engine: Engine, annotator: str) -> list[tuple[int, str, str | None]]:
-    with read_session(make_session_factory(engine)) as s:
+    with reading(make_session_factory(engine)) as s:
         rows = s.execute(
             select(LabelEvent.pair_id, LabelEvent.action, LabelEvent.verdict)
             .where(LabelEvent.annotator == annotator)
@@ -65,7 +65,7 @@ def _events(engine: Engine, annotator: str) -> list[tuple[int, str, str | None]]
 
 
 def _pair_count(engine: Engine) -> int:
-    with read_session(make_session_factory(engine)) as s:
+    with reading(make_session_factory(engine)) as s:
         return s.scalar(select(func.count(Pair.id)))
 
 
@@ -80,7 +80,7 @@ def test_two_annotators_label_the_same_pair_each_their_own(postgres_app, pg) -> 
     assert "Saved" in ana_screen[-1] and second not in (None, first)
     assert _labels(pg, "pg-ana") == [(first, "A"), (second, "tie")]
     assert _labels(pg, "pg-ben") == [(first, "B")]
-    with read_session(make_session_factory(pg)) as s:
+    with reading(make_session_factory(pg)) as s:
         (ben_label,) = [v for v in queries.current_labels(s, first) if v.annotator == "pg-ben"]
     assert (ben_label.corrected_critique, ben_label.note) == ("B is right.", "a note")
 
@@ -117,7 +117,7 @@ def test_bad_import_names_the_line_and_stores_nothing(postgres_app, pg, tmp_path
     )
     assert "nothing stored" in message and "broken.jsonl line 3" in message
     assert _pair_count(pg) == before
-    with read_session(make_session_factory(pg)) as s:
+    with reading(make_session_factory(pg)) as s:
         assert s.scalar(select(Dataset.id).where(Dataset.name == "pg-broken")) is None
 
 
@@ -130,7 +130,7 @@ def test_good_import_stores_the_text_byte_exact(postgres_app, pg, tmp_path: Path
     )
     assert "1 new" in message
     assert "pg-fresh" in [r[1] for r in table["data"]]
-    with read_session(make_session_factory(pg)) as s:
+    with reading(make_session_factory(pg)) as s:
         stored = s.execute(
             select(Pair.prompt, Pair.response_a, Pair.response_b)
             .join(Dataset, Dataset.id == Pair.dataset_id)
@@ -147,7 +147,7 @@ def test_export_holds_exactly_the_labels_in_the_database(postgres_app, pg) -> No
     path = Path(download["path"] if isinstance(download, dict) else download)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     exported = sorted((r["pair_id"], r["annotator"], r["human_label"]) for r in rows)
-    with read_session(make_session_factory(pg)) as s:
+    with reading(make_session_factory(pg)) as s:
         records = queries.labeled_records(s)
     stored = sorted((r["pair_id"], r["annotator"], r["label"]) for r in records)
     assert exported == stored

@@ -21,7 +21,7 @@ from storage.db import (
     make_engine,
     make_session_factory,
     open_database,
-    read_session,
+    reading,
 )
 from storage.models import Base, Dataset, Label, LabelEvent, Pair
 
@@ -145,9 +145,9 @@ def test_read_session_does_not_wait_for_a_writer(seeded):
         pytest.skip("SQLite locking")
     with factory.begin() as writer:  # holds the write lock (BEGIN IMMEDIATE) ...
         add_pairs(writer, dataset_id, 2, start=100)
-        with read_session(factory) as reader:  # ... yet a reader gets the committed snapshot
+        with reading(factory) as reader:  # ... yet a reader gets the committed snapshot
             assert reader.scalar(select(func.count(Pair.id))) == 5
-    with read_session(factory) as reader:
+    with reading(factory) as reader:
         assert reader.scalar(select(func.count(Pair.id))) == 7
 
 

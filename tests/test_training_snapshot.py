@@ -12,6 +12,7 @@ import pytest
 
 from judges.train import TrainConfig
 from services import Services
+from services.training_runs import TrainingRuns
 from storage import queries
 from storage.models import Pair
 
@@ -23,8 +24,8 @@ ROUNDS = 6
 def services(settings, db, monkeypatch: pytest.MonkeyPatch) -> Services:
     services = Services(settings, db.factory)
     # The snapshot is the subject: no worker process (and no model) is started.
-    monkeypatch.setattr(Services, "_spawn_worker", lambda self, run_id, run_dir: None)
-    monkeypatch.setattr(Services, "_local_base_model", lambda self: settings.home / "model")
+    monkeypatch.setattr(TrainingRuns, "spawn_worker", lambda self, run_id, run_dir: None)
+    monkeypatch.setattr(TrainingRuns, "local_base_model", lambda self: settings.home / "model")
     return services
 
 

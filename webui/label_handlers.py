@@ -15,6 +15,7 @@ from typing import Any
 
 import gradio as gr
 
+from vocabulary import LabelVerdict
 from webui import history
 from webui.common import annotator_of, check_name, dataset_choices, dataset_id_of, explain
 from webui.judge_saw import judge_saw_html
@@ -134,7 +135,7 @@ class LabelHandlers:
                 return "No judge verdict to agree with: press J to judge, or choose 1-4."
             return {"verdict": judged["verdict"], "judgment_id": judgment_id, "agreed": True}
         agreed = None
-        if judge_ok and kind != "skip":
+        if judge_ok and kind != LabelVerdict.SKIP:
             agreed = kind == judged["verdict"]
         return {"verdict": kind, "judgment_id": judgment_id, "agreed": agreed}
 

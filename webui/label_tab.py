@@ -6,16 +6,17 @@ from typing import Any
 
 import gradio as gr
 
+from vocabulary import LabelVerdict
 from webui.common import ALL_DATASETS, dataset_choices, refresh_datasets
 from webui.label_handlers import HIDDEN, NO_JUDGE, NO_PAIR, PRIVATE, LabelHandlers
 
 BUTTONS = [  # (label on screen, elem_id the keyboard script clicks, stored verdict)
     ("Agree with judge  ⏎ / Y", "grm-agree", "agree"),
-    ("A is better  1", "grm-label-a", "A"),
-    ("B is better  2", "grm-label-b", "B"),
-    ("Tie  3", "grm-label-tie", "tie"),
-    ("Both bad  4", "grm-label-bad", "both_bad"),
-    ("Skip  S", "grm-skip", "skip"),
+    ("A is better  1", "grm-label-a", LabelVerdict.A),
+    ("B is better  2", "grm-label-b", LabelVerdict.B),
+    ("Tie  3", "grm-label-tie", LabelVerdict.TIE),
+    ("Both bad  4", "grm-label-bad", LabelVerdict.BOTH_BAD),
+    ("Skip  S", "grm-skip", LabelVerdict.SKIP),
 ]
 TEXT_VIEWS = [("Rendered", "rendered"), ("Exact", "exact")]
 # Each person's choice of text view, kept in this browser (localStorage); the page shows one of

@@ -52,14 +52,14 @@ def loss_frame(run: dict[str, Any] | None) -> pd.DataFrame:
 
 
 def metrics_frame(run: dict[str, Any] | None) -> pd.DataFrame:
-    from services import metric_rows
+    from webui.figures import metric_rows
 
     run = run or {}
     return pd.DataFrame(metric_rows(run.get("metrics_before"), run.get("metrics_after")))
 
 
 def versions_frame(versions: list[dict[str, Any]]) -> pd.DataFrame:
-    from services import metric_value
+    from webui.figures import metric_value
 
     rows = [
         [

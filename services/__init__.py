@@ -1,0 +1,185 @@
+"""The workflows both front doors (web app and CLI) share, written once, behind one facade.
+
+`Services` holds the settings, the session factory and the rooms that do the work:
+`judging` (the loaded judge, live and batch judging), `labels` (queue, decisions, history),
+`data` (import, export, demo), `analysis` (agreement, evaluation) and `training` (runs and judge
+versions); the training worker process lives in `services.worker`. The facade's methods are the
+names the UI, the CLI and the tests call; each hands the call to its room.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.analysis import Analysis
+from services.data import DataIO
+from services.judging import JudgeRunReport, JudgeSettings, Judging
+from services.labeling import Labeling
+from services.records import as_dict, judgment_row, pair_input
+from services.training_records import training_records
+from services.training_runs import ENDED_MESSAGE, TrainingRuns, VersionRefused
+from services.worker import run_training_worker
+from settings import Settings
+from storage.db import init_db, make_engine, make_session_factory
+from storage.faults import DatabaseBusy, SaveFailed, storage_fault
+
+__all__ = [
+    "ENDED_MESSAGE",
+    "DatabaseBusy",
+    "JudgeRunReport",
+    "JudgeSettings",
+    "SaveFailed",
+    "Services",
+    "VersionRefused",
+    "as_dict",
+    "judgment_row",
+    "pair_input",
+    "run_training_worker",
+    "storage_fault",
+    "training_records",
+]
+
+
+class Services:
+    """One per process: the database and the loaded judge, shared by every user's requests."""
+
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = session_factory
+        self.judging = Judging(settings, session_factory)
+        self.labels = Labeling(session_factory)
+        self.data = DataIO(settings, session_factory)
+        self.analysis = Analysis(session_factory, self.judging)
+        self.training = TrainingRuns(settings, session_factory, self.judging)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Services:
+        """Connect to (and migrate) the database named by the settings."""
+        settings.home.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.db_url)
+        init_db(engine)
+        return cls(settings, make_session_factory(engine))
+
+    # --- the judge (services.judging) ------------------------------------------------------------
+
+    @property
+    def judge(self) -> JudgeSettings:
+        return self.judging.judge
+
+    @judge.setter
+    def judge(self, value: JudgeSettings) -> None:
+        self.judging.judge = value
+
+    @property
+    def backend_load_seconds(self) -> float | None:
+        return self.judging.backend_load_seconds
+
+    def backend(self) -> Any:
+        return self.judging.backend()
+
+    def use_backend(self, backend: Any, load_seconds: float | None = None) -> None:
+        self.judging.use_backend(backend, load_seconds)
+
+    def configure_judge(self, backend: str, model: str | None, options: Any) -> None:
+        self.judging.configure(backend, model, options)
+
+    def reload_judge(self) -> None:
+        self.judging.reload()
+
+    def judge_info(self) -> dict[str, Any]:
+        return self.judging.info()
+
+    def judge_version_id(self) -> int:
+        return self.judging.version_id()
+
+    def stream_pair_judgment(self, pair_id: int, options: Any = None) -> Any:
+        return self.judging.stream(pair_id, options)
+
+    def warm_pair(self, pair: Any) -> Any:
+        return self.judging.warm(pair)
+
+    def judge_pending(self, *args: Any, **kwargs: Any) -> JudgeRunReport:
+        return self.judging.judge_pending(*args, **kwargs)
+
+    def latest_judgment_run(self, pair_id: int) -> list[dict[str, Any]]:
+        return self.judging.latest_run(pair_id)
+
+    def prompt_cuts(self, pair: Any, run: list[dict[str, Any]]) -> Any:
+        return self.judging.prompt_cuts(pair, run)
+
+    # --- labels (services.labeling) --------------------------------------------------------------
+
+    def next_item(self, annotator: str, dataset_id: int | None = None) -> Any:
+        return self.labels.next_item(annotator, dataset_id)
+
+    def save_label(self, pair_id: int, annotator: str, verdict: str, **details: Any) -> Any:
+        return self.labels.save(pair_id, annotator, verdict, **details)
+
+    def undo_last_label(self, annotator: str, dataset_id: int | None = None) -> int | None:
+        return self.labels.undo_last(annotator, dataset_id)
+
+    def queue_counts(self, annotator: str, dataset_id: int | None = None) -> Any:
+        return self.labels.queue_counts(annotator, dataset_id)
+
+    def annotator_progress(self, annotator: str, dataset_id: int | None = None) -> dict:
+        return self.labels.progress(annotator, dataset_id)
+
+    def stats(self) -> dict[str, Any]:
+        return self.labels.stats()
+
+    def datasets(self) -> list[Any]:
+        return self.labels.datasets()
+
+    def pair(self, pair_id: int) -> Any:
+        return self.labels.pair(pair_id)
+
+    def pair_history(self, pair_id: int) -> dict[str, Any]:
+        return self.labels.pair_history(pair_id)
+
+    # --- data in and out (services.data) ---------------------------------------------------------
+
+    def import_file(self, path: Path, dataset: str | None = None, format: str = "auto") -> Any:
+        return self.data.import_file(path, dataset, format)
+
+    def export(self, out_path: Path, format: str, dataset: str | None = None) -> int:
+        return self.data.export(out_path, format, dataset)
+
+    def load_demo_if_empty(self) -> Any:
+        return self.data.load_demo_if_empty()
+
+    # --- analysis (services.analysis) ------------------------------------------------------------
+
+    def agreement(self, dataset_id: int | None = None) -> dict[str, Any]:
+        return self.analysis.agreement(dataset_id)
+
+    def evaluate_version(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.analysis.evaluate_version(*args, **kwargs)
+
+    # --- retraining and judge versions (services.training_runs) ----------------------------------
+
+    def start_training_run(self, config: Any, judge_options: Any = None) -> int:
+        return self.training.start(config, judge_options)
+
+    def training_run(self, run_id: int) -> dict[str, Any]:
+        return self.training.run(run_id)
+
+    def training_runs(self, limit: int | None = 50) -> list[dict[str, Any]]:
+        return self.training.runs(limit)
+
+    def cancel_training_run(self, run_id: int) -> dict[str, Any]:
+        return self.training.cancel(run_id)
+
+    def runs_dir(self) -> Path:
+        return self.training.runs_dir()
+
+    def versions(self) -> list[dict[str, Any]]:
+        return self.training.versions()
+
+    def activate_version(self, version_id: int) -> dict[str, Any]:
+        return self.training.activate(version_id)
+
+    def rollback_version(self) -> dict[str, Any]:
+        return self.training.rollback()

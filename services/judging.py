@@ -1,0 +1,273 @@
+"""The judge room: the one loaded judge (load, switch, reload), its read-ahead, live and batch
+judging of stored pairs, and the judgments it stores and hands back."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from judges.backends import make_backend
+from judges.backends.base import Backend
+from judges.judge import JudgeOptions, StreamUpdate, judge_pairs, stream_judgment, warm_judgment
+from judges.prompts import Cut
+from judges.protocols import prompt_cuts
+from judges.types import AggregateJudgment, PairInput, Verdict
+from services.records import judgment_row, pair_input
+from settings import Settings
+from storage import queries
+from storage.db import reading, writing
+
+log = logging.getLogger(__name__)
+
+MAX_WARM_WAITING = 2  # read-aheads queued at once; more are dropped, not queued
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded)"
+
+
+@dataclass
+class JudgeRunReport:
+    """What a batch judging run did."""
+
+    judged: int
+    stored_judgments: int
+    no_verdict: int
+    seconds: float
+    cancelled: bool = False
+
+
+@dataclass
+class JudgeSettings:
+    """The judge a person chose in the Judge tab or on the command line."""
+
+    backend: str
+    model: str | None
+    options: JudgeOptions = field(default_factory=JudgeOptions)
+
+
+class Judging:
+    """One per process: the loaded judge shared by every user's requests."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.judge = JudgeSettings(
+            backend=settings.judge_backend,
+            model=settings.judge_model,
+            options=JudgeOptions(
+                protocol=settings.judge_protocol,
+                temperature=settings.temperature,
+                max_new_tokens=settings.max_new_tokens,
+            ),
+        )
+        self._backend: Backend | None = None
+        self._backend_lock = threading.Lock()
+        self._warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grm-warm")
+        self._warm_lock = threading.Lock()
+        self._warm_waiting = 0
+        self.backend_load_seconds: float | None = None
+
+    # --- the loaded judge ----------------------------------------------------------------------
+
+    def backend(self) -> Backend:
+        """The loaded judge, loading it on first use (one load shared by every caller)."""
+        with self._backend_lock:
+            if self._backend is None:
+                started = time.perf_counter()
+                adapter = self._active_adapter()
+                self._backend = self.make_backend(adapter)
+                self.backend_load_seconds = time.perf_counter() - started
+                log.info("judge loaded in %.1f s", self.backend_load_seconds)
+            return self._backend
+
+    def make_backend(self, adapter_path: str | None = None) -> Backend:
+        """A new backend of the configured judge (with an adapter when given), not shared."""
+        # make_backend reads backend and model from the settings; only real constructor
+        # arguments may go in as overrides.
+        chosen = self.settings.model_copy(
+            update={"judge_backend": self.judge.backend, "judge_model": self.judge.model}
+        )
+        return make_backend(chosen, **({"adapter_path": adapter_path} if adapter_path else {}))
+
+    def configure(self, backend: str, model: str | None, options: JudgeOptions) -> None:
+        """Switch judge settings; a new backend or model is loaded on the next use."""
+        with self._backend_lock:
+            if (backend, model) != (self.judge.backend, self.judge.model) and self._backend:
+                self._backend.close()
+                self._backend = None
+            self.judge = JudgeSettings(backend=backend, model=model, options=options)
+
+    def reload(self) -> None:
+        """Forget the loaded judge (e.g. after activating another version)."""
+        with self._backend_lock:
+            if self._backend is not None:
+                self._backend.close()
+            self._backend = None
+
+    def use_backend(self, backend: Backend, load_seconds: float | None = None) -> None:
+        """Judge with an already loaded backend (tests and benchmarks share one model; the
+        backend it replaces is left open for its owner)."""
+        with self._backend_lock:
+            self._backend = backend
+            self.backend_load_seconds = load_seconds or getattr(backend, "load_seconds", None)
+
+    def replace_backend(self, backend: Backend) -> None:
+        """Judge with `backend` from now on and close the one it replaces."""
+        with self._backend_lock:
+            if self._backend is not None and self._backend is not backend:
+                self._backend.close()
+            self._backend = backend
+            self.backend_load_seconds = getattr(backend, "load_seconds", None)
+
+    def info(self) -> dict[str, Any]:
+        """The configured judge, whether it is loaded and how long loading took."""
+        return {
+            "backend": self.judge.backend,
+            "model": self.judge.model,
+            "loaded": self._backend is not None,
+            "load_seconds": self.backend_load_seconds,
+            "options": self.judge.options.model_dump(),
+        }
+
+    def version_id(self) -> int:
+        """The active judge version, registering the configured base judge on first use."""
+        with reading(self.sessions) as s:
+            active = queries.active_judge_version(s)
+        if active is not None:
+            return active["id"]
+        with writing(self.sessions) as s:
+            active = queries.active_judge_version(s)  # another process may have been first
+            if active is not None:
+                return active["id"]
+            model = self.judge.model or EMBEDDED_NAME
+            version_id = queries.ensure_judge_version(
+                s, name=f"base:{model}", base_model=model, backend=self.judge.backend
+            )
+            queries.set_active_version(s, version_id)
+            return version_id
+
+    def _active_adapter(self) -> str | None:
+        with reading(self.sessions) as s:
+            active = queries.active_judge_version(s)
+        return active.get("adapter_path") if active else None
+
+    # --- judging -------------------------------------------------------------------------------
+
+    def stream(self, pair_id: int, options: JudgeOptions | None = None) -> Iterator[StreamUpdate]:
+        """Stream one pair's judgment live; store every finished sample when it ends."""
+        version_id = self.version_id()
+        with reading(self.sessions) as s:
+            pair = pair_input(queries.get_pair(s, pair_id))
+        final: AggregateJudgment | None = None
+        for update in stream_judgment(
+            self.backend(), pair, options or self.judge.options, judge_version=str(version_id)
+        ):
+            if update.aggregate is not None:
+                final = update.aggregate
+            yield update
+        if final is not None:
+            self.store([final], version_id)
+
+    def warm(self, pair: queries.PairView) -> Future | None:
+        """Let the loaded judge read this pair's prompt in the background, so a click on Judge
+        shows its first words sooner. Never loads a model, never raises, never blocks the
+        caller; skipped while earlier read-aheads still wait (they are only a speed-up)."""
+        backend, options = self._backend, self.judge.options
+        with self._warm_lock:
+            if backend is None or self._warm_waiting >= MAX_WARM_WAITING:
+                return None
+            self._warm_waiting += 1
+        # One worker: read-aheads never compete with each other for the CPU. An executor,
+        # not a bare thread, because Python joins it at exit (a torch op still running in a
+        # daemon thread at interpreter exit aborts the process).
+        return self._warmer.submit(self._warm, backend, pair_input(pair), options)
+
+    def _warm(self, backend: Backend, pair: PairInput, options: JudgeOptions) -> None:
+        try:
+            warm_judgment(backend, pair, options)
+        except Exception:  # a read-ahead that fails costs only its speed-up
+            log.warning("reading pair %s ahead for the judge failed", pair.pair_id, exc_info=True)
+        finally:
+            with self._warm_lock:
+                self._warm_waiting -= 1
+
+    def judge_pending(
+        self,
+        dataset: str | None = None,
+        options: JudgeOptions | None = None,
+        limit: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> JudgeRunReport:
+        """Judge every pair the active version has not judged with this protocol, in batches."""
+        options = options or self.judge.options
+        version_id = self.version_id()
+        started = time.perf_counter()
+        with reading(self.sessions) as s:
+            dataset_id = queries.dataset_id(s, dataset) if dataset else None
+            pending = queries.pending_pairs(
+                s, version_id, options.protocol, dataset_id=dataset_id, limit=limit
+            )
+        results = judge_pairs(
+            self.backend(),
+            [pair_input(p) for p in pending],
+            options,
+            judge_version=str(version_id),
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+        stored = self.store(results, version_id)
+        return JudgeRunReport(
+            judged=len(results),
+            stored_judgments=stored,
+            no_verdict=sum(1 for r in results if r.verdict is Verdict.NONE),
+            seconds=time.perf_counter() - started,
+            cancelled=len(results) < len(pending),
+        )
+
+    def store(self, results: list[AggregateJudgment], version_id: int) -> int:
+        """Every sample of every result, in one write; how many rows were stored."""
+        rows = [judgment_row(j, version_id, r.aggregation) for r in results for j in r.samples]
+        with writing(self.sessions) as s:
+            queries.add_judgments(s, rows)
+        return len(rows)
+
+    # --- what was judged -----------------------------------------------------------------------
+
+    def latest_run(self, pair_id: int) -> list[dict[str, Any]]:
+        """The rows of the pair's most recent judging run (k samples x orders), first first.
+
+        A run's samples are stored together, so walk back from the newest row while the
+        version and protocol match and no (sample, order) repeats.
+        """
+        with reading(self.sessions) as s:
+            rows = queries.pair_judgments(s, pair_id)
+        run: list[dict[str, Any]] = []
+        seen: set[tuple[int, bool]] = set()
+        for row in reversed(rows):
+            key = (row["sample_index"], bool(row["swapped"]))
+            same_run = not run or (
+                (row["judge_version_id"], row["protocol"])
+                == (run[0]["judge_version_id"], run[0]["protocol"])
+            )
+            if not same_run or key in seen:
+                break
+            seen.add(key)
+            run.insert(0, row)
+        return sorted(run, key=lambda r: (r["sample_index"], bool(r["swapped"])))
+
+    @staticmethod
+    def prompt_cuts(pair: queries.PairView, run: list[dict[str, Any]]) -> list[Cut] | None:
+        """What the judge of `run` (latest_run's rows) did not see of `pair`: the cuts its
+        prompt made, from the function that made them, checked against the stored prompt
+        ([] when nothing was cut; None when it cannot be told)."""
+        if not run:
+            return []
+        shown = next((r for r in run if not r["swapped"] and r.get("prompt_messages")), run[0])
+        sent = None if shown["swapped"] else shown.get("prompt_messages")
+        return prompt_cuts(pair_input(pair), shown["protocol"], shown["prompt_version"], sent)

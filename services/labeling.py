@@ -1,0 +1,72 @@
+"""The labeling room: the queue a person works through, their decisions (saved, undone) and what
+the Label tab shows beside a pair (its history, the person's progress)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.records import as_dict
+from storage import queries
+from storage.db import reading, writing
+
+
+class Labeling:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def next_item(self, annotator: str, dataset_id: int | None = None) -> queries.PairView | None:
+        # Reads never queue behind a writer (SQLite: no BEGIN IMMEDIATE), so the queue still
+        # shows while another process holds the write lock.
+        with reading(self.sessions) as s:
+            return queries.next_pair(s, annotator, dataset_id=dataset_id)
+
+    def save(self, pair_id: int, annotator: str, verdict: str, **details: Any) -> Any:
+        """Save a person's decision (upsert + history event) in its own write transaction.
+        SaveFailed / DatabaseBusy when the database refuses it (nothing stored)."""
+        with writing(self.sessions) as s:
+            return queries.save_label(s, pair_id, annotator, verdict, **details)
+
+    def undo_last(self, annotator: str, dataset_id: int | None = None) -> int | None:
+        with writing(self.sessions) as s:
+            return queries.undo_last_label(s, annotator, dataset_id=dataset_id)
+
+    def queue_counts(self, annotator: str, dataset_id: int | None = None) -> Any:
+        with reading(self.sessions) as s:
+            return queries.queue_counts(s, annotator, dataset_id=dataset_id)
+
+    def progress(self, annotator: str, dataset_id: int | None = None) -> dict[str, int]:
+        """Labeled / remaining for one person and how often they agreed with the judge."""
+        with reading(self.sessions) as s:
+            counts = queries.queue_counts(s, annotator, dataset_id=dataset_id)
+            compared, agreed = queries.judge_agreement_counts(s, annotator, dataset_id)
+        return {
+            "done": counts.done,
+            "remaining": counts.remaining,
+            "total": counts.total,
+            "compared": compared,
+            "agreed": agreed,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        with reading(self.sessions) as s:
+            return queries.stats(s)
+
+    def datasets(self) -> list[queries.DatasetInfo]:
+        """Every dataset with its pair, labeled and judged counts."""
+        with reading(self.sessions) as s:
+            return queries.list_datasets(s)
+
+    def pair(self, pair_id: int) -> queries.PairView:
+        with reading(self.sessions) as s:
+            return queries.get_pair(s, pair_id)
+
+    def pair_history(self, pair_id: int) -> dict[str, Any]:
+        """A pair's judgments (with version names), label events and current labels."""
+        with reading(self.sessions) as s:
+            return {
+                "judgments": queries.pair_judgments(s, pair_id),
+                "events": queries.label_history(s, pair_id),
+                "labels": [as_dict(v) for v in queries.current_labels(s, pair_id)],
+            }
