@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from sqlalchemy import insert, select  # noqa: E402
 
+from services.labeling import Labeling  # noqa: E402
 from storage import queries as q  # noqa: E402
 from storage.db import open_database, reading  # noqa: E402
 from storage.importer import import_file  # noqa: E402
@@ -151,6 +152,25 @@ def time_next_pair(factory, annotator: str, repeats: int, dataset_id: int | None
     }
 
 
+def time_next_item(factory, annotator: str, repeats: int) -> dict:
+    """The same step as people get it, through the labeling room: its first call (the walk
+    from the start) and the median of the calls after it (the walk from its frontier)."""
+    labels = Labeling(factory)
+    t0 = time.perf_counter()
+    first = labels.next_item(annotator)
+    first_s = time.perf_counter() - t0
+    timings = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        view = labels.next_item(annotator)
+        timings.append(time.perf_counter() - t0)
+    assert view is not None and view.id == first.id
+    return {
+        "first_call_ms": round(1000 * first_s, 3),
+        "median_ms": round(1000 * statistics.median(timings), 3),
+    }
+
+
 def bench_next_pair(small, large, repeats: int, done: int, deep_done: int) -> dict:
     """next_pair at 1k vs 100k pairs, for a fresh annotator and one with `done` labels."""
     results: dict = {}
@@ -173,10 +193,17 @@ def bench_next_pair(small, large, repeats: int, done: int, deep_done: int) -> di
     # grows with how far this annotator has got, not with the table. Measured, not hidden.
     seed_labels(large[1], "deep", deep_done)
     deep = time_next_pair(large[1], "deep", max(10, repeats // 10))
+    service = {
+        "annotator_with_0_done": time_next_item(large[1], "fresh", repeats),
+        f"annotator_with_{deep_done}_done": time_next_item(large[1], "deep", repeats),
+    }
+    zero, many = service.values()
+    service["ratio_deep_over_zero"] = round(many["median_ms"] / zero["median_ms"], 2)
     return {
         **results,
         "ratio_large_over_small": ratio,
         f"large_annotator_with_{deep_done}_done": deep,
+        "labeling_room_large": service,
     }
 
 

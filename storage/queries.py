@@ -198,9 +198,14 @@ def _in_dataset(stmt: Select, dataset_id: int | None) -> Select:
     return stmt if dataset_id is None else stmt.where(Pair.dataset_id == dataset_id)
 
 
-def next_pair(s: Session, annotator: str, dataset_id: int | None = None) -> PairView | None:
-    """The lowest-id pair this annotator has neither labeled nor skipped; None when done."""
-    stmt = select(Pair).where(_unlabeled_by(annotator)).order_by(Pair.id).limit(1)
+def next_pair(
+    s: Session, annotator: str, dataset_id: int | None = None, from_id: int = 0
+) -> PairView | None:
+    """The lowest-id pair (from `from_id` on) this annotator has neither labeled nor skipped;
+    None when done. The walk costs one index probe per labeled pair it passes, so a caller that
+    knows every pair below some id is labeled passes that id (see services.labeling)."""
+    stmt = select(Pair).where(Pair.id >= from_id, _unlabeled_by(annotator))
+    stmt = stmt.order_by(Pair.id).limit(1)
     views = _pair_views(s, _in_dataset(stmt, dataset_id))
     return views[0] if views else None
 
