@@ -105,13 +105,6 @@ def cohen_kappa(first: Sequence[object], second: Sequence[object]) -> float | No
     return (observed - expected) / (1.0 - expected)
 
 
-def judge_kappa(judge: Sequence[object], human: Sequence[object]) -> float | None:
-    """Cohen's kappa of judge against human over the scored pairs (human label A/B/tie)."""
-    judge_v, human_v = _checked_pairs(judge, human)
-    scored = [(j, h) for j, h in zip(judge_v, human_v, strict=True) if h in SCORED_LABELS]
-    return cohen_kappa([j for j, _ in scored], [h for _, h in scored])
-
-
 def confusion_matrix(judge: Sequence[object], human: Sequence[object]) -> dict[str, Any]:
     """Counts of (human label, judge verdict); rows are human A/B/tie, columns A/B/tie/none."""
     judge_v, human_v = _checked_pairs(judge, human)

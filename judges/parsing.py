@@ -42,7 +42,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from judges.types import Section, Status, Verdict
+from judges.types import Section, Status, Verdict, verdict_from_scores
+from vocabulary import ProtocolName
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,7 @@ def _record_verdict(state: ParseState, value: object) -> ParseState:
 
 def _record_scores(state: ParseState, value: object) -> ParseState:
     a, b = value  # type: ignore[misc]
-    verdict = Verdict.A if a > b else Verdict.B if b > a else Verdict.TIE
-    return replace(state, scores=(a, b), verdict=verdict)
+    return replace(state, scores=(a, b), verdict=verdict_from_scores(a, b))
 
 
 def _record_answer(state: ParseState, value: object) -> ParseState:
@@ -221,7 +221,7 @@ def _record_answer(state: ParseState, value: object) -> ParseState:
 
 
 PAIRWISE = Grammar(
-    name="pairwise",
+    name=ProtocolName.PAIRWISE.value,
     keywords=(
         ("principles", Section.PRINCIPLES),
         ("principle", Section.PRINCIPLES),
@@ -233,7 +233,7 @@ PAIRWISE = Grammar(
     record=_record_verdict,
 )
 POINTWISE = Grammar(
-    name="pointwise",
+    name=ProtocolName.POINTWISE.value,
     keywords=(
         ("specific criteria", Section.PRINCIPLES),
         ("criteria", Section.PRINCIPLES),
@@ -248,7 +248,7 @@ POINTWISE = Grammar(
     record=_record_scores,
 )
 VERIFIER = Grammar(
-    name="verifier",
+    name=ProtocolName.VERIFIER.value,
     keywords=(
         ("verification", Section.CRITIQUE),
         ("critique", Section.CRITIQUE),
@@ -285,18 +285,6 @@ def parse(protocol: str | Grammar, text: str, finish_reason: str | None = "stop"
     if streaming:
         return state
     return replace(state, status=_status(state, finish_reason))
-
-
-def parse_pairwise(text: str, finish_reason: str = "stop") -> ParseState:
-    return parse(PAIRWISE, text, finish_reason)
-
-
-def parse_pointwise(text: str, finish_reason: str = "stop") -> ParseState:
-    return parse(POINTWISE, text, finish_reason)
-
-
-def parse_verifier(text: str, finish_reason: str = "stop") -> ParseState:
-    return parse(VERIFIER, text, finish_reason)
 
 
 def _visible_part(text: str, grammar: Grammar) -> str:

@@ -30,7 +30,7 @@ from judges.parsing import PAIRWISE as PAIRWISE_GRAMMAR
 from judges.parsing import POINTWISE, QUESTION_RE, Grammar, ParseState, StreamingParser, parse
 from judges.parsing import VERIFIER as VERIFIER_GRAMMAR
 from judges.prompts import Cut, PromptTemplate, get_prompt
-from judges.types import Judgment, PairInput, Section, Status, Verdict
+from judges.types import Judgment, PairInput, Section, Status, Verdict, verdict_from_scores
 from vocabulary import ProtocolName
 
 Probe = tuple[Messages, str]  # (conversation, assistant prefix) for Backend.next_token_logprobs
@@ -232,7 +232,7 @@ def _result(results: Sequence[ProbeResult], index: int) -> ProbeResult:
 class PairwiseProtocol(Protocol):
     """MT-Bench / Skywork-Critic: principles, a critique of both answers, then [[A]]/[[B]]/[[C]]."""
 
-    name = "pairwise"
+    name = ProtocolName.PAIRWISE.value
     grammar = PAIRWISE_GRAMMAR
 
     def rendered(self, pair: PairInput) -> list[tuple[Messages, list[Cut]]]:
@@ -322,7 +322,7 @@ class PointwiseProtocol(Protocol):
     The verdict follows from the stated scores (higher wins, equal is a tie); no probe is made.
     """
 
-    name = "pointwise"
+    name = ProtocolName.POINTWISE.value
     grammar = POINTWISE
 
     def rendered(self, pair: PairInput) -> list[tuple[Messages, list[Cut]]]:
@@ -366,7 +366,7 @@ class VerifierProtocol(Protocol):
     1.0/0.0 (source "text"). The verdict is the higher reward (equal: tie); scores = (rA, rB).
     """
 
-    name = "verifier"
+    name = ProtocolName.VERIFIER.value
     grammar = VERIFIER_GRAMMAR
     calls_per_sample = 2
 
@@ -444,8 +444,7 @@ class VerifierProtocol(Protocol):
             judgment.scores = (float(bool(stated[0])), float(bool(stated[1])))
             judgment.verdict_source = "text"
         if judgment.scores is not None:
-            a, b = judgment.scores
-            judgment.verdict = Verdict.A if a > b else Verdict.B if b > a else Verdict.TIE
+            judgment.verdict = verdict_from_scores(*judgment.scores)
             if judgment.verdict is Verdict.B and judgment.verdict_probability is not None:
                 judgment.verdict_probability = 1.0 - judgment.verdict_probability
             if judgment.verdict is Verdict.TIE:

@@ -56,7 +56,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
-from judges.types import AggregateJudgment, Aggregation, Judgment, Verdict
+from judges.types import AggregateJudgment, Aggregation, Judgment, Verdict, verdict_from_scores
+from vocabulary import ProtocolName
 
 _VOTE_ORDER = (Verdict.A, Verdict.B, Verdict.TIE, Verdict.NONE)
 TIE_BAND = 0.1  # |mean log-odds| at or below this is a tie (see the module's docstring)
@@ -94,13 +95,6 @@ def summed_scores(judgments: Sequence[Judgment]) -> tuple[float, float] | None:
     return (sum(s[0] for s in scored), sum(s[1] for s in scored))
 
 
-def verdict_from_scores(scores: tuple[float, float] | None) -> Verdict:
-    if scores is None:
-        return Verdict.NONE
-    a, b = scores
-    return Verdict.A if a > b else Verdict.B if b > a else Verdict.TIE
-
-
 def vote_split(judgments: Sequence[Judgment]) -> dict[str, int]:
     counts = Counter(j.verdict for j in judgments)
     return {v.value: counts[v] for v in _VOTE_ORDER if counts[v]}
@@ -108,8 +102,9 @@ def vote_split(judgments: Sequence[Judgment]) -> dict[str, int]:
 
 def combined_verdict(judgments: Sequence[Judgment]) -> Verdict:
     """The protocol's aggregation: summed scores (pointwise) or majority vote (others)."""
-    if judgments and judgments[0].protocol == "pointwise":
-        return verdict_from_scores(summed_scores(judgments))
+    if judgments and judgments[0].protocol == ProtocolName.POINTWISE:
+        scores = summed_scores(judgments)
+        return Verdict.NONE if scores is None else verdict_from_scores(*scores)
     return majority([j.verdict for j in judgments])
 
 
@@ -184,7 +179,7 @@ def pairwise_evidence(judgments: Sequence[Judgment]) -> list[float] | None:
 def _by_mean(result: AggregateJudgment, judgments: Sequence[Judgment], tie_band: float) -> bool:
     """Fill `result` by the MEAN rule; False (untouched) where the pair must fall back to VOTE."""
     protocol = judgments[0].protocol
-    if protocol == "pairwise":
+    if protocol == ProtocolName.PAIRWISE:
         evidence = pairwise_evidence(judgments)
         if evidence is None:
             return False
@@ -195,19 +190,23 @@ def _by_mean(result: AggregateJudgment, judgments: Sequence[Judgment], tie_band:
         result.scores = scores
         if scores is None:
             margin = None
-        elif protocol == "verifier":
+        elif protocol == ProtocolName.VERIFIER:
             margin = log_odds(scores[0]) - log_odds(scores[1])
         else:
             margin = scores[0] - scores[1]
-        band = tie_band if protocol == "verifier" else 0.0
+        band = tie_band if protocol == ProtocolName.VERIFIER else 0.0
     result.verdict = verdict_from_margin(margin, band)
     result.margin = margin
-    if margin is not None and protocol != "pointwise" and result.verdict in (Verdict.A, Verdict.B):
+    if (
+        margin is not None
+        and protocol != ProtocolName.POINTWISE
+        and result.verdict in (Verdict.A, Verdict.B)
+    ):
         result.verdict_probability = 1.0 / (1.0 + math.exp(-abs(margin)))
     stated = [j for j in judgments if j.verdict is not Verdict.NONE]
     if len(stated) == 1:  # a lone judgment keeps its stated verdict (see the module docstring)
         result.verdict = stated[0].verdict
-        decided = protocol != "pointwise" and result.verdict in (Verdict.A, Verdict.B)
+        decided = protocol != ProtocolName.POINTWISE and result.verdict in (Verdict.A, Verdict.B)
         result.verdict_probability = stated[0].verdict_probability if decided else None
     result.aggregation = Aggregation.MEAN.value
     return True
@@ -216,9 +215,9 @@ def _by_mean(result: AggregateJudgment, judgments: Sequence[Judgment], tie_band:
 def _by_vote(result: AggregateJudgment, judgments: Sequence[Judgment]) -> AggregateJudgment:
     result.verdict = combined_verdict(judgments)
     protocol = judgments[0].protocol
-    if protocol == "pointwise":
+    if protocol == ProtocolName.POINTWISE:
         result.scores = summed_scores(judgments)
-    elif protocol == "verifier":
+    elif protocol == ProtocolName.VERIFIER:
         result.scores = _mean_scores(judgments)  # mean P(Yes): stays a probability
     result.aggregation = Aggregation.VOTE.value
     return result

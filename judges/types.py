@@ -31,6 +31,12 @@ class Aggregation(str, Enum):
     VOTE = "vote"
 
 
+def verdict_from_scores(a: float, b: float) -> Verdict:
+    """The verdict two scores give: the higher one wins, equal is a tie. The one rule for
+    pointwise scores, verifier rewards and aggregated score differences."""
+    return Verdict.A if a > b else Verdict.B if b > a else Verdict.TIE
+
+
 class Status(str, Enum):
     COMPLETE = "complete"
     NO_VERDICT = "no_verdict"
