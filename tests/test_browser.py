@@ -19,15 +19,14 @@ from urllib.parse import urlparse
 
 import pytest
 from conftest import store_judgments, textbook_kappa
+from desk import WAIT_MS, open_desk, pair_on_screen, wait_for_new_pair
 
 from judges.backends.base import Backend, Generation
 from storage import queries
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-SCREEN = {"width": 1366, "height": 768}
 SCREENS_FOR_LEAD = Path("/tmp/grm-screens")
-WAIT_MS = 60_000
 SCRIPTED_JUDGMENT = (
     "Principles: The answer must be practical. It must be kind.\n"
     "Critique: Response A gives steps a person can use today. Response B talks about memory "
@@ -113,31 +112,6 @@ def listener() -> Iterator[list[str]]:
     hits.append(f"port:{server.server_address[1]}")  # first entry: where it listens
     yield hits
     server.shutdown()
-
-
-def open_desk(browser, url: str, name: str):
-    """A new browser context (its own session) that signs in as `name` and shows a pair."""
-    context = browser.new_context(viewport=SCREEN)
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    page.goto(url)
-    page.locator("#grm-name textarea, #grm-name input").first.fill(name)
-    page.click("#grm-start")
-    page.wait_for_selector("#grm-meta [data-pair-id]")
-    return page
-
-
-def pair_on_screen(page) -> int:
-    return int(page.get_attribute("#grm-meta [data-pair-id]", "data-pair-id"))
-
-
-def wait_for_new_pair(page, old: int) -> int:
-    page.wait_for_function(
-        "old => { const m = document.querySelector('#grm-meta [data-pair-id]');"
-        " return m && Number(m.dataset.pairId) !== old; }",
-        arg=old,
-    )
-    return pair_on_screen(page)
 
 
 def labels_of(running_app, annotator: str) -> dict[int, dict]:

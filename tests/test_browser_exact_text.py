@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import free_port
+from desk import SCREEN, open_desk, pair_on_screen
 from exact_text_cases import EXACT_CASES, rendered_text, squashed
 from fakes import FakeBackend
 
@@ -23,8 +24,6 @@ from webui.judge_saw import cut_sentence
 
 pytestmark = pytest.mark.browser
 
-SCREEN = {"width": 1366, "height": 768}
-WAIT_MS = 30_000
 ANSWER = "Principles: Be exact.\nCritique: A is short; B is long.\nVerdict: [[A]]"
 LONG_B = "\n".join(f"Line {i}: the answer goes on, * and _ and $ kept." for i in range(120))
 PANELS = ("#grm-prompt", "#grm-response-a", "#grm-response-b")
@@ -68,21 +67,6 @@ def exact_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamesp
 def _import(services, path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     services.import_file(path, dataset=path.stem)
-
-
-def open_desk(browser, url: str, name: str, context=None):
-    context = context or browser.new_context(viewport=SCREEN)
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    page.goto(url)
-    page.locator("#grm-name textarea, #grm-name input").first.fill(name)
-    page.click("#grm-start")
-    page.wait_for_selector("#grm-meta [data-pair-id]")
-    return page
-
-
-def pair_on_screen(page) -> int:
-    return int(page.get_attribute("#grm-meta [data-pair-id]", "data-pair-id"))
 
 
 def shown_texts(page, view: str) -> list[str | None]:

@@ -4,15 +4,14 @@ and a label removed behind the room's back is still served (at the end)."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from sqlalchemy import delete
+from test_storage import add_pairs
 
 from services.labeling import Labeling
 from storage import queries
 from storage.db import writing
-from storage.models import Label, Pair
+from storage.models import Label
 
 PAIRS = 6
 
@@ -20,20 +19,7 @@ PAIRS = 6
 @pytest.fixture
 def queue(db) -> tuple[Labeling, list[int]]:
     with writing(db.factory) as s:
-        dataset_id = queries.get_or_create_dataset(s, "queue")
-        pairs = [
-            Pair(
-                dataset_id=dataset_id,
-                prompt=f"q{i}",
-                response_a="a",
-                response_b="b",
-                content_hash=uuid.uuid4().hex,
-            )
-            for i in range(PAIRS)
-        ]
-        s.add_all(pairs)
-        s.flush()
-        ids = [p.id for p in pairs]
+        ids = add_pairs(s, queries.get_or_create_dataset(s, "queue"), PAIRS)
     return Labeling(db.factory), ids
 
 

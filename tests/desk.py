@@ -1,0 +1,33 @@
+"""The Label tab as a person meets it in Chromium: open a session, sign in, see which pair is on
+screen, wait for the next one. Shared by the browser tests."""
+
+from __future__ import annotations
+
+SCREEN = {"width": 1366, "height": 768}
+WAIT_MS = 60_000
+
+
+def open_desk(browser, url: str, name: str, context=None):
+    """A page in `context` (default: a new browser context, its own session) that signs in as
+    `name` and shows a pair."""
+    context = context or browser.new_context(viewport=SCREEN)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    page.locator("#grm-name textarea, #grm-name input").first.fill(name)
+    page.click("#grm-start")
+    page.wait_for_selector("#grm-meta [data-pair-id]")
+    return page
+
+
+def pair_on_screen(page) -> int:
+    return int(page.get_attribute("#grm-meta [data-pair-id]", "data-pair-id"))
+
+
+def wait_for_new_pair(page, old: int) -> int:
+    page.wait_for_function(
+        "old => { const m = document.querySelector('#grm-meta [data-pair-id]');"
+        " return m && Number(m.dataset.pairId) !== old; }",
+        arg=old,
+    )
+    return pair_on_screen(page)
