@@ -218,11 +218,79 @@ PAIRWISE_V2 = replace(PAIRWISE_V1, version="pairwise-v2", answer_prefix="Princip
 POINTWISE_V2 = replace(POINTWISE_V1, version="pointwise-v2", answer_prefix="Specific Criteria:")
 VERIFIER_V2 = replace(VERIFIER_V1, version="verifier-v2", answer_prefix="Verification:")
 
+# v3: no example and no "Header: description" lines. A 135M judge copied v2's example and its
+# section descriptions word for word ("Follow the instruction exactly. Be correct."), so its
+# principles and critique were the prompt's, not its own. The format is said once in prose;
+# the prefilled first header starts the answer, and the headers are all the judge sees of it.
+PAIRWISE_V3 = PromptTemplate(
+    name="pairwise",
+    version="pairwise-v3",
+    system="You are a fair judge. You compare two responses to a question and pick the better one.",
+    user="""Which response answers the question better?
+
+[Question]
+{prompt}
+
+[Response A]
+{response_a}
+
+[Response B]
+{response_b}
+
+{reference_block}Judge by what this question asks for, not by the order or the length of the \
+responses. Answer in three parts headed Principles, Critique and Verdict: first what matters \
+most for this question, then how each response does on it, then [[A]] if Response A is \
+better, [[B]] if Response B is better, or [[C]] for a tie.""",
+    answer_prefix="Principles:",
+)
+
+POINTWISE_V3 = PromptTemplate(
+    name="pointwise",
+    version="pointwise-v3",
+    system="You are a fair judge. You rate responses to a question with scores from 1 to 10.",
+    user="""Rate each response to the question.
+
+[Question]
+{prompt}
+
+[Response A]
+{response_a}
+
+[Response B]
+{response_b}
+
+{reference_block}Answer in three parts headed Specific Criteria, Analysis and Scores: first \
+what matters for this question, then how each response meets it, then an integer score from \
+1 (bad) to 10 (excellent) for each, written as \\boxed{{A's score, B's score}}.""",
+    answer_prefix="Specific Criteria:",
+)
+
+VERIFIER_V3 = PromptTemplate(
+    name="verifier",
+    version="verifier-v3",
+    system="You are a careful verifier. You check whether a response answers a question correctly.",
+    user="""Is this response a correct and complete answer to the question?
+
+[Question]
+{prompt}
+
+[Response]
+{response}
+
+{reference_block}Check the response against the question step by step under the header \
+Verification, then end with the line "Is the answer correct (Yes/No)?" followed by Yes or No.""",
+    answer_prefix="Verification:",
+)
+
 # Registered by version; `get_prompt(protocol)` returns the latest version of that protocol.
 PROMPTS: Mapping[str, PromptTemplate] = MappingProxyType(
     {
         t.version: t
-        for t in (PAIRWISE_V1, POINTWISE_V1, VERIFIER_V1, PAIRWISE_V2, POINTWISE_V2, VERIFIER_V2)
+        for t in (
+            *(PAIRWISE_V1, POINTWISE_V1, VERIFIER_V1),
+            *(PAIRWISE_V2, POINTWISE_V2, VERIFIER_V2),
+            *(PAIRWISE_V3, POINTWISE_V3, VERIFIER_V3),
+        )
     }
 )
 LATEST: Mapping[str, str] = MappingProxyType(
