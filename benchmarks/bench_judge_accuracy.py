@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from judges.metrics import accuracy_with_interval
+from judges.copying import MOSTLY_COPIED, copied_share
+from judges.metrics import accuracy_with_interval, mcnemar_exact
+from judges.prompts import PromptTemplate, get_prompt
 from judges.scaling import TIE_BAND, aggregate
 from judges.types import AggregateJudgment, Aggregation, PairInput, Verdict
 
@@ -79,22 +80,6 @@ def combine(result: AggregateJudgment, rule: Rule, tie_band: float = TIE_BAND) -
     return aggregate(samples, rule.aggregation, tie_band=tie_band)
 
 
-def mcnemar_exact(first_right: Sequence[bool], second_right: Sequence[bool]) -> dict[str, Any]:
-    """McNemar's exact test: two-sided binomial p of the discordant pairs at 1/2.
-
-    `only_first` pairs only the first rule got right, `only_second` only the second; p is
-    min(1, 2 * P(X <= min(b, c))) for X ~ Binomial(b + c, 1/2), 1.0 with no discordant pair
-    (the same value as scipy.stats.binomtest(b, b + c).pvalue).
-    """
-    if len(first_right) != len(second_right):
-        raise ValueError("mcnemar_exact: the two lists differ in length")
-    b = sum(1 for x, y in zip(first_right, second_right, strict=True) if x and not y)
-    c = sum(1 for x, y in zip(first_right, second_right, strict=True) if y and not x)
-    n = b + c
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n if n else 1.0
-    return {"only_first": b, "only_second": c, "p_value": min(1.0, 2.0 * tail)}
-
-
 def score_rule(
     verdicts: Sequence[AggregateJudgment], gold: Sequence[Verdict], rule: Rule
 ) -> dict[str, Any]:
@@ -117,10 +102,25 @@ def score_rule(
     }
 
 
+def copying(results: Sequence[AggregateJudgment], template: PromptTemplate) -> dict[str, Any]:
+    """How much of the judgments' text is the prompt's own words (judges.copying)."""
+    shares = [copied_share(j.raw_text, template) for r in results for j in r.samples]
+    return {
+        "copied_share": sum(shares) / len(shares) if shares else None,
+        "mostly_copied_rate": sum(s > MOSTLY_COPIED for s in shares) / len(shares)
+        if shares
+        else None,
+    }
+
+
 def report_set(
-    results: Sequence[AggregateJudgment], gold: Sequence[Verdict], tie_band: float = TIE_BAND
+    results: Sequence[AggregateJudgment],
+    gold: Sequence[Verdict],
+    tie_band: float = TIE_BAND,
+    template: PromptTemplate | None = None,
 ) -> dict[str, Any]:
-    """Every rule's figures on one set of judgments, position consistency and the paired test."""
+    """Every rule's figures on one set of judgments, position consistency, the paired test and
+    (given the template) how much of the judgments was copied from the prompt."""
     by_rule = {rule.name: [combine(r, rule, tie_band) for r in results] for rule in RULES}
     rules = {rule.name: score_rule(by_rule[rule.name], gold, rule) for rule in RULES}
     checked = [r.position_consistent for r in results if r.position_consistent is not None]
@@ -131,6 +131,7 @@ def report_set(
     paired = mcnemar_exact(right[CANDIDATE], right[BASELINE])
     return {
         "pairs": len(gold),
+        **(copying(results, template) if template is not None else {}),
         "rules": rules,
         "position_consistency": sum(checked) / len(checked) if checked else None,
         "orders_compared": len(checked),
@@ -168,6 +169,11 @@ def format_table(sets: dict[str, dict[str, Any]]) -> str:
                 f"{pct(f['chose_a_rate']):>5s} {pct(f['fell_back_to_vote']):>5s}"
             )
         test = report["paired_test"]
+        if report.get("copied_share") is not None:
+            lines.append(
+                f"{'':30s} copied from the prompt: {pct(report['copied_share'])} of the words; "
+                f"{pct(report['mostly_copied_rate'])} of judgments mostly copied"
+            )
         lines.append(
             f"{'':30s} position consistency {pct(report['position_consistency'])} "
             f"({report['orders_compared']} compared); {test['first']} vs {test['second']}: "
@@ -184,6 +190,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", default="pairwise")
+    parser.add_argument("--prompt-version", default=None, help="default: the protocol's latest")
     parser.add_argument("--k", type=int, default=1, help="samples per order")
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--limit", type=int, default=40, help="pairs per set (0: all)")
@@ -202,9 +209,12 @@ def main() -> None:
         swap=True,  # both orders judged once; every rule reads the same judgments
         temperature=temperature,
         max_new_tokens=args.max_new_tokens,
+        prompt_version=args.prompt_version,
     )
+    template = get_prompt(args.prompt_version or args.protocol)
     report: dict[str, Any] = {
         "model": backend.model_name,
+        "prompt_version": template.version,
         "options": options.model_dump(mode="json"),
         "tie_band": args.tie_band,
         "rules": {
@@ -220,19 +230,19 @@ def main() -> None:
         pairs, gold = load_set(name, args.limit or None)
         set_started = time.perf_counter()
         results = judge_pairs(backend, pairs, options)
-        figures = report_set(results, gold, args.tie_band)
+        figures = report_set(results, gold, args.tie_band, template)
         figures["seconds"] = round(time.perf_counter() - set_started, 1)
         report["sets"][name] = figures
         everything += results
         all_gold += gold
         print(format_table({name: figures}), flush=True)
     if len(args.sets) > 1:
-        report["sets"]["all"] = report_set(everything, all_gold, args.tie_band)
+        report["sets"]["all"] = report_set(everything, all_gold, args.tie_band, template)
     report["seconds"] = round(time.perf_counter() - started, 1)
     print()
     print(format_table(report["sets"]))
 
-    tag = f"{args.protocol}_k{args.k}_rules"
+    tag = f"{template.version}_k{args.k}_rules"
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"bench_judge_accuracy_{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -9,6 +9,7 @@ also reported on its own as `no_verdict_rate`, so a judge cannot look better by 
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
@@ -103,6 +104,22 @@ def cohen_kappa(first: Sequence[object], second: Sequence[object]) -> float | No
     if expected >= 1.0:
         return 1.0 if observed >= 1.0 else 0.0
     return (observed - expected) / (1.0 - expected)
+
+
+def mcnemar_exact(first_right: Sequence[bool], second_right: Sequence[bool]) -> dict[str, Any]:
+    """McNemar's exact test: two-sided binomial p of the discordant pairs at 1/2.
+
+    `only_first` pairs only the first rule got right, `only_second` only the second; p is
+    min(1, 2 * P(X <= min(b, c))) for X ~ Binomial(b + c, 1/2), 1.0 with no discordant pair
+    (the same value as scipy.stats.binomtest(b, b + c).pvalue).
+    """
+    if len(first_right) != len(second_right):
+        raise ValueError("mcnemar_exact: the two lists differ in length")
+    b = sum(1 for x, y in zip(first_right, second_right, strict=True) if x and not y)
+    c = sum(1 for x, y in zip(first_right, second_right, strict=True) if y and not x)
+    n = b + c
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n if n else 1.0
+    return {"only_first": b, "only_second": c, "p_value": min(1.0, 2.0 * tail)}
 
 
 def confusion_matrix(judge: Sequence[object], human: Sequence[object]) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from fakes import FakeBackend, user_text
 
 import judges.backends
 from benchmarks import bench_judge_accuracy as bench
-from benchmarks.bench_judge_accuracy import RULES, format_table, mcnemar_exact, report_set
+from benchmarks.bench_judge_accuracy import RULES, format_table, report_set
+from judges.metrics import mcnemar_exact
 from judges.scaling import aggregate, unswap
 from judges.types import Judgment, Status, Verdict
 
