@@ -94,13 +94,45 @@ class JudgeVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class JudgmentRun(Base):
+    """One judge call on a pair: k samples (in one or both orders) and the verdict they make.
+
+    Written once, with its samples, by services.judging.Judging.store; the Label tab, agreement
+    and the labels' records read its verdict instead of recombining the samples.
+    """
+
+    __tablename__ = "judgment_run"
+    __table_args__ = (Index("ix_judgment_run_pair", "pair_id", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pair.id", ondelete="CASCADE"))
+    judge_version_id: Mapped[int | None] = mapped_column(ForeignKey("judge_version.id"))
+    protocol: Mapped[str] = mapped_column(String(40))
+    prompt_version: Mapped[str] = mapped_column(String(40))
+    k: Mapped[int] = mapped_column(Integer, default=1)  # samples per order
+    swap: Mapped[bool] = mapped_column(Boolean, default=False)  # both orders judged
+    aggregation: Mapped[str | None] = mapped_column(String(20))  # the rule that decided
+    verdict: Mapped[str] = mapped_column(String(10))  # "A" | "B" | "tie" | "none"
+    votes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # stated verdict -> count
+    verdict_probability: Mapped[float | None] = mapped_column(Float)
+    margin: Mapped[float | None] = mapped_column(Float)  # the mean rule's evidence for A over B
+    position_consistent: Mapped[bool | None] = mapped_column(Boolean)
+    score_a: Mapped[float | None] = mapped_column(Float)
+    score_b: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Judgment(Base):
     """One judge sample for one pair, stored in the pair's original order."""
 
     __tablename__ = "judgment"
-    __table_args__ = (Index("ix_judgment_pair", "pair_id", "judge_version_id"),)
+    __table_args__ = (
+        Index("ix_judgment_pair", "pair_id", "judge_version_id"),
+        Index("ix_judgment_run", "run_id"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     pair_id: Mapped[int] = mapped_column(ForeignKey("pair.id", ondelete="CASCADE"))
+    # The run it is a sample of (NULL only for rows written outside Judging.store).
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("judgment_run.id", ondelete="CASCADE"))
     judge_version_id: Mapped[int | None] = mapped_column(ForeignKey("judge_version.id"))
     protocol: Mapped[str] = mapped_column(String(40))
     prompt_version: Mapped[str] = mapped_column(String(40))
@@ -139,6 +171,8 @@ class Label(Base):
     annotator: Mapped[str] = mapped_column(String(200))
     verdict: Mapped[str] = mapped_column(String(12))  # "A" | "B" | "tie" | "both_bad" | "skip"
     judgment_id: Mapped[int | None] = mapped_column(ForeignKey("judgment.id"))
+    # The run it agreed with or corrected (the run of judgment_id), filled by save_label.
+    judgment_run_id: Mapped[int | None] = mapped_column(ForeignKey("judgment_run.id"))
     agreed_with_judge: Mapped[bool | None] = mapped_column(Boolean)
     corrected_critique: Mapped[str | None] = mapped_column(Text)
     note: Mapped[str | None] = mapped_column(Text)

@@ -19,6 +19,7 @@ from storage.models import (
     Dataset,
     JudgeVersion,
     Judgment,
+    JudgmentRun,
     Label,
     LabelEvent,
     Pair,
@@ -83,6 +84,7 @@ class LabelView:
     note: str | None
     created_at: datetime
     updated_at: datetime
+    judgment_run_id: int | None = None  # the run of judgment_id
     duplicate: bool = False  # the client_token was already saved: the label was left as it was
 
 
@@ -262,14 +264,18 @@ def save_label(
     verdict = LabelVerdict(verdict).value  # stored as the plain string, whatever was passed
     if s.get(Pair, pair_id) is None:
         raise NotFoundError(f"pair {pair_id} not found")
+    run_id = None
     if judgment_id is not None:
-        agreed_with_judge = _judgment_agreement(s, pair_id, judgment_id, verdict, agreed_with_judge)
+        agreed_with_judge, run_id = _judgment_agreement(
+            s, pair_id, judgment_id, verdict, agreed_with_judge
+        )
     current = _current_label(s, pair_id, annotator)
     if client_token is not None and _token_seen(s, pair_id, annotator, client_token):
         return _record_duplicate(s, current, pair_id, annotator, client_token)
     values = {
         "verdict": verdict,
         "judgment_id": judgment_id,
+        "judgment_run_id": run_id,
         "agreed_with_judge": agreed_with_judge,
         "corrected_critique": corrected_critique,
         "note": note,
@@ -305,17 +311,27 @@ def _check_label_input(verdict: str, annotator: str, client_token: str | None) -
 
 def _judgment_agreement(
     s: Session, pair_id: int, judgment_id: int, verdict: str, agreed: bool | None
-) -> bool | None:
-    """Check the judgment belongs to the pair; derive agreement when the caller did not say."""
-    row = s.execute(select(Judgment.pair_id, Judgment.verdict).where(Judgment.id == judgment_id))
-    found = row.first()
+) -> tuple[bool | None, int | None]:
+    """Check the judgment belongs to the pair; derive agreement (with its run's verdict, or its
+    own without a run) when the caller did not say. Agreement and the judgment's run id."""
+    stmt = (
+        select(Judgment.pair_id, Judgment.run_id, _judge_verdict().label("verdict"))
+        .outerjoin(JudgmentRun, JudgmentRun.id == Judgment.run_id)
+        .where(Judgment.id == judgment_id)
+    )
+    found = s.execute(stmt).first()
     if found is None:
         raise NotFoundError(f"judgment {judgment_id} not found")
     if found.pair_id != pair_id:
         raise ValueError(f"judgment {judgment_id} belongs to pair {found.pair_id}, not {pair_id}")
     if agreed is None and verdict != LabelVerdict.SKIP:
-        return found.verdict == verdict
-    return agreed
+        agreed = found.verdict == verdict
+    return agreed, found.run_id
+
+
+def _judge_verdict():
+    """The judge's decision for a judgment: its run's verdict, its own when it has no run."""
+    return func.coalesce(JudgmentRun.verdict, Judgment.verdict)
 
 
 def _current_label(s: Session, pair_id: int, annotator: str) -> Label | None:
@@ -599,7 +615,8 @@ def labeled_records(
 
     The judgment is the one the person answered (label.judgment_id) if any, else the pair's
     latest judgment that did not fail; with `judge_version_id`, the latest of that version.
-    Judge fields are None when the pair has no such judgment.
+    The judge's verdict is that judgment's run's (the aggregated decision), its own when it has
+    no run. Judge fields are None when the pair has no such judgment.
     """
     compared = _compared_judgment_id(judge_version_id).label("compared_judgment_id")
     stmt = (
@@ -629,16 +646,20 @@ def _compared_judgment_id(judge_version_id: int | None):
 def _judgment_fields(s: Session, ids: set[int]) -> dict[int, dict[str, Any]]:
     columns = (
         Judgment.id,
-        Judgment.verdict,
+        _judge_verdict().label("verdict"),
         Judgment.status,
         Judgment.judge_version_id,
         Judgment.protocol,
         Judgment.swapped,
+        Judgment.run_id,
+        JudgmentRun.swap,
+        JudgmentRun.position_consistent,
     )
+    stmt = select(*columns).outerjoin(JudgmentRun, JudgmentRun.id == Judgment.run_id)
     ordered, found = sorted(ids), {}
     for start in range(0, len(ordered), ID_CHUNK):  # stay under SQLite's bound-parameter cap
         chunk = ordered[start : start + ID_CHUNK]
-        for row in s.execute(select(*columns).where(Judgment.id.in_(chunk))):
+        for row in s.execute(stmt.where(Judgment.id.in_(chunk))):
             found[row.id] = dict(row._mapping)
     return found
 
@@ -672,6 +693,9 @@ def _record(
         "judge_version_id": judgment.get("judge_version_id"),
         "judge_protocol": judgment.get("protocol"),
         "judge_swapped": judgment.get("swapped"),
+        "judge_run_id": judgment.get("run_id"),
+        "judge_swap": judgment.get("swap"),  # the run judged both orders
+        "judge_position_consistent": judgment.get("position_consistent"),
     }
 
 

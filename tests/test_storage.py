@@ -25,7 +25,16 @@ from storage.db import (
 )
 from storage.models import Base, Dataset, Label, LabelEvent, Pair
 
-TABLES = {"dataset", "pair", "judge_version", "judgment", "label", "label_event", "training_run"}
+TABLES = {
+    "dataset",
+    "pair",
+    "judge_version",
+    "judgment",
+    "judgment_run",
+    "label",
+    "label_event",
+    "training_run",
+}
 
 
 def add_pairs(s, dataset_id: int, count: int, start: int = 0) -> list[int]:
@@ -65,7 +74,7 @@ def test_upgrade_from_empty_database_creates_every_table_and_is_idempotent(tmp_p
     assert current_revision(engine) is None
     init_db(engine)
     assert TABLES | {"alembic_version"} == set(inspect(engine).get_table_names())
-    assert current_revision(engine) == head_revision() == "0002_judgment_prompt_and_rule"
+    assert current_revision(engine) == head_revision() == "0003_judgment_run"
 
     factory = make_session_factory(engine)
     with factory.begin() as s:
