@@ -107,6 +107,9 @@ class Services:
     def latest_judgment_run(self, pair_id: int) -> list[dict[str, Any]]:
         return self.judging.latest_run(pair_id)
 
+    def latest_judgment_run_record(self, pair_id: int) -> dict[str, Any]:
+        return self.judging.latest_run_record(pair_id)
+
     def prompt_cuts(self, pair: Any, run: list[dict[str, Any]]) -> Any:
         return self.judging.prompt_cuts(pair, run)
 

@@ -21,19 +21,20 @@ class Analysis:
 
     def agreement(self, dataset_id: int | None = None) -> dict[str, Any]:
         """Judge vs human on labeled pairs: the metrics report by category, judge version and
-        annotator, plus inter-annotator agreement and how many labels had no judgment."""
+        annotator, plus inter-annotator agreement and how many labels had no judgment.
+
+        Each label is compared with its judgment run's stored verdict (the aggregate of its k
+        samples and both orders), and position consistency is the runs' own, as stored."""
         from judges import metrics
 
         with reading(self.sessions) as s:
             records = queries.labeled_records(s, dataset_id=dataset_id)
             names = {v["id"]: v["name"] for v in queries.list_judge_versions(s)}
-            judged = [r for r in records if r["judgment_id"] is not None]
-            judgments = queries.version_judgments(s, [r["pair_id"] for r in judged], None)
+        judged = [r for r in records if r["judgment_id"] is not None]
         rows = [
             {
                 "judge": r["judge_verdict"],
                 "human": r["label"],
-                "judge_swapped": _other_order(r, judgments.get(r["pair_id"], [])),
                 "category": r["category"],
                 "judge_version": names.get(r["judge_version_id"], r["judge_version_id"]),
                 "annotator": r["annotator"],
@@ -41,6 +42,7 @@ class Analysis:
             for r in judged
         ]
         report = metrics.agreement_report(rows, group_by=("category", "judge_version", "annotator"))
+        report["position_consistency"] = position_figures(judged)
         people = [
             {"pair_id": r["pair_id"], "annotator": r["annotator"], "verdict": r["label"]}
             for r in records
@@ -94,16 +96,17 @@ class Analysis:
         return self.judging.make_backend(version["adapter_path"]), True
 
 
-def _other_order(record: dict[str, Any], judgments: list[dict[str, Any]]) -> str | None:
-    """The verdict the same judge run gave with the responses in the other order, if any."""
-    target = next((j for j in judgments if j["id"] == record["judgment_id"]), None)
-    if target is None:
-        return None
-    matches = [
-        j["verdict"]
-        for j in judgments
-        if (j["judge_version_id"], j["protocol"], j["sample_index"])
-        == (target["judge_version_id"], target["protocol"], target["sample_index"])
-        and bool(j["swapped"]) != bool(target["swapped"])
-    ]
-    return matches[-1] if matches else None
+def position_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often the labels' swap runs said the same in both orders (judges.metrics' shape):
+    n runs with both orders, `compared` those where both orders gave a verdict."""
+    swapped = [r for r in records if r.get("judge_swap")]
+    complete = [r["judge_position_consistent"] for r in swapped]
+    complete = [same for same in complete if same is not None]  # both orders gave a verdict
+    consistent = sum(1 for same in complete if same)
+    return {
+        "n": len(swapped),
+        "compared": len(complete),
+        "consistent": consistent,
+        "incomplete": len(swapped) - len(complete),
+        "rate": consistent / len(complete) if complete else None,
+    }

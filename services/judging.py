@@ -21,7 +21,7 @@ from judges.protocols import prompt_cuts
 from judges.types import AggregateJudgment, PairInput, Verdict
 from services.records import judgment_row, pair_input
 from settings import Settings
-from storage import queries
+from storage import judgment_runs, queries
 from storage.db import reading, writing
 
 log = logging.getLogger(__name__)
@@ -231,35 +231,30 @@ class Judging:
         )
 
     def store(self, results: list[AggregateJudgment], version_id: int) -> int:
-        """Every sample of every result, in one write; how many rows were stored."""
-        rows = [judgment_row(j, version_id, r.aggregation) for r in results for j in r.samples]
+        """Each result as a judgment run with its samples, all in one write; how many sample
+        rows were stored. The one place a run is written."""
+        stored = 0
         with writing(self.sessions) as s:
-            queries.add_judgments(s, rows)
-        return len(rows)
+            for result in results:
+                if not result.samples:
+                    continue  # nothing was judged: no run to record
+                samples = [judgment_row(j, version_id, result.aggregation) for j in result.samples]
+                judgment_runs.add_judgment_run(s, judgment_run_row(result, version_id), samples)
+                stored += len(samples)
+        return stored
 
     # --- what was judged -----------------------------------------------------------------------
 
-    def latest_run(self, pair_id: int) -> list[dict[str, Any]]:
-        """The rows of the pair's most recent judging run (k samples x orders), first first.
-
-        A run's samples are stored together, so walk back from the newest row while the
-        version and protocol match and no (sample, order) repeats.
-        """
+    def latest_run_record(self, pair_id: int) -> dict[str, Any]:
+        """The pair's most recent judging run as {"run": its stored row (the decision), or None
+        for a judgment stored without a run; "samples": its judgment rows, first first}."""
         with reading(self.sessions) as s:
-            rows = queries.pair_judgments(s, pair_id)
-        run: list[dict[str, Any]] = []
-        seen: set[tuple[int, bool]] = set()
-        for row in reversed(rows):
-            key = (row["sample_index"], bool(row["swapped"]))
-            same_run = not run or (
-                (row["judge_version_id"], row["protocol"])
-                == (run[0]["judge_version_id"], run[0]["protocol"])
-            )
-            if not same_run or key in seen:
-                break
-            seen.add(key)
-            run.insert(0, row)
-        return sorted(run, key=lambda r: (r["sample_index"], bool(r["swapped"])))
+            found = judgment_runs.latest_run(s, pair_id)
+        return found or {"run": None, "samples": []}
+
+    def latest_run(self, pair_id: int) -> list[dict[str, Any]]:
+        """The rows of the pair's most recent judging run (k samples x orders), first first."""
+        return self.latest_run_record(pair_id)["samples"]
 
     @staticmethod
     def prompt_cuts(pair: queries.PairView, run: list[dict[str, Any]]) -> list[Cut] | None:
@@ -271,3 +266,25 @@ class Judging:
         shown = next((r for r in run if not r["swapped"] and r.get("prompt_messages")), run[0])
         sent = None if shown["swapped"] else shown.get("prompt_messages")
         return prompt_cuts(pair_input(pair), shown["protocol"], shown["prompt_version"], sent)
+
+
+def judgment_run_row(result: AggregateJudgment, version_id: int | None) -> dict[str, Any]:
+    """A judge's AggregateJudgment as the column values of storage's judgment_run table."""
+    first = result.samples[0]
+    scores = result.scores or (None, None)
+    return {
+        "pair_id": result.pair_id if result.pair_id is not None else first.pair_id,
+        "judge_version_id": version_id,
+        "protocol": first.protocol,
+        "prompt_version": first.prompt_version,
+        "k": len({j.sample_index for j in result.samples}),
+        "swap": any(j.swapped for j in result.samples),
+        "aggregation": result.aggregation,
+        "verdict": result.verdict.value,
+        "votes": dict(result.votes),
+        "verdict_probability": result.verdict_probability,
+        "margin": result.margin,
+        "position_consistent": result.position_consistent,
+        "score_a": scores[0],
+        "score_b": scores[1],
+    }

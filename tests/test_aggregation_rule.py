@@ -1,4 +1,5 @@
-"""The aggregation rule end to end (issue 16): the CLI flag, the stored rule, the Label tab.
+"""The aggregation rule end to end (issue 16): the CLI flag, the stored rule, the Label tab;
+and the stored judgment run that carries the decision to the Label tab and to agreement.
 
 A judge that always names the second slot, but whose log-probs still lean to the right answer:
 by vote the two orders make a tie; by the mean of log-odds the evidence decides, and the Label
@@ -13,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+import sqlalchemy as sa
 from fakes import FakeBackend, user_text
 
 from cli import _judge_options, build_parser
@@ -20,8 +22,9 @@ from judges.judge import JudgeOptions
 from judges.types import Aggregation
 from services import Services
 from storage import queries
-from storage.models import Pair
+from storage.models import JudgmentRun, Pair
 from webui.judge_view import JudgeDisplay, apply_update, display_from_rows
+from webui.label_handlers import LabelHandlers
 
 
 def second_slot_judge(messages) -> str:
@@ -141,3 +144,73 @@ def test_stored_rows_without_probabilities_vote_as_before() -> None:
     view = display_from_rows([_row("B", False, None), _row("A", True, None)])
     assert (view.verdict, view.aggregation) == ("tie", "vote")
     assert "vote of 2: A 1 · B 1" in html.unescape(view.badge())
+
+
+# --- the stored judgment run: written once by Judging.store, read by the tab and agreement ---
+
+
+def test_a_streamed_swap_judgment_is_stored_as_one_run(judged) -> None:
+    live = JudgeDisplay()
+    for update in judged.services.stream_pair_judgment(judged.pair_id, JudgeOptions(swap=True)):
+        apply_update(live, update)
+    stored = judged.services.latest_judgment_run_record(judged.pair_id)
+    run, samples = stored["run"], stored["samples"]
+    assert [(s["sample_index"], s["swapped"], s["verdict"]) for s in samples] == [
+        (0, False, "B"),
+        (0, True, "A"),  # said B with the responses swapped
+    ]
+    assert {s["run_id"] for s in samples} == {run["id"]}
+    assert (run["pair_id"], run["protocol"], run["k"], run["swap"]) == (
+        judged.pair_id,
+        "pairwise",
+        1,
+        True,
+    )
+    assert (run["verdict"], run["aggregation"], run["position_consistent"]) == ("B", "mean", False)
+    assert run["votes"] == {"A": 1, "B": 1}
+    margin = (math.log(0.2 / 0.8) + math.log(0.6 / 0.4)) / 2
+    assert run["margin"] == pytest.approx(margin) == live.margin
+    assert run["verdict_probability"] == pytest.approx(1 / (1 + math.exp(margin)))
+    assert judged.services.latest_judgment_run(judged.pair_id) == samples
+
+
+def _stored_run_says(judged, verdict: str, probability: float) -> int:
+    """Judge the pair (swap, mean: B), then make its stored run's decision another one, which
+    the samples themselves would not give: what is shown must come from the run."""
+    judged.services.judge_pending(options=JudgeOptions(swap=True))
+    run = judged.services.latest_judgment_run_record(judged.pair_id)["run"]
+    with judged.services.sessions.begin() as s:
+        s.execute(
+            sa.update(JudgmentRun)
+            .where(JudgmentRun.id == run["id"])
+            .values(verdict=verdict, verdict_probability=probability)
+        )
+    return run["id"]
+
+
+def test_the_label_tab_shows_the_stored_runs_decision(judged) -> None:
+    _stored_run_says(judged, "A", 0.91)
+    stored = judged.services.latest_judgment_run_record(judged.pair_id)
+    view = display_from_rows(stored["samples"], stored["run"])
+    assert (view.verdict, view.probability, view.aggregation) == ("A", 0.91, "mean")
+    assert display_from_rows(stored["samples"]).verdict == "B"  # recomputed: only without a run
+    screen = LabelHandlers(judged.services).open_next("ana", None, None)
+    badge = html.unescape(screen[7])
+    assert 'data-verdict="A"' in badge and "p = 0.91" in badge, badge
+    assert screen[10]["verdict"] == "A"  # what a label is compared with on save
+
+
+def test_agreement_compares_each_label_with_its_runs_verdict(judged) -> None:
+    judged.services.judge_pending(options=JudgeOptions(swap=True))
+    stored = judged.services.latest_judgment_run_record(judged.pair_id)
+    swapped_sample = next(s for s in stored["samples"] if s["swapped"])
+    assert (stored["run"]["verdict"], swapped_sample["verdict"]) == ("B", "A")
+    # The person answers the swapped sample (alone it says A); the run it belongs to says B.
+    label = judged.services.save_label(judged.pair_id, "ana", "B", judgment_id=swapped_sample["id"])
+    assert (label.judgment_run_id, label.agreed_with_judge) == (stored["run"]["id"], True)
+    report = judged.services.agreement()
+    assert (report["accuracy"], report["n"]) == (1.0, 1)
+    assert report["confusion"]["matrix"][1][report["confusion"]["columns"].index("B")] == 1
+    consistency = report["position_consistency"]
+    assert (consistency["n"], consistency["compared"], consistency["consistent"]) == (1, 1, 0)
+    assert consistency["rate"] == 0.0

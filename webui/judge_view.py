@@ -1,10 +1,11 @@
 """What the Label tab shows of a judgment: three live panels, the verdict badge, the samples.
 
-Works from the live `StreamUpdate`s of `Services.stream_pair_judgment` and from judgment rows
+Works from the live `StreamUpdate`s of `Services.stream_pair_judgment` and from a judgment run
 stored earlier, so a pair judged by a batch run opens with its reasoning already on screen.
-A stored run's decision is recomputed by `judges.scaling.aggregate` with the rule stored with it,
-the one rule the judge used live. With swap on, the samples table shows what the judge said in
-each order and P(A), so a person sees a position bias instead of a bare "tie".
+A stored run shows the decision stored with it (the judge's own, made live); only rows stored
+without a run are decided again, by `judges.scaling.aggregate` with the rule stored with them.
+With swap on, the samples table shows what the judge said in each order and P(A), so a person
+sees a position bias instead of a bare "tie".
 Every text the judge wrote goes through `render.safe_markdown`: judge output is untrusted too.
 """
 
@@ -303,14 +304,33 @@ def attach_ids(view: JudgeDisplay, rows: Iterable[Mapping[str, Any]]) -> None:
         sample.judgment_id = ids.get((sample.index, sample.swapped))
 
 
-def display_from_rows(rows: list[Mapping[str, Any]]) -> JudgeDisplay:
+def display_from_rows(
+    rows: list[Mapping[str, Any]], run: Mapping[str, Any] | None = None
+) -> JudgeDisplay:
     """A stored judging run (rows of one run, first sample first) as a finished display.
 
-    The decision is `judges.scaling.aggregate` over the rows, by the rule stored with them
-    (rows stored before rules were recorded: the default rule).
+    The decision is the stored `run`'s (storage's judgment_run row) when given. Rows without a
+    run are decided by `judges.scaling.aggregate` over them, by the rule stored with them (rows
+    stored before rules were recorded: the default rule).
     """
     if not rows:
         return JudgeDisplay()
+    view = _stored_view(rows)
+    if run is not None:
+        _take_run(view, run)
+        return view
+    judgments = _judgments_of(rows)
+    if judgments is None:  # a value no judge writes: shown as text, decided by a plain count
+        votes = Counter(s.verdict for s in view.samples if s.verdict != "none")
+        view.verdict, view.votes = majority(votes), dict(votes)
+        return view
+    rule = next((r["aggregation"] for r in rows if r.get("aggregation")), Aggregation.MEAN)
+    _take_aggregate(view, aggregate(judgments, _known_rule(rule)))
+    return view
+
+
+def _stored_view(rows: list[Mapping[str, Any]]) -> JudgeDisplay:
+    """The panels and the samples of stored rows, not yet decided."""
     first = rows[0]
     samples = [
         SampleRow(
@@ -325,7 +345,7 @@ def display_from_rows(rows: list[Mapping[str, Any]]) -> JudgeDisplay:
         )
         for r in rows
     ]
-    view = JudgeDisplay(
+    return JudgeDisplay(
         principles=first.get("principles") or "",
         critique=first.get("critique") or "",
         verdict_text=_stored_verdict_text(first),
@@ -334,14 +354,17 @@ def display_from_rows(rows: list[Mapping[str, Any]]) -> JudgeDisplay:
         protocol=first.get("protocol") or "pairwise",
         stored=True,
     )
-    judgments = _judgments_of(rows)
-    if judgments is None:  # a value no judge writes: shown as text, decided by a plain count
-        votes = Counter(s.verdict for s in samples if s.verdict != "none")
-        view.verdict, view.votes = majority(votes), dict(votes)
-        return view
-    rule = next((r["aggregation"] for r in rows if r.get("aggregation")), Aggregation.MEAN)
-    _take_aggregate(view, aggregate(judgments, _known_rule(rule)))
-    return view
+
+
+def _take_run(view: JudgeDisplay, run: Mapping[str, Any]) -> None:
+    """The decision and its evidence from a stored judgment_run row."""
+    view.verdict = str(run.get("verdict") or "none")
+    view.votes = dict(run.get("votes") or {})
+    view.position_consistent = run.get("position_consistent")
+    view.aggregation = run.get("aggregation")
+    view.margin = run.get("margin")
+    view.probability = run.get("verdict_probability")
+    view.protocol = run.get("protocol") or view.protocol
 
 
 def _judgments_of(rows: list[Mapping[str, Any]]) -> list[Judgment] | None:

@@ -253,8 +253,9 @@ class LabelHandlers:
             view = JudgeDisplay()
             outputs = (*self._view_outputs(view), NO_PAIR, NO_JUDGE, "", "", "", _status(status))
             return (done, "", "", "", *outputs)
-        rows = self.services.latest_judgment_run(pair.id)
-        view = display_from_rows(rows)
+        stored = self.services.latest_judgment_run_record(pair.id)
+        rows = stored["samples"]
+        view = display_from_rows(rows, stored["run"])
         judged = {"pair_id": pair.id, "verdict": view.verdict, "judgment_id": view.judgment_id()}
         current = {"pair_id": pair.id, "token": uuid.uuid4().hex}
         prompt, prompt_differs = prompt_views(_text_prompt(pair), _turns(pair))
