@@ -26,20 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from judges.split import Split, split_pairs
 from judges.training_data import (
     DataConfig,
     LabeledPair,
     MessageBuilder,
     Messages,
     SampleMore,
-    Split,
     TrainingData,
     build_training_data,
     parse_records,
-    split_pairs,
     target_format,
-    token_measure,
 )
+from judges.truncation import token_length
 from judges.types import PairInput
 from vocabulary import TrainingMethod
 
@@ -298,7 +297,7 @@ def prepare_data(
         data_config,
         target_format(config.protocol),
         sample_more,
-        token_measure(tokenizer),
+        token_length(tokenizer),
     )
 
 

@@ -1,6 +1,7 @@
-"""Turn human labels and the judge's own judgments into SFT and DPO examples (pure, exact).
+"""Labeled pairs in, SFT and DPO examples out (pure, exact): the retraining job's data.
 
-The rules, per labeled pair (label A, B or tie; "both_bad" and "skip" are not trained on):
+A run's labels arrive as plain records (one per labeled pair, see `parse_records`). The rules,
+per labeled pair (label A, B or tie; "both_bad" and "skip" are not trained on):
 - a judgment whose verdict equals the label is a positive; one that contradicts it (another
   verdict, or no verdict) is a negative (Con-J / GenRM); judgments that errored are ignored;
 - a human-corrected critique is a positive (it gets the label's verdict appended if it does not
@@ -9,20 +10,20 @@ The rules, per labeled pair (label A, B or tie; "both_bad" and "skip" are not tr
   agree are kept (rejective fine-tuning, as SPCT / STaR); those that disagree become negatives;
 - a pair still without a positive gets a verdict-only target (DJPO's "standard judgement");
 - every example is also produced in the swapped order, with the verdict flipped in the target
-  text, so response position carries no signal.
+  text (judges.swap_text), so response position carries no signal.
 Prompts are built by the protocol's own message builder (passed in, so training and inference
-read the same prompt) from a pair whose texts were cut to a budget, keeping both ends visible.
-Held-out pairs are chosen by a seeded hash of the pair id, so a pair's side never changes.
+read the same prompt) from a pair whose texts were cut to a budget (judges.truncation).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from judges.swap_text import swap_labels_in_text, swap_scores_in_text
+from judges.truncation import CHARACTERS, Measure, truncate_pair
 from judges.types import ChatTurn, PairInput, Verdict
 from vocabulary import COMPARING_VERDICTS, LabelVerdict
 
@@ -154,216 +155,6 @@ def _parse_judgment(raw: Mapping[str, Any], where: str) -> JudgmentRecord:
         protocol=str(raw.get("protocol", "pairwise")),
         status=str(raw.get("status", "complete")),
         judgment_id=raw.get("id", raw.get("judgment_id")),
-    )
-
-
-# ---------------------------------------------------------------- swapping target text
-
-_NOUNS = (
-    r"responses?|assistants?|answers?|outputs?|models?|candidates?|options?|completions?"
-    r"|replies|reply|solutions?|submissions?"
-)
-_LETTER = r"\(?[AB]\)?"
-_CONNECTOR = r"[ \t]*(?:,|and|or|&|/|vs\.?|versus)[ \t]*"
-# "Response A", "Assistant B's", "Responses A and B", "Output (A)"; only the noun ignores case,
-# so "the answer a student gives" is left alone.
-_NAMED = re.compile(
-    rf"\b(?P<noun>(?i:{_NOUNS}))(?P<rest>[ \t]+{_LETTER}(?:{_CONNECTOR}{_LETTER})*(?!\w))"
-)
-# LLMBar's "Output (a)" / "Output (b)".
-_LOWER_PAREN = re.compile(
-    rf"\b(?P<noun>(?i:{_NOUNS}))(?P<rest>[ \t]+\([ab]\)(?:{_CONNECTOR}\([ab]\))*)"
-)
-_BRACKETED = re.compile(r"\[\[([ \t]*)([AaBb])([ \t]*)\]\]")
-# "Verdict: A", "Final verdict: **B**", "Verdict: A is better": a bare letter the parser reads.
-_VERDICT_LINE = re.compile(
-    r"(?P<lead>\b(?i:(?:final[ \t]+)?verdict)[ \t*_]*(?::|is)[ \t*_]*)(?P<v>[AB])"
-    r"(?=[ \t*_.!]*$|[ \t]+is[ \t]+better)",
-    re.MULTILINE,
-)
-_ORDINAL = re.compile(rf"\b(first|second)(?=\s+(?:{_NOUNS}|one)\b)", re.IGNORECASE)
-_LETTERS = str.maketrans({"A": "B", "B": "A", "a": "b", "b": "a"})
-# Pointwise scores are positional: "\boxed{7, 3}" and "Scores: 7, 3" trade places.
-_BOXED_SCORES = re.compile(r"(\\boxed\{[ \t]*)(\d+(?:\.\d+)?)([ \t]*[,;/][ \t]*)(\d+(?:\.\d+)?)")
-_LINE_SCORES = re.compile(
-    r"^([ \t#*_>-]*(?i:(?:final[ \t]+)?scores?)[ \t*_]*:[ \t*_]*)(\d+(?:\.\d+)?)"
-    r"([ \t]*(?:[,;/]|and)[ \t]*)(\d+(?:\.\d+)?)(?=[ \t*_.]*$)",
-    re.MULTILINE,
-)
-
-
-def swap_labels_in_text(text: str) -> str:
-    """The same judgment written for the other order: every name of A becomes B and back.
-
-    Swaps "[[A]]"/"[[B]]" verdict tokens, "Verdict: A" lines, letters after a response noun
-    ("Response A", "Assistant B's", "Responses A and B", "Output (a)") and "first/second
-    response". Bare letters elsewhere are left alone because "A" is also an English word.
-    """
-    text = _BRACKETED.sub(lambda m: f"[[{m[1]}{m[2].translate(_LETTERS)}{m[3]}]]", text)
-    text = _VERDICT_LINE.sub(lambda m: m.group("lead") + m.group("v").translate(_LETTERS), text)
-    text = _NAMED.sub(_swap_rest_upper, text)
-    text = _LOWER_PAREN.sub(lambda m: m.group("noun") + m.group("rest").translate(_LETTERS), text)
-    return _ORDINAL.sub(_swap_ordinal, text)
-
-
-def swap_scores_in_text(text: str) -> str:
-    """Pointwise judgments: the names swapped as above, and the two positional scores."""
-    text = swap_labels_in_text(text)
-    for pattern in (_BOXED_SCORES, _LINE_SCORES):
-        text = pattern.sub(lambda m: m.group(1) + m.group(4) + m.group(3) + m.group(2), text)
-    return text
-
-
-def _swap_rest_upper(match: re.Match[str]) -> str:
-    rest = re.sub(r"\b[AB]\b", lambda m: m.group(0).translate(_LETTERS), match.group("rest"))
-    return match.group("noun") + rest
-
-
-def _swap_ordinal(match: re.Match[str]) -> str:
-    word = match.group(1)
-    other = "second" if word.lower() == "first" else "first"
-    if word.isupper():
-        return other.upper()
-    return other.capitalize() if word[0].isupper() else other
-
-
-# ---------------------------------------------------------------- truncation
-
-
-@dataclass(frozen=True)
-class Measure:
-    """How the prompt budget is counted: characters by default, or a tokenizer's tokens."""
-
-    encode: Callable[[str], Sequence[Any]]
-    decode: Callable[[Sequence[Any]], str]
-    unit: str = "characters"
-
-    def length(self, text: str) -> int:
-        return len(self.encode(text))
-
-
-CHARACTERS = Measure(encode=list, decode="".join)
-
-
-def token_measure(tokenizer: Any) -> Measure:
-    """A Measure in tokens of a Hugging Face tokenizer (no special tokens added)."""
-    return Measure(
-        encode=lambda text: tokenizer.encode(text, add_special_tokens=False),
-        decode=lambda ids: tokenizer.decode(list(ids)),
-        unit="tokens",
-    )
-
-
-def truncate_middle(text: str, keep: int, measure: Measure = CHARACTERS) -> str:
-    """Cut the middle out of `text` so it measures at most `keep`, keeping head and tail.
-
-    The cut is marked ("[... 120 characters omitted ...]") and the marker counts toward `keep`.
-    The tail matters as much as the head: a long answer states its conclusion at the end.
-    """
-    units = measure.encode(text)
-    if len(units) <= keep:
-        return text
-    marker = f"\n[... {len(units)} {measure.unit} omitted ...]\n"  # upper bound on the digits
-    room = keep - measure.length(marker)
-    if room < 2:
-        return measure.decode(units[: max(keep, 0)])
-    head = room // 2
-    tail = room - head
-    omitted = len(units) - head - tail
-    marker = f"\n[... {omitted} {measure.unit} omitted ...]\n"
-    return measure.decode(units[:head]) + marker + measure.decode(units[len(units) - tail :])
-
-
-def allocate_budget(lengths: Sequence[int], budget: int) -> list[int]:
-    """Share `budget` among texts: short ones keep everything, long ones split the rest evenly."""
-    allowances = [0] * len(lengths)
-    remaining = budget
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    for position, index in enumerate(order):
-        share = remaining // (len(order) - position)
-        allowances[index] = min(lengths[index], share)
-        remaining -= allowances[index]
-    return allowances
-
-
-def truncate_pair(pair: PairInput, budget: int | None, measure: Measure = CHARACTERS) -> PairInput:
-    """The pair with prompt turns, both responses and the reference fitted into `budget` together.
-
-    The budget covers the texts only, not the protocol's template around them. A pair that
-    already fits is returned unchanged.
-    """
-    if budget is None:
-        return pair
-    texts = _pair_texts(pair)
-    lengths = [measure.length(t) for t in texts]
-    if sum(lengths) <= budget:
-        return pair
-    allowances = allocate_budget(lengths, budget)
-    cut = [truncate_middle(t, keep, measure) for t, keep in zip(texts, allowances, strict=True)]
-    return _with_texts(pair, cut)
-
-
-def _pair_texts(pair: PairInput) -> list[str]:
-    prompt = [pair.prompt] if isinstance(pair.prompt, str) else [t.content for t in pair.prompt]
-    reference = [pair.reference] if pair.reference else []
-    return [*prompt, pair.response_a, pair.response_b, *reference]
-
-
-def _with_texts(pair: PairInput, texts: list[str]) -> PairInput:
-    turns = 1 if isinstance(pair.prompt, str) else len(pair.prompt)
-    prompt_texts, rest = texts[:turns], texts[turns:]
-    if isinstance(pair.prompt, str):
-        prompt: str | list[ChatTurn] = prompt_texts[0]
-    else:
-        prompt = [replace(t, content=c) for t, c in zip(pair.prompt, prompt_texts, strict=True)]
-    reference = rest[2] if pair.reference else pair.reference
-    return replace(pair, prompt=prompt, response_a=rest[0], response_b=rest[1], reference=reference)
-
-
-# ---------------------------------------------------------------- split
-
-
-@dataclass(frozen=True)
-class Split:
-    """Which labeled pairs train and which are held out; stored with the run as-is."""
-
-    train: tuple[int, ...]
-    heldout: tuple[int, ...]
-    seed: int
-    heldout_share: float
-    method: str = "sha256(seed:pair_id) < share"
-
-    def as_record(self) -> dict[str, Any]:
-        return asdict(self) | {"train": list(self.train), "heldout": list(self.heldout)}
-
-
-def split_unit(pair_id: int, seed: int) -> float:
-    """A pair's fixed position in [0, 1): it lands in held-out when below the share."""
-    digest = hashlib.sha256(f"grm-split:{seed}:{pair_id}".encode()).hexdigest()
-    return int(digest[:16], 16) / float(1 << 64)
-
-
-def split_pairs(pair_ids: Iterable[int], heldout_share: float, seed: int = 0) -> Split:
-    """Deterministic train / held-out split; a pair's side depends only on its id and the seed.
-
-    So later runs with more labels never move a held-out pair into training. With at least two
-    pairs and 0 < share, each side gets at least one pair (the extreme hash values move).
-    """
-    if not 0.0 <= heldout_share < 1.0:
-        raise ValueError(f"heldout_share must be in [0, 1), got {heldout_share}")
-    ids = list(pair_ids)
-    if len(set(ids)) != len(ids):
-        raise ValueError("split_pairs got the same pair id twice")
-    ranked = sorted(ids, key=lambda pid: (split_unit(pid, seed), pid))
-    heldout = {pid for pid in ranked if split_unit(pid, seed) < heldout_share}
-    if heldout_share > 0 and len(ranked) >= 2:
-        if not heldout:
-            heldout.add(ranked[0])
-        if len(heldout) == len(ranked):
-            heldout.discard(ranked[-1])
-    train = tuple(sorted(pid for pid in ids if pid not in heldout))
-    return Split(
-        train=train, heldout=tuple(sorted(heldout)), seed=seed, heldout_share=heldout_share
     )
 
 

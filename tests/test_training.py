@@ -219,7 +219,7 @@ def test_protocol_prompts_fit_the_token_budget_and_keep_both_ends(tiny_model, tm
             example.prompt, tokenize=False, add_generation_prompt=True
         )
         assert len(tokenizer.encode(text, add_special_tokens=False)) <= 700
-        assert "start" in text and "finish" in text and "tokens omitted" in text
+        assert "start" in text and "finish" in text and "characters omitted" in text
         assert "[Response A]" in text  # the judge's own pairwise prompt
 
 

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from judges.prompts import truncate_middle
+from judges.split import Split, split_pairs
+from judges.swap_text import swap_labels_in_text, swap_scores_in_text
 from judges.training_data import (
-    CHARACTERS,
     DataConfig,
     LabeledPair,
-    Measure,
-    allocate_budget,
     build_training_data,
     parse_records,
-    split_pairs,
-    swap_labels_in_text,
-    swap_scores_in_text,
     target_format,
-    truncate_middle,
-    truncate_pair,
 )
+from judges.truncation import CHARACTERS, allocate_budget, truncate_pair, truncate_to_fit
 from judges.types import ChatTurn, PairInput, Verdict
 
 PAIRWISE = target_format("pairwise")
@@ -64,7 +62,15 @@ SWAPPED = messages(PairInput("question 1", "second answer 1", "first answer 1"))
 
 
 def test_matching_judgment_is_positive_and_contradicting_one_is_negative():
-    data = build([record(1, "A", [judgment("A", RIGHT_A, id=10), judgment("B", WRONG_B, id=11)])])
+    data = build(
+        [
+            record(
+                1,
+                "A",
+                [judgment("A", RIGHT_A, judgment_id=10), judgment("B", WRONG_B, judgment_id=11)],
+            )
+        ]
+    )
 
     assert [(e.source, e.swapped, e.prompt, e.target, e.verdict) for e in data.sft] == [
         ("judgment", False, ORIGINAL, RIGHT_A, Verdict.A),
@@ -343,29 +349,33 @@ def test_verifier_cannot_be_trained_on_pairwise_labels():
 # ---------------------------------------------------------------- truncation
 
 
-def test_truncate_middle_keeps_both_ends_within_the_budget():
-    text = "HEAD" + "m" * 300 + "TAIL"
-    cut = truncate_middle(text, 100)
-    assert len(cut) <= 100
+def test_truncate_to_fit_in_characters_is_the_prompts_own_cut():
+    text = "HEAD " + "m " * 300 + "TAIL"
+    cut = truncate_to_fit(text, 100)
+    assert cut == truncate_middle(text, 100) and len(cut) <= 100
     assert cut.startswith("HEAD") and cut.endswith("TAIL")
-    head, marker, tail = cut.split("\n")
-    omitted = len(text) - len(head) - len(tail)
-    assert marker == f"[... {omitted} characters omitted ...]"
-    assert abs(len(head) - len(tail)) <= 1
+    assert "characters omitted" in cut
 
 
-def test_truncate_middle_leaves_short_text_alone_and_hard_cuts_tiny_budgets():
-    assert truncate_middle("short", 5) == "short"
-    assert truncate_middle("x" * 50, 10) == "x" * 10
+def test_truncate_to_fit_leaves_short_text_alone_and_hard_cuts_tiny_budgets():
+    assert truncate_to_fit("short", 5) == "short"
+    assert truncate_to_fit("x" * 50, 10) == "x" * 10
+    assert truncate_to_fit("x" * 50, 0) == ""
 
 
-def test_truncate_middle_in_tokens():
-    words = Measure(encode=str.split, decode=" ".join, unit="words")
+@pytest.mark.parametrize("keep", [16, 20, 37, 60])
+def test_truncate_to_fit_in_tokens_cuts_by_the_prompts_rule_within_the_budget(keep):
+    def words(text: str) -> int:
+        return len(text.split())
+
     text = " ".join(f"w{i}" for i in range(100))
-    cut = truncate_middle(text, 20, words)
-    assert len(cut.split()) <= 20 + 1  # the marker's words are counted in the 20
-    assert cut.startswith("w0 w1") and cut.endswith("w98 w99")
-    assert "words omitted" in cut
+    cut = truncate_to_fit(text, keep, words)
+    assert words(cut) <= keep  # the marker's words are counted too
+    head, marker, tail = cut.split("\n")
+    assert head.startswith("w0 w1") and tail.endswith("w99")
+    assert marker.endswith("characters omitted ...]")
+    assert len(head) > len(tail)  # the prompt's rule: the head keeps about two thirds
+    assert words(truncate_to_fit(text, 3, words)) <= 3  # no room for a marker: a hard cut
 
 
 @pytest.mark.parametrize(
@@ -413,6 +423,7 @@ def test_split_is_deterministic_disjoint_and_complete():
     assert split_pairs(ids, 0.2, seed=4).heldout != split.heldout
     assert split.as_record()["heldout"] == list(split.heldout)
     assert split.as_record()["seed"] == 3
+    assert Split.from_record(json.loads(json.dumps(split.as_record()))) == split
 
 
 def test_split_keeps_held_out_pairs_held_out_when_labels_grow():
