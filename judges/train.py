@@ -29,11 +29,11 @@ from typing import Any
 from judges.split import Split, split_pairs
 from judges.training_data import (
     DataConfig,
-    LabeledPair,
     MessageBuilder,
     Messages,
     SampleMore,
     TrainingData,
+    TrainingRecord,
     build_training_data,
     parse_records,
     target_format,
@@ -171,7 +171,7 @@ class TrainResult:
 # ---------------------------------------------------------------- checks before anything heavy
 
 
-def check_labels(pairs: Sequence[LabeledPair], min_labels: int) -> list[LabeledPair]:
+def check_labels(pairs: Sequence[TrainingRecord], min_labels: int) -> list[TrainingRecord]:
     """The trainable labels, or TrainingRefused when there are too few or only one class."""
     usable = [p for p in pairs if p.trainable]
     if len(usable) < min_labels:
@@ -188,7 +188,7 @@ def check_labels(pairs: Sequence[LabeledPair], min_labels: int) -> list[LabeledP
     return usable
 
 
-def prepare_split(pairs: Sequence[LabeledPair], config: TrainConfig) -> Split:
+def prepare_split(pairs: Sequence[TrainingRecord], config: TrainConfig) -> Split:
     """The run's split; refuses when the training side would have too little to learn from."""
     split = split_pairs([p.pair_id for p in pairs], config.heldout_share, config.seed)
     if not split.train or not split.heldout:
@@ -199,7 +199,7 @@ def prepare_split(pairs: Sequence[LabeledPair], config: TrainConfig) -> Split:
     return split
 
 
-def label_snapshot(pairs: Sequence[LabeledPair], split: Split) -> dict[str, Any]:
+def label_snapshot(pairs: Sequence[TrainingRecord], split: Split) -> dict[str, Any]:
     """The exact labels used, as ids, with the split: stored with the run."""
     return {
         "pair_ids": [p.pair_id for p in pairs],
@@ -274,7 +274,7 @@ def main(
 
 
 def prepare_data(
-    pairs: Sequence[LabeledPair],
+    pairs: Sequence[TrainingRecord],
     split: Split,
     config: TrainConfig,
     tokenizer: Any,

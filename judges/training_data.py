@@ -1,7 +1,9 @@
 """Labeled pairs in, SFT and DPO examples out (pure, exact): the retraining job's data.
 
-A run's labels arrive as plain records (one per labeled pair, see `parse_records`). The rules,
-per labeled pair (label A, B or tie; "both_bad" and "skip" are not trained on):
+A run's labels arrive as `TrainingRecord`s (one per labeled pair), built by
+services/training_records.py and carried to the worker process as JSON (`to_json` /
+`parse_records`). The rules, per labeled pair (label A, B or tie; "both_bad" and "skip" are
+not trained on):
 - a judgment whose verdict equals the label is a positive; one that contradicts it (another
   verdict, or no verdict) is a negative (Con-J / GenRM); judgments that errored are ignored;
 - a human-corrected critique is a positive (it gets the label's verdict appended if it does not
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from judges.swap_text import swap_labels_in_text, swap_scores_in_text
@@ -29,8 +31,8 @@ from vocabulary import COMPARING_VERDICTS, LabelVerdict
 
 Messages = list[dict[str, str]]
 MessageBuilder = Callable[[PairInput], Messages]
-# Called once with every pair that still lacks a positive: returns, per pair, judgment dicts
-# shaped like a record's "judgments" (verdict in the pair's original order, raw_text, swapped).
+# Called once with every pair that still lacks a positive: returns, per pair, judgments in
+# JudgmentRecord's JSON form (verdict in the pair's original order, raw_text, swapped, ...).
 SampleMore = Callable[[list[PairInput], int], list[list[Mapping[str, Any]]]]
 
 TRAINABLE_LABELS = (Verdict.A, Verdict.B, Verdict.TIE)
@@ -41,7 +43,11 @@ TRAINABLE_LABELS = (Verdict.A, Verdict.B, Verdict.TIE)
 
 @dataclass(frozen=True)
 class JudgmentRecord:
-    """One stored judgment: verdict in the pair's original order, text as it was generated."""
+    """One stored judgment of a pair: verdict in the pair's original order, text as generated.
+
+    Not a judges.types.Judgment (a judge's fresh sample, with parsed sections): this is what
+    training reads of a stored one. Its JSON keys are its field names.
+    """
 
     verdict: Verdict
     raw_text: str
@@ -50,22 +56,49 @@ class JudgmentRecord:
     status: str = "complete"
     judgment_id: int | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"verdict": self.verdict.value}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str = "judgment") -> JudgmentRecord:
+        """A judgment from its JSON form; only verdict and raw_text are needed."""
+        try:
+            verdict = Verdict(str(raw.get("verdict", "none")))
+        except ValueError as exc:
+            raise ValueError(
+                f"{where}: verdict {raw.get('verdict')!r} is not A, B, tie or none"
+            ) from exc
+        return cls(
+            verdict=verdict,
+            raw_text=str(raw.get("raw_text") or ""),
+            swapped=bool(raw.get("swapped", False)),
+            protocol=str(raw.get("protocol", "pairwise")),
+            status=str(raw.get("status", "complete")),
+            judgment_id=raw.get("judgment_id"),
+        )
+
 
 @dataclass(frozen=True)
-class LabeledPair:
-    """One pair with the human's current verdict and everything the judge said about it."""
+class TrainingRecord:
+    """One labeled pair as a run trains on it: the pair, the person's current label and what the
+    judge said about it. Its JSON keys are its field names; `prompt` is a text or chat turns."""
 
-    pair: PairInput
+    pair_id: int
     label: str  # "A" | "B" | "tie" | "both_bad" | "skip"
-    judgments: tuple[JudgmentRecord, ...] = ()
+    prompt: str | list[ChatTurn]
+    response_a: str
+    response_b: str
+    reference: str | None = None
+    category: str | None = None
     corrected_critique: str | None = None
     label_id: int | None = None
-    category: str | None = None
+    judgments: tuple[JudgmentRecord, ...] = ()
 
     @property
-    def pair_id(self) -> int:
-        assert self.pair.pair_id is not None  # parse_records guarantees it
-        return self.pair.pair_id
+    def pair(self) -> PairInput:
+        return PairInput(
+            self.prompt, self.response_a, self.response_b, self.reference, self.pair_id
+        )
 
     @property
     def trainable(self) -> bool:
@@ -75,18 +108,67 @@ class LabeledPair:
     def verdict(self) -> Verdict:
         return Verdict(self.label)
 
+    def to_json(self) -> dict[str, Any]:
+        prompt = self.prompt if isinstance(self.prompt, str) else [asdict(t) for t in self.prompt]
+        judgments = [j.to_json() for j in self.judgments]
+        return asdict(self) | {"prompt": prompt, "judgments": judgments}
 
-def parse_records(records: Iterable[Mapping[str, Any]]) -> list[LabeledPair]:
-    """Validate plain records (one per pair) into LabeledPairs; errors name the record and field.
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any], index: int = 0) -> TrainingRecord:
+        """A record from its JSON form; errors name the record and the field."""
+        where = f"record {index} (pair {record.get('pair_id')!r})"
+        for key in ("pair_id", "prompt", "response_a", "response_b", "label"):
+            if record.get(key) is None:
+                raise ValueError(f"{where}: missing {key!r}")
+        if not isinstance(record["pair_id"], int):
+            raise ValueError(f"{where}: pair_id must be an integer")
+        label = str(record["label"])
+        if label not in LabelVerdict.values():
+            known = ", ".join(LabelVerdict.values())
+            raise ValueError(f"{where}: label {label!r} is not one of {known}")
+        judgments = record.get("judgments") or []
+        return cls(
+            pair_id=record["pair_id"],
+            label=label,
+            prompt=_prompt(record["prompt"], where),
+            response_a=str(record["response_a"]),
+            response_b=str(record["response_b"]),
+            reference=record.get("reference"),
+            category=record.get("category"),
+            corrected_critique=record.get("corrected_critique") or None,
+            label_id=record.get("label_id"),
+            judgments=tuple(
+                JudgmentRecord.from_json(j, f"{where} judgment {k}")
+                for k, j in enumerate(judgments)
+            ),
+        )
 
-    A record holds pair_id, prompt (text) or prompt_turns ([{role, content}]), response_a,
-    response_b, label, and optionally reference, category, corrected_critique, label_id and
-    judgments ([{verdict, raw_text, swapped, protocol, status, id}]).
-    """
-    parsed: list[LabeledPair] = []
+
+# judges/evaluation.py still imports the record by its old name.
+LabeledPair = TrainingRecord
+
+
+def chat_turns(turns: Iterable[Mapping[str, Any]]) -> list[ChatTurn]:
+    """Chat turns from their JSON form ({role, content} each)."""
+    return [ChatTurn(role=str(t["role"]), content=str(t["content"])) for t in turns]
+
+
+def _prompt(value: Any, where: str) -> str | list[ChatTurn]:
+    if isinstance(value, str):
+        return value
+    try:
+        return chat_turns(value)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{where}: prompt must be a text or a list of {{role, content}}") from exc
+
+
+def parse_records(records: Iterable[TrainingRecord | Mapping[str, Any]]) -> list[TrainingRecord]:
+    """A run's records (objects, or their JSON form read back), with one label per pair."""
+    parsed: list[TrainingRecord] = []
     seen: set[int] = set()
     for index, record in enumerate(records):
-        item = _parse_record(record, index)
+        is_object = isinstance(record, TrainingRecord)
+        item = record if is_object else TrainingRecord.from_json(record, index)
         if item.pair_id in seen:
             raise ValueError(
                 f"record {index}: pair {item.pair_id} appears twice (one label per pair)"
@@ -94,68 +176,6 @@ def parse_records(records: Iterable[Mapping[str, Any]]) -> list[LabeledPair]:
         seen.add(item.pair_id)
         parsed.append(item)
     return parsed
-
-
-def _parse_record(record: Mapping[str, Any], index: int) -> LabeledPair:
-    where = f"record {index} (pair {record.get('pair_id')!r})"
-    for key in ("pair_id", "response_a", "response_b", "label"):
-        if record.get(key) is None:
-            raise ValueError(f"{where}: missing {key!r}")
-    if not isinstance(record["pair_id"], int):
-        raise ValueError(f"{where}: pair_id must be an integer")
-    label = str(record["label"])
-    if label not in LabelVerdict.values():
-        raise ValueError(
-            f"{where}: label {label!r} is not one of {', '.join(LabelVerdict.values())}"
-        )
-    pair = PairInput(
-        prompt=_parse_prompt(record, where),
-        response_a=str(record["response_a"]),
-        response_b=str(record["response_b"]),
-        reference=record.get("reference"),
-        pair_id=record["pair_id"],
-    )
-    judgments = tuple(
-        _parse_judgment(j, f"{where} judgment {k}")
-        for k, j in enumerate(record.get("judgments") or [])
-    )
-    return LabeledPair(
-        pair=pair,
-        label=label,
-        judgments=judgments,
-        corrected_critique=record.get("corrected_critique") or None,
-        label_id=record.get("label_id"),
-        category=record.get("category"),
-    )
-
-
-def _parse_prompt(record: Mapping[str, Any], where: str) -> str | list[ChatTurn]:
-    turns = record.get("prompt_turns")
-    if turns:
-        try:
-            return [ChatTurn(role=str(t["role"]), content=str(t["content"])) for t in turns]
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{where}: prompt_turns must be a list of {{role, content}}") from exc
-    if record.get("prompt") is None:
-        raise ValueError(f"{where}: missing 'prompt' (or 'prompt_turns')")
-    return str(record["prompt"])
-
-
-def _parse_judgment(raw: Mapping[str, Any], where: str) -> JudgmentRecord:
-    try:
-        verdict = Verdict(str(raw.get("verdict", "none")))
-    except ValueError as exc:
-        raise ValueError(
-            f"{where}: verdict {raw.get('verdict')!r} is not A, B, tie or none"
-        ) from exc
-    return JudgmentRecord(
-        verdict=verdict,
-        raw_text=str(raw.get("raw_text") or ""),
-        swapped=bool(raw.get("swapped", False)),
-        protocol=str(raw.get("protocol", "pairwise")),
-        status=str(raw.get("status", "complete")),
-        judgment_id=raw.get("id", raw.get("judgment_id")),
-    )
 
 
 # ---------------------------------------------------------------- examples out
@@ -295,7 +315,7 @@ class _Target:
 
 
 def build_training_data(
-    pairs: Sequence[LabeledPair],
+    pairs: Sequence[TrainingRecord],
     build_messages: MessageBuilder,
     config: DataConfig = DataConfig(),
     target_format: TargetFormat = TargetFormat(),
@@ -344,7 +364,7 @@ class _PoolBuilder:
     fmt: TargetFormat
     stats: dict[str, int]
 
-    def from_record(self, item: LabeledPair) -> _Pool:
+    def from_record(self, item: TrainingRecord) -> _Pool:
         pool = _Pool()
         if item.corrected_critique:
             self._keep(_human_target(item, self.fmt), pool.positives)
@@ -354,7 +374,7 @@ class _PoolBuilder:
 
     def reject_sample(
         self,
-        trainable: Sequence[LabeledPair],
+        trainable: Sequence[TrainingRecord],
         pools: dict[int, _Pool],
         sample_more: SampleMore | None,
     ) -> None:
@@ -368,12 +388,16 @@ class _PoolBuilder:
         self.stats["rft_pairs"] += len(lacking)
         for item, raw_judgments in zip(lacking, results, strict=True):
             for k, raw in enumerate(raw_judgments):
-                judgment = _parse_judgment(raw, f"sampled judgment {k} for pair {item.pair_id}")
+                judgment = JudgmentRecord.from_json(
+                    raw, f"sampled judgment {k} for pair {item.pair_id}"
+                )
                 judgment = replace(judgment, protocol=self.config.protocol)
                 self.stats["rft_samples"] += 1
                 self._sort(item, judgment, "rejection_sample", pools[item.pair_id])
 
-    def _sort(self, item: LabeledPair, judgment: JudgmentRecord, source: str, pool: _Pool) -> None:
+    def _sort(
+        self, item: TrainingRecord, judgment: JudgmentRecord, source: str, pool: _Pool
+    ) -> None:
         if not _usable(judgment, self.config):
             self.stats["judgments_ignored"] += 1
             return
@@ -431,7 +455,7 @@ def _count(pool: _Pool, stats: dict[str, int]) -> None:
     stats["negatives"] += len(pool.negatives)
 
 
-def _human_target(item: LabeledPair, fmt: TargetFormat) -> _Target:
+def _human_target(item: TrainingRecord, fmt: TargetFormat) -> _Target:
     # A person corrects the critique of the pair as stored (original order).
     text = (item.corrected_critique or "").strip()
     if fmt.critique_header and not _HEADER.match(text):
@@ -450,7 +474,7 @@ def _verdict_only(label: Verdict, fmt: TargetFormat) -> _Target:
 
 def _add_examples(
     data: TrainingData,
-    item: LabeledPair,
+    item: TrainingRecord,
     pool: _Pool,
     build_messages: MessageBuilder,
     config: DataConfig,
@@ -496,7 +520,7 @@ def _orders(target: _Target, config: DataConfig, fmt: TargetFormat) -> list[_Tar
 
 
 def _preference_pairs(
-    item: LabeledPair, pool: _Pool, config: DataConfig, fmt: TargetFormat
+    item: TrainingRecord, pool: _Pool, config: DataConfig, fmt: TargetFormat
 ) -> list[tuple[_Target, _Target]]:
     """Chosen/rejected pairs, the rejected side put in the chosen side's shown order.
 

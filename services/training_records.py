@@ -1,5 +1,6 @@
-"""What a training run and an evaluation read of the labels: one record per labeled pair with the
-judge's judgments of it, and the snapshot a run keeps of them."""
+"""What a training run and an evaluation read of the labels: one TrainingRecord per labeled pair
+with the judge's judgments of it (built here from the database rows, the only place that knows
+both shapes), and the snapshot a run keeps of them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from judges.training_data import JudgmentRecord, TrainingRecord, chat_turns
+from judges.types import Verdict
 from storage import queries
 
 
@@ -21,9 +24,9 @@ def version_row(s: Session, version_id: int) -> dict[str, Any]:
 
 def training_records(
     s: Session, version_id: int | None, protocol: str, dataset_id: int | None = None
-) -> list[dict[str, Any]]:
-    """One record per labeled pair (its latest label) with the version's judgments of it, in the
-    shape judges.training_data.parse_records reads."""
+) -> list[TrainingRecord]:
+    """One record per labeled pair (its latest label) with the version's judgments of it in
+    `protocol`."""
     latest: dict[int, dict[str, Any]] = {}
     for record in queries.labeled_records(s, dataset_id=dataset_id):
         latest[record["pair_id"]] = record  # ordered by label id: the newest label wins
@@ -31,7 +34,7 @@ def training_records(
     return [_training_record(r, judgments.get(r["pair_id"], []), protocol) for r in latest.values()]
 
 
-def snapshot_record(records: list[dict[str, Any]], snapshot: str) -> dict[str, Any]:
+def snapshot_record(records: list[TrainingRecord], snapshot: str) -> dict[str, Any]:
     """What a run records of the labels it trains on: each label id with the verdict it had
     (a label changed later keeps its id), and a hash of the exact records file it was given.
 
@@ -40,30 +43,36 @@ def snapshot_record(records: list[dict[str, Any]], snapshot: str) -> dict[str, A
     goes on do not leak into it."""
     return {
         "pairs": len(records),
-        "label_ids": [r["label_id"] for r in records],
-        "labels": {str(r["label_id"]): r["label"] for r in records},
+        "label_ids": [r.label_id for r in records],
+        "labels": {str(r.label_id): r.label for r in records},
         "records_sha256": hashlib.sha256(snapshot.encode()).hexdigest(),
     }
 
 
 def _training_record(
     record: dict[str, Any], judgments: list[dict[str, Any]], protocol: str
-) -> dict[str, Any]:
+) -> TrainingRecord:
     prompt = record["prompt"]
-    out = {
-        "pair_id": record["pair_id"],
-        "label_id": record["label_id"],
-        "label": record["label"],
-        "response_a": record["response_a"],
-        "response_b": record["response_b"],
-        "reference": record["reference"],
-        "category": record["category"],
-        "corrected_critique": record["corrected_critique"],
-        "judgments": [
-            {k: j[k] for k in ("id", "verdict", "raw_text", "swapped", "protocol", "status")}
-            for j in judgments
-            if j["protocol"] == protocol
-        ],
-    }
-    out["prompt_turns" if isinstance(prompt, list) else "prompt"] = prompt
-    return out
+    return TrainingRecord(
+        pair_id=record["pair_id"],
+        label=record["label"],
+        prompt=prompt if isinstance(prompt, str) else chat_turns(prompt),
+        response_a=record["response_a"],
+        response_b=record["response_b"],
+        reference=record["reference"],
+        category=record["category"],
+        corrected_critique=record["corrected_critique"],
+        label_id=record["label_id"],
+        judgments=tuple(_judgment(j) for j in judgments if j["protocol"] == protocol),
+    )
+
+
+def _judgment(row: dict[str, Any]) -> JudgmentRecord:
+    return JudgmentRecord(
+        verdict=Verdict(row["verdict"]),
+        raw_text=row["raw_text"] or "",
+        swapped=bool(row["swapped"]),
+        protocol=row["protocol"],
+        status=row["status"],
+        judgment_id=row["id"],
+    )

@@ -71,7 +71,7 @@ class TrainingRuns:
             pairs = check_labels(parse_records(records), config.min_labels)
             prepare_split(pairs, config)
             run_id = queries.create_training_run(s, config.method, {}, version_id)
-            snapshot = json.dumps(records, default=str)
+            snapshot = json.dumps([r.to_json() for r in records])
             run_dir = self.runs_dir() / str(run_id)
             if run_dir.exists():
                 raise TrainingRefused(f"run directory {run_dir} already exists")

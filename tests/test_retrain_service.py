@@ -13,6 +13,7 @@ import pytest
 import cli
 from judges.judge import JudgeOptions
 from judges.train import TrainConfig, TrainingRefused
+from judges.types import Verdict
 from services import ENDED_MESSAGE, Services
 from storage import queries
 from storage.models import Pair
@@ -130,11 +131,12 @@ def test_training_records_take_the_newest_label_and_the_versions_judgments(servi
         )
         from services import training_records
 
-        records = {r["pair_id"]: r for r in training_records(s, version_id, "pairwise")}
-    assert records[pair_ids[0]]["label"] == "B"
-    assert records[pair_ids[0]]["judgments"] == []
-    judgments = records[pair_ids[1]]["judgments"]
-    assert [(j["verdict"], j["raw_text"]) for j in judgments] == [("B", "Verdict: [[B]]")]
+        records = {r.pair_id: r for r in training_records(s, version_id, "pairwise")}
+    assert records[pair_ids[0]].label == "B"
+    assert records[pair_ids[0]].judgments == ()
+    judgments = records[pair_ids[1]].judgments
+    assert [(j.verdict, j.raw_text) for j in judgments] == [(Verdict.B, "Verdict: [[B]]")]
+    assert judgments[0].judgment_id is not None
 
 
 # ---------------------------------------------------------------- the worker process

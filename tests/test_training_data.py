@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,8 @@ from judges.split import Split, split_pairs
 from judges.swap_text import swap_labels_in_text, swap_scores_in_text
 from judges.training_data import (
     DataConfig,
-    LabeledPair,
+    JudgmentRecord,
+    TrainingRecord,
     build_training_data,
     parse_records,
     target_format,
@@ -460,7 +462,7 @@ def test_split_refuses_bad_input(ids, share, message):
         ({"pair_id": "7"}, "pair_id must be an integer"),
         ({"prompt": None}, "missing 'prompt'"),
         ({"judgments": [{"verdict": "X", "raw_text": "t"}]}, "judgment 0: verdict 'X'"),
-        ({"prompt_turns": [{"text": "hi"}]}, "prompt_turns must be a list"),
+        ({"prompt": [{"text": "hi"}]}, "prompt must be a text or a list of \\{role, content\\}"),
     ],
 )
 def test_parse_records_names_what_is_wrong(bad, message):
@@ -475,15 +477,36 @@ def test_parse_records_refuses_two_labels_for_one_pair():
 
 def test_parse_records_reads_chat_turns_and_optional_fields():
     rec = record(3, "tie") | {
-        "prompt_turns": [{"role": "user", "content": "hi"}],
+        "prompt": [{"role": "user", "content": "hi"}],
         "reference": "ref",
         "category": "chat",
         "label_id": 9,
     }
     (item,) = parse_records([rec])
-    assert isinstance(item, LabeledPair)
+    assert isinstance(item, TrainingRecord)
     assert item.pair.prompt == [ChatTurn("user", "hi")] and item.pair.reference == "ref"
     assert (item.pair_id, item.verdict, item.category, item.label_id) == (3, Verdict.TIE, "chat", 9)
+
+
+def test_a_record_reads_back_from_its_json_with_one_spelling_of_every_key():
+    item = TrainingRecord(
+        pair_id=4,
+        label="B",
+        prompt=[ChatTurn("user", "hi"), ChatTurn("assistant", "yes?")],
+        response_a="a",
+        response_b="b",
+        reference="ref",
+        category="chat",
+        corrected_critique="B is right.",
+        label_id=12,
+        judgments=(JudgmentRecord(Verdict.A, "Verdict: [[A]]", swapped=True, judgment_id=30),),
+    )
+    as_json = json.loads(json.dumps(item.to_json()))
+    assert set(as_json) == {f.name for f in dataclasses.fields(TrainingRecord)}
+    assert set(as_json["judgments"][0]) == {f.name for f in dataclasses.fields(JudgmentRecord)}
+    assert as_json["prompt"][0] == {"role": "user", "content": "hi"}
+    assert TrainingRecord.from_json(as_json) == item
+    assert parse_records([item, as_json | {"pair_id": 5}])[0] is item  # objects pass as they are
 
 
 def test_negative_whose_text_states_no_verdict_is_kept_as_a_no_verdict_negative():

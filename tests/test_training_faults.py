@@ -32,6 +32,7 @@ import cli
 from judges.backends.adapters import WEIGHTS_FILE
 from judges.judge import JudgeOptions
 from judges.train import TrainConfig
+from judges.training_data import TrainingRecord
 from judges.types import Status
 from services import (
     ENDED_MESSAGE,
@@ -342,7 +343,7 @@ def test_retrain_tab_shows_a_killed_run_as_failed_and_nothing_changes(services):
     assert list(versions["id"]) == [base] and active_id(services) == base
 
 
-def queued_run(services: Services, records: list[dict], tmp_path: Path, **job) -> int:
+def queued_run(services: Services, records: list[TrainingRecord], tmp_path: Path, **job) -> int:
     """A run row as start_training_run leaves it, with `records` as its snapshot."""
     config = TrainConfig(
         method="sft",
@@ -357,7 +358,7 @@ def queued_run(services: Services, records: list[dict], tmp_path: Path, **job) -
         output_dir=str(tmp_path / "run" / "adapter"),
     )
     records_path = tmp_path / "records.json"
-    records_path.write_text(json.dumps(records, default=str))
+    records_path.write_text(json.dumps([r.to_json() for r in records]))
     active = services.judge_version_id()
     job = {
         "records_path": str(records_path),
@@ -373,7 +374,7 @@ def queued_run(services: Services, records: list[dict], tmp_path: Path, **job) -
     return run_id
 
 
-def snapshot(services: Services) -> list[dict]:
+def snapshot(services: Services) -> list[TrainingRecord]:
     with services.sessions.begin() as s:
         return training_records(s, services.judge_version_id(), "pairwise")
 
