@@ -10,7 +10,7 @@ from pathlib import Path
 
 from judges.types import Aggregation
 from settings import load_settings
-from vocabulary import UNFINISHED_RUN_STATUSES, ProtocolName, RunStatus, TrainingMethod
+from vocabulary import UNFINISHED_RUN_STATUSES, ProtocolName, RunStatus
 from webui.figures import progress_line
 
 EXPORT_FORMATS = ["jsonl", "csv", "parquet", "trl-preference", "trl-sft"]
@@ -123,20 +123,11 @@ def _judge_one_off(services, texts: list[str], options) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from judges.train import TrainConfig, TrainingRefused
+    from judges.train import TrainingRefused, config_from_args
 
     services = _services()
-    config = TrainConfig(
-        method=args.method,
-        epochs=args.epochs,
-        lora_rank=args.lora_rank,
-        learning_rate=args.learning_rate,
-        heldout_share=args.heldout_share,
-        max_steps=args.max_steps,
-        **({"min_labels": args.min_labels} if args.min_labels else {}),
-    )
     try:
-        run_id = services.start_training_run(config)
+        run_id = services.start_training_run(config_from_args(args))
     except TrainingRefused as exc:
         print(f"training refused: {exc}", file=sys.stderr)
         return 2
@@ -232,16 +223,9 @@ def cmd_train_worker(args: argparse.Namespace) -> int:
 
 
 def _add_retrain_commands(sub) -> None:
-    train = sub.add_parser("train", help="retrain the judge on the labels (a LoRA adapter)")
-    train.add_argument(
-        "--method", choices=TrainingMethod.values(), default=TrainingMethod.DPO.value
-    )
-    train.add_argument("--epochs", type=float, default=1.0)
-    train.add_argument("--lora-rank", type=int, default=8)
-    train.add_argument("--learning-rate", type=float, default=1e-4)
-    train.add_argument("--heldout-share", type=float, default=0.2)
-    train.add_argument("--max-steps", type=int, default=None)
-    train.add_argument("--min-labels", type=int, default=None, help="refuse below (default 20)")
+    from judges.train import make_parser
+
+    train = make_parser(sub)  # one option per TrainConfig field
     train.add_argument("--wait", action="store_true", help="follow the run to its end")
     train.set_defaults(func=cmd_train)
 

@@ -33,12 +33,13 @@ sys.path.insert(0, str(ROOT))
 from cli import watch_run  # noqa: E402
 from judges.evaluation import evaluate_judge  # noqa: E402
 from judges.judge import JudgeOptions  # noqa: E402
-from judges.train import TrainConfig  # noqa: E402
+from judges.train import TrainConfig, config_from_args  # noqa: E402
+from judges.train_config import add_dataclass_arguments  # noqa: E402
 from judges.types import PairInput  # noqa: E402
 from services import Services  # noqa: E402
 from settings import load_settings  # noqa: E402
 from storage import queries  # noqa: E402
-from vocabulary import DEFAULT_MAX_NEW_TOKENS, TrainingMethod  # noqa: E402
+from vocabulary import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
 from webui.figures import metric_rows  # noqa: E402
 
 LLMBAR = ROOT.parent / "shared" / "data" / "llmbar"
@@ -53,15 +54,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-limit", type=int, default=None, help="pairs per training set")
     parser.add_argument("--eval-limit", type=int, default=None, help="LLMBar_Natural pairs")
-    parser.add_argument("--method", choices=TrainingMethod.values(), default=TrainingMethod.DPO)
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--lora-rank", type=int, default=8)
-    parser.add_argument("--heldout-share", type=float, default=0.1)
-    parser.add_argument("--rft-samples", type=int, default=0, help="extra samples per pair")
-    parser.add_argument("--min-labels", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=2)
+    add_dataclass_arguments(parser, TrainConfig)  # the run's settings, as `grm train` has them
+    # The measured loop holds out less and samples nothing more by default (hours otherwise).
+    parser.set_defaults(heldout_share=0.1, rft_samples=0)
     parser.add_argument(
         "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="judging budget"
     )
@@ -158,17 +153,7 @@ def main() -> int:
     timings["judge_s"] = time.perf_counter() - mark
     services.reload_judge()  # free the model before the worker loads its own
 
-    config = TrainConfig(
-        method=args.method,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        lora_rank=args.lora_rank,
-        heldout_share=args.heldout_share,
-        rft_samples=args.rft_samples,
-        min_labels=args.min_labels,
-        batch_size=args.batch_size,
-    )
+    config = config_from_args(args)
     mark = time.perf_counter()
     run = watch_run(services, services.start_training_run(config), every_s=5)
     timings["train_run_s"] = time.perf_counter() - mark
@@ -196,7 +181,7 @@ def main() -> int:
         "eval_pairs": len(eval_pairs),
         "timings": timings,
         "training": {
-            "method": args.method,
+            "method": config.method,
             "steps": result["steps"],
             "train_examples": result["train_examples"],
             "examples_per_s": result["examples_per_s"],

@@ -4,11 +4,13 @@ one real run of the installed console script."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -109,6 +111,38 @@ def test_stats_reports_datasets_pairs_labels_and_annotators(labeled, capsys):
     assert (stats["datasets"], stats["pairs"], stats["labeled"], stats["judged"]) == (1, 4, 4, 0)
     (alice,) = stats["per_annotator"]
     assert (alice["annotator"], alice["labeled"], alice["skipped"]) == ("alice", 4, 0)
+
+
+def test_train_options_are_the_config_fields(monkeypatch, capsys):
+    """`grm train` has one option per TrainConfig field (the old ones among them) and builds
+    the config from them; nothing is copied by hand."""
+    from judges.train import TrainConfig
+
+    options = set(vars(cli.build_parser().parse_args(["train"])))
+    options -= {"verbose", "command", "func", "wait"}
+    assert options == {f.name for f in dataclasses.fields(TrainConfig)} - {"output_dir"}
+    started: list[TrainConfig] = []
+    services = SimpleNamespace(
+        start_training_run=lambda config: started.append(config) or 7,
+        training_run=lambda run_id: {"log_path": f"runs/{run_id}/train.log"},
+    )
+    monkeypatch.setattr(cli, "_services", lambda: services)
+    old_flags = ["--method", "sft", "--epochs", "2", "--lora-rank", "4", "--learning-rate", "0.01"]
+    old_flags += ["--heldout-share", "0.3", "--max-steps", "5", "--min-labels", "4"]
+    assert cli.main(["train", *old_flags, "--no-include-swapped"]) == 0
+    assert capsys.readouterr().out == "training run 7 started (log: runs/7/train.log)\n"
+    assert started == [
+        TrainConfig(
+            method="sft",
+            epochs=2.0,
+            lora_rank=4,
+            learning_rate=0.01,
+            heldout_share=0.3,
+            max_steps=5,
+            min_labels=4,
+            include_swapped=False,
+        )
+    ]
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ trainable weights actually changed. One test uses the embedded SmolLM2 model (sl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -19,11 +20,10 @@ from judges.train import (
     TrainConfig,
     TrainingRefused,
     check_labels,
-    cli,
     config_from_args,
     load_tokenizer,
     main,
-    parse_args,
+    make_parser,
     prepare_data,
     prepare_split,
     protocol_messages,
@@ -284,11 +284,23 @@ def test_a_run_that_fails_mid_way_leaves_no_adapter(tiny_model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_parse_args_builds_the_config():
-    args = parse_args(
+def test_parser_is_generated_from_the_config_fields():
+    parser = make_parser()
+    options = {a.dest: a for a in parser._actions if a.dest != "help"}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(options) == set(fields) - {"output_dir"}  # a run's directory is not an option
+    for name, action in options.items():
+        assert action.default == fields[name].default
+        assert action.help.startswith(fields[name].metadata["help"])
+        assert action.choices == (
+            list(fields[name].metadata["choices"]) if "choices" in fields[name].metadata else None
+        )
+    assert options["max_steps"].type is int and options["epochs"].type is float
+
+
+def test_parsed_options_build_the_config():
+    args = make_parser().parse_args(
         [
-            "--records", "r.json",
-            "--base-model", "model-dir",
             "--method", "dpo+sft",
             "--epochs", "2",
             "--max-steps", "5",
@@ -298,12 +310,11 @@ def test_parse_args_builds_the_config():
         ]
     )  # fmt: skip
     config = config_from_args(args)
-    assert (args.records, args.base_model, args.parent_adapter) == ("r.json", "model-dir", None)
     assert config.method == "dpo+sft" and config.epochs == 2.0 and config.max_steps == 5
     assert config.lora_rank == 4 and config.include_swapped is False and config.bf16 == "false"
-    assert config.heldout_share == TrainConfig().heldout_share
+    assert config_from_args(make_parser().parse_args([])) == TrainConfig()
     with pytest.raises(SystemExit):
-        parse_args(["--records", "r", "--base-model", "m", "--method", "ppo"])
+        make_parser().parse_args(["--method", "ppo"])
 
 
 def test_run_job_evaluates_before_and_after_with_the_same_options(tiny_model, tmp_path):
@@ -380,50 +391,33 @@ def test_dpo_steps_on_the_embedded_model_give_an_adapter_the_backend_loads(setti
     assert generation.finish_reason in ("stop", "length") and generation.error is None
 
 
-def test_command_line_trains_and_appends_progress_lines(tiny_model, tmp_path, capsys):
-    records = tmp_path / "records.json"
-    records.write_text(json.dumps(make_records()))
-    progress = tmp_path / "progress.jsonl"
-    common = ["--records", str(records), "--base-model", str(tiny_model), "--min-labels", "4"]
-    code = cli(
-        common
-        + ["--max-steps", "1", "--max-prompt-tokens", "700", "--rft-samples", "0"]
-        + ["--output-dir", str(tmp_path / "out"), "--progress-file", str(progress)]
-    )
-    assert code == 0
-    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
-    lines = [json.loads(line) for line in progress.read_text().splitlines()]
-    assert [line["step"] for line in lines] == [0, 1]
-    assert json.loads(capsys.readouterr().out)["steps"] == 1
+def test_run_job_on_the_local_backend_evaluates_both_versions(tiny_model, tmp_path):
+    """The job as the worker runs it: the transformers backend judges before and after."""
+    from judges.backends.transformers_backend import TransformersBackend
 
+    config = tiny_config(tmp_path, max_steps=1, max_prompt_tokens=700, heldout_share=0.3)
+    options = JudgeOptions(max_new_tokens=4, logprobs=False)
 
-def test_command_line_refusal_exits_2(tmp_path):
-    records = tmp_path / "records.json"
-    records.write_text(json.dumps(make_records(3)))
-    code = cli(
-        [
-            "--records",
-            str(records),
-            "--base-model",
-            str(tmp_path),
-            "--output-dir",
-            str(tmp_path / "o"),
-        ]
-    )
-    assert code == 2 and not (tmp_path / "o").exists()
+    def make_backend(adapter: Path | None) -> TransformersBackend:
+        return TransformersBackend(tiny_model, adapter_path=adapter)
 
-
-def test_command_line_with_judge_options_evaluates_both_versions(tiny_model, tmp_path, capsys):
-    records = tmp_path / "records.json"
-    records.write_text(json.dumps(make_records()))
-    code = cli(
-        ["--records", str(records), "--base-model", str(tiny_model), "--min-labels", "4"]
-        + ["--max-steps", "1", "--max-prompt-tokens", "700", "--rft-samples", "0"]
-        + ["--output-dir", str(tmp_path / "out"), "--heldout-share", "0.3"]
-        + ["--judge-options", '{"max_new_tokens": 4, "logprobs": false}']
-    )
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    result = run_job(config, make_records(), tiny_model, make_backend, options)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    record = json.loads(json.dumps(result.as_record()))
     for key in ("metrics_before", "metrics_after"):
-        assert result[key]["n"] == len(result["split"]["heldout"])
-        assert result[key]["options"]["max_new_tokens"] == 4
+        assert record[key]["n"] == len(record["split"]["heldout"])
+        assert record[key]["options"]["max_new_tokens"] == 4
+
+
+def test_run_job_refuses_an_existing_output_before_opening_a_judge(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    opened: list = []
+    with pytest.raises(TrainingRefused, match="already exists"):
+        run_job(
+            tiny_config(tmp_path),
+            make_records(),
+            tmp_path,
+            opened.append,
+            JudgeOptions(protocol="pairwise"),
+        )
+    assert opened == []

@@ -7,7 +7,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from vocabulary import UNFINISHED_RUN_STATUSES, RunStatus, TrainingMethod
+from judges.train_config import TrainConfig, config_choices, config_default
+from vocabulary import UNFINISHED_RUN_STATUSES, RunStatus
 from webui.common import explain
 from webui.render import safe_text
 
@@ -84,8 +85,6 @@ class RetrainHandlers:
         self.services = services
 
     def start(self, method: str, epochs: float, rank: float, lr: float, share: float) -> str:
-        from judges.train import TrainConfig
-
         try:
             config = TrainConfig(
                 method=method,
@@ -147,7 +146,8 @@ def _box(kind: str, text: str) -> str:
 
 
 def build_retrain_tab(services: Any) -> gr.Tab:
-    """Settings and Start / Cancel; progress, loss curve and before/after; versions."""
+    """Settings and Start / Cancel; progress, loss curve and before/after; versions. The
+    settings' defaults and choices are TrainConfig's own."""
     h = RetrainHandlers(services)
     with gr.Tab("Retrain", id="retrain", elem_id="grm-tab-retrain") as tab:
         gr.Markdown(
@@ -156,12 +156,16 @@ def build_retrain_tab(services: Any) -> gr.Tab:
         )
         with gr.Row():
             method = gr.Dropdown(
-                TrainingMethod.values(), value=TrainingMethod.DPO.value, label="Method"
+                config_choices("method"), value=config_default("method"), label="Method"
             )
-            epochs = gr.Number(value=1.0, label="Epochs", minimum=0.1)
-            rank = gr.Number(value=8, label="LoRA rank", precision=0, minimum=1)
-            lr = gr.Number(value=1e-4, label="Learning rate")
-            share = gr.Slider(0.05, 0.5, value=0.2, step=0.05, label="Held-out share")
+            epochs = gr.Number(value=config_default("epochs"), label="Epochs", minimum=0.1)
+            rank = gr.Number(
+                value=config_default("lora_rank"), label="LoRA rank", precision=0, minimum=1
+            )
+            lr = gr.Number(value=config_default("learning_rate"), label="Learning rate")
+            share = gr.Slider(
+                0.05, 0.5, value=config_default("heldout_share"), step=0.05, label="Held-out share"
+            )
         with gr.Row():
             start = gr.Button("Start training", variant="primary", elem_id="grm-retrain-start")
             cancel = gr.Button("Cancel", variant="stop", elem_id="grm-retrain-cancel")

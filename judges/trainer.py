@@ -1,0 +1,264 @@
+"""Fit a LoRA adapter with TRL (SFT or DPO) on rows the job built, and write it safely.
+
+The model side of a run, kept apart from the job (judges.train) that decides what to train on:
+tokenizer and model loading, the trainer's settings, progress reports, the adapter written to a
+temporary directory and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from judges.train_config import TrainConfig, TrainingRefused
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+def load_tokenizer(model_path: str | Path) -> Any:
+    """The base model's tokenizer, with a pad token (TRL pads batches)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise TrainingRefused(f"the tokenizer in {model_path} has no chat template")
+    return tokenizer
+
+
+def use_bf16(setting: str) -> bool:
+    """bf16 only where it is native: measured on an AVX2-only CPU, bf16 steps ran slower."""
+    if setting != "auto":
+        return setting == "true"
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    from judges.backends.transformers_backend import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
+def fit_adapter(
+    config: TrainConfig,
+    rows: list[dict[str, Any]],
+    tokenizer: Any,
+    base_model_path: Path,
+    parent_adapter_path: str | Path | None,
+    on_progress: ProgressCallback | None,
+) -> dict[str, Any]:
+    """Run the TRL trainer and write the adapter; returns the training figures."""
+    bf16 = use_bf16(config.bf16)
+    output_dir = Path(config.output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        trainer, output, runtime = _fit(
+            config, rows, tokenizer, base_model_path, parent_adapter_path, on_progress, work, bf16
+        )
+        save_adapter(trainer.model, work / "adapter")
+        os.replace(work / "adapter", output_dir)  # atomic: the adapter appears whole or not at all
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    steps = trainer.state.global_step
+    examples = steps * config.batch_size * config.gradient_accumulation_steps
+    return {
+        "steps": steps,
+        "train_loss": _finite(output.training_loss),
+        "runtime_s": runtime,
+        "examples_per_s": examples / runtime if runtime > 0 else 0.0,
+        "bf16": bf16,
+        "log_history": list(trainer.state.log_history),
+    }
+
+
+def _fit(
+    config: TrainConfig,
+    rows: list[dict[str, Any]],
+    tokenizer: Any,
+    base_model_path: Path,
+    parent_adapter_path: str | Path | None,
+    on_progress: ProgressCallback | None,
+    work: Path,
+    bf16: bool,
+) -> tuple[Any, Any, float]:
+    """Build the TRL trainer and train; returns (trainer, its output, seconds spent training)."""
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+
+    with warnings.catch_warnings():
+        # TRL 1.16 calls a transformers 5 property deprecated in favour of a new name; not ours.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")
+        model = _load_trainable_model(base_model_path, parent_adapter_path)
+        examples_per_step = config.batch_size * config.gradient_accumulation_steps
+        trainer = _make_trainer(config, model, tokenizer, Dataset.from_list(rows), work, bf16)
+        trainer.add_callback(ProgressReporter(on_progress, examples_per_step).callback())
+        trainer.remove_callback(PrinterCallback)  # progress is logged and reported instead
+        started = time.perf_counter()
+        output = trainer.train()
+    return trainer, output, time.perf_counter() - started
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _load_trainable_model(base_model_path: Path, parent_adapter_path: str | Path | None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    # fp32 weights; bf16 (when chosen) runs as autocast, which keeps the LoRA master weights exact.
+    model = AutoModelForCausalLM.from_pretrained(
+        str(base_model_path), dtype="float32", local_files_only=True
+    )
+    if parent_adapter_path is None:
+        return model
+    from peft import PeftModel
+
+    # Continue the active adapter, so the new one stands alone on the base model.
+    return PeftModel.from_pretrained(model, str(parent_adapter_path), is_trainable=True)
+
+
+def _lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _common_args(config: TrainConfig, work: Path, bf16: bool) -> dict[str, Any]:
+    import torch
+
+    return {
+        "output_dir": str(work / "trainer"),
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps if config.max_steps else -1,
+        "per_device_train_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "learning_rate": config.learning_rate,
+        "seed": config.seed,
+        "bf16": bf16,
+        "use_cpu": not torch.cuda.is_available(),
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        # Activations of a 135M model fit easily; recomputing them would cost a third more time.
+        "activation_checkpointing": False,
+        "dataloader_num_workers": 0,
+        "max_length": config.max_prompt_tokens + config.max_target_tokens,
+    }
+
+
+def _make_trainer(
+    config: TrainConfig, model: Any, tokenizer: Any, dataset: Any, work: Path, bf16: bool
+) -> Any:
+    peft_config = None if _is_peft(model) else _lora_config(config)
+    if config.method == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**_common_args(config, work, bf16), completion_only_loss=True)
+        return SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+    from trl import DPOConfig, DPOTrainer
+
+    losses = ["sigmoid", "sft"] if config.method == "dpo+sft" else ["sigmoid"]
+    weights = [1.0, config.sft_weight] if config.method == "dpo+sft" else [1.0]
+    args = DPOConfig(
+        **_common_args(config, work, bf16),
+        beta=config.beta,
+        loss_type=losses,
+        loss_weights=weights,
+    )
+    return DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_adapter(model: Any, directory: Path) -> None:
+    """Write only the trained adapter ("default"), as safetensors; never pickle files."""
+    model.save_pretrained(str(directory), safe_serialization=True, selected_adapters=["default"])
+    pickles = [p.name for p in directory.rglob("*") if p.suffix in (".bin", ".pt", ".pth")]
+    if pickles or not (directory / "adapter_model.safetensors").is_file():
+        raise RuntimeError(f"adapter save produced {pickles or 'no safetensors file'}")
+
+
+class ProgressReporter:
+    """Turns trainer logs into progress dicts: step, max_steps, loss, examples/s, time left."""
+
+    def __init__(self, on_progress: ProgressCallback | None, examples_per_step: int) -> None:
+        self.on_progress = on_progress
+        self.examples_per_step = examples_per_step
+        self.started: float | None = None
+
+    def report(self, step: int, max_steps: int, loss: float | None, epoch: float | None) -> dict:
+        now = time.perf_counter()
+        self.started = self.started if self.started is not None else now
+        elapsed = now - self.started
+        rate = step / elapsed if elapsed > 0 and step else 0.0
+        update = {
+            "phase": "training",
+            "step": step,
+            "max_steps": max_steps,
+            "loss": loss,
+            "epoch": epoch,
+            "examples_per_s": rate * self.examples_per_step,
+            "eta_s": (max_steps - step) / rate if rate else None,
+            "elapsed_s": elapsed,
+        }
+        if step:
+            log.info(
+                "step %d/%d loss %s, %.2f examples/s",
+                step,
+                max_steps,
+                loss,
+                update["examples_per_s"],
+            )
+        if self.on_progress is not None:
+            self.on_progress(update)
+        return update
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        reporter = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                reporter.started = time.perf_counter()
+                reporter.report(0, state.max_steps, None, 0.0)
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    reporter.report(state.global_step, state.max_steps, logs["loss"], state.epoch)
+
+        return _Callback()
