@@ -26,7 +26,7 @@ from judges.backends.base import (
     TokenLogprob,
 )
 from judges.parsing import ParseState
-from judges.prompts import get_prompt
+from judges.prompts import PROMPTS
 from judges.protocols import PROBE_TOP_K, Probe, ProbeResult, Protocol, get_protocol
 from judges.scaling import aggregate, unswap
 from judges.types import AggregateJudgment, Aggregation, Judgment, PairInput, Section
@@ -54,7 +54,9 @@ class JudgeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     protocol: ProtocolName = ProtocolName.PAIRWISE
-    prompt_version: str | None = None  # None: the protocol's latest prompt
+    # None: the protocol's latest prompt; a name not built in is a stored version, which the
+    # caller resolves into the protocol it passes to stream_judgment / judge_pairs.
+    prompt_version: str | None = None
     k: int = Field(1, ge=1, le=64)
     swap: bool = False
     temperature: float = Field(0.0, ge=0.0, le=2.0)
@@ -76,13 +78,12 @@ class JudgeOptions(BaseModel):
 
     @model_validator(mode="after")
     def _prompt_fits_protocol(self) -> JudgeOptions:
-        if self.prompt_version is not None:
-            template = get_prompt(self.prompt_version)
-            if template.name != self.protocol:
-                raise ValueError(
-                    f"prompt_version {self.prompt_version!r} is for {template.name}, "
-                    f"not {self.protocol}"
-                )
+        template = PROMPTS.get(self.prompt_version) if self.prompt_version else None
+        if template is not None and template.name != self.protocol:
+            raise ValueError(
+                f"prompt_version {self.prompt_version!r} is for {template.name}, "
+                f"not {self.protocol}"
+            )
         return self
 
     def plan(self) -> list[tuple[int, bool]]:
@@ -121,10 +122,17 @@ class StreamUpdate:
 
 
 def stream_judgment(
-    backend: Backend, pair: PairInput, options: JudgeOptions, judge_version: str = ""
+    backend: Backend,
+    pair: PairInput,
+    options: JudgeOptions,
+    judge_version: str = "",
+    protocol: Protocol | None = None,
 ) -> Iterator[StreamUpdate]:
-    """Judge one pair sample by sample, yielding an update for every piece of text."""
-    protocol = get_protocol(options.protocol, options.prompt_version)
+    """Judge one pair sample by sample, yielding an update for every piece of text.
+
+    `protocol`: the options' protocol built with a stored template or a dataset's guidelines
+    (default: built from the options alone)."""
+    protocol = _protocol(options, protocol)
     plan = options.plan()
     prefill = _prefill(protocol, backend)
     judgments: list[Judgment] = []
@@ -161,9 +169,11 @@ def stream_judgment(
         )
 
 
-def warm_judgment(backend: Backend, pair: PairInput, options: JudgeOptions) -> bool:
+def warm_judgment(
+    backend: Backend, pair: PairInput, options: JudgeOptions, protocol: Protocol | None = None
+) -> bool:
     """Let the backend read the first prompt a judgment of `pair` will send, before the click."""
-    protocol = get_protocol(options.protocol, options.prompt_version)
+    protocol = _protocol(options, protocol)
     first = protocol.conversations(pair)[0]
     return backend.warm(_started(first, _prefill(protocol, backend)))
 
@@ -175,6 +185,7 @@ def judge_pairs(
     judge_version: str = "",
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    protocol: Protocol | None = None,
 ) -> list[AggregateJudgment]:
     """Judge many pairs through batched generation; one aggregate per pair, in order.
 
@@ -184,8 +195,9 @@ def judge_pairs(
     total)` is called after each block; `should_stop()` is checked before each batch, and a
     stopped run returns the pairs finished so far (a prefix of `pairs`). In a batch, each
     request's latency is the batch's wall time shared equally among its requests.
+    `protocol` as for stream_judgment.
     """
-    protocol = get_protocol(options.protocol, options.prompt_version)
+    protocol = _protocol(options, protocol)
     total = len(pairs)
     results: list[AggregateJudgment] = []
     per_pair = len(options.plan())
@@ -237,9 +249,23 @@ def _update(
     )
 
 
+def _protocol(options: JudgeOptions, given: Protocol | None) -> Protocol:
+    """The protocol to judge with: `given` when it is the options' (protocol and version),
+    else one built from the options."""
+    if given is None:
+        return get_protocol(options.protocol, options.prompt_version)
+    wanted = options.prompt_version or given.prompt_version
+    if (given.name, given.prompt_version) != (options.protocol, wanted):
+        raise ValueError(
+            f"protocol {given.name} with prompt {given.prompt_version} given for options "
+            f"{options.protocol} with prompt {options.prompt_version}"
+        )
+    return given
+
+
 def _prefill(protocol: Protocol, backend: Backend) -> str:
     """The start of the answer the judge continues from, where the backend can continue one."""
-    return protocol.template.answer_prefix if backend.supports_prefill else ""
+    return protocol.answer_prefix if backend.supports_prefill else ""
 
 
 def _started(messages: Messages, prefill: str) -> Messages:

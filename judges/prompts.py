@@ -4,17 +4,29 @@ A template's `version` (e.g. "pairwise-v1") is stored with every judgment, so ch
 means registering a new version, never editing an old one in place. The prompts are short and
 carry a format example because the embedded judge is a 135M model that copies formats better than
 it follows descriptions of them.
+
+The built-in templates live here (PROMPTS); a team's own versions are stored data that the
+services turn into PromptTemplate values (`template_from_fields`) after `template_problems` has
+found nothing wrong with them. A dataset's guidelines enter a rendered prompt as a "[Team
+guidelines]" block right before the instructions (see `PromptTemplate.render_with_cuts`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from string import Formatter
 from types import MappingProxyType
+from typing import Any
 
 Messages = list[dict[str, str]]
 
 OMITTED = "[... {n} characters omitted ...]"
+# A dataset's guidelines as the judge reads them: where the template has {guidelines_block},
+# else right after {reference_block}, which every built-in template puts before its instructions.
+GUIDELINES_BLOCK = "[Team guidelines]\n{guidelines}\n\n"
 
 
 @dataclass(frozen=True)
@@ -87,8 +99,9 @@ class PromptTemplate:
     """One protocol's prompt: a system message and a user message with {placeholders}.
 
     Placeholders: {prompt}, {reference_block}, and {response_a} {response_b} (two-response
-    protocols) or {response} (one response). Literal braces in the template are doubled.
-    Every text is cut to its stated character budget before it is inserted.
+    protocols) or {response} (one response); optionally {guidelines_block}. Literal braces in
+    the template are doubled. Every text is cut to its stated character budget before it is
+    inserted.
     `answer_prefix` starts the judge's answer for it, where the backend can continue an
     assistant turn: a small judge then writes its sections in order from the first token.
     """
@@ -101,16 +114,22 @@ class PromptTemplate:
     max_response_chars: int = 1200
     max_reference_chars: int = 800
     answer_prefix: str = ""
+    max_guidelines_chars: int = 1000
 
-    def render(self, prompt: str, reference: str | None = None, **responses: str) -> Messages:
+    def render(
+        self, prompt: str, reference: str | None = None, *, guidelines: str = "", **responses: str
+    ) -> Messages:
         """The chat messages for one judge call; responses by placeholder name (response_a=...)."""
-        return self.render_with_cuts(prompt, reference, **responses)[0]
+        return self.render_with_cuts(prompt, reference, guidelines=guidelines, **responses)[0]
 
     def render_with_cuts(
-        self, prompt: str, reference: str | None = None, **responses: str
+        self, prompt: str, reference: str | None = None, *, guidelines: str = "", **responses: str
     ) -> tuple[Messages, list[Cut]]:
         """`render`'s messages and every cut it made to fit the budgets, in placeholder order
-        (responses, the prompt, the reference)."""
+        (responses, the prompt, the reference, the guidelines).
+
+        `guidelines` (a dataset's, as written) go in a "[Team guidelines]" block: at
+        {guidelines_block} where the template has it, else right after the reference block."""
         cuts: list[Cut] = []
 
         def fitted(text: str, budget: int, field: str) -> str:
@@ -126,6 +145,12 @@ class PromptTemplate:
         if reference:
             reference = fitted(reference, self.max_reference_chars, "reference")
             values["reference_block"] = f"[Reference answer]\n{reference}\n\n"
+        values["guidelines_block"] = ""
+        if guidelines.strip():
+            shown = fitted(guidelines.strip(), self.max_guidelines_chars, "guidelines")
+            block = GUIDELINES_BLOCK.format(guidelines=shown)
+            slot = "guidelines_block" if "guidelines_block" in _field_names(self.user) else None
+            values[slot or "reference_block"] += block
         try:
             user = self.user.format(**values)
         except KeyError as exc:
@@ -306,3 +331,172 @@ def get_prompt(name_or_version: str) -> PromptTemplate:
     except KeyError:
         known = ", ".join(sorted(PROMPTS))
         raise ValueError(f"unknown prompt {name_or_version!r}; known: {known}") from None
+
+
+# --- templates as data: checks, plain fields, the guidelines' first principle ---------------
+
+# The placeholders each protocol's user message must hold; {guidelines_block} is optional.
+REQUIRED_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "pairwise": ("prompt", "response_a", "response_b", "reference_block"),
+        "pointwise": ("prompt", "response_a", "response_b", "reference_block"),
+        "verifier": ("prompt", "response", "reference_block"),
+    }
+)
+OPTIONAL_FIELDS = ("guidelines_block",)
+BUDGETS = ("max_prompt_chars", "max_response_chars", "max_reference_chars", "max_guidelines_chars")
+BUDGET_RANGE = (100, 100_000)  # characters; below 100 the omission marker leaves no text
+MAX_SYSTEM_CHARS = 4_000
+MAX_USER_CHARS = 16_000
+MAX_ANSWER_PREFIX_CHARS = 200
+MAX_PRINCIPLE_CHARS = 160
+# 40: the width of judgment.prompt_version, where every judgment records its version.
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LIST_MARK_RE = re.compile(r"^(?:[-*+>]\s+|\d+[.)]\s+)+")
+
+
+@lru_cache(maxsize=256)
+def _field_names(user: str) -> frozenset[str]:
+    """The placeholder names of a user message (a malformed one has none)."""
+    try:
+        return frozenset(f for _, f, _, _ in Formatter().parse(user) if f is not None)
+    except ValueError:
+        return frozenset()
+
+
+def template_problems(template: PromptTemplate) -> list[str]:
+    """Why `template` cannot judge, each reason a sentence; [] when it can.
+
+    Checked: the protocol, the version name, the texts' sizes and control characters, the user
+    message's placeholders (the protocol's required ones present, no unknown ones, no format
+    spec or conversion, no stray brace), the budgets; then one trial render.
+    """
+    required = REQUIRED_FIELDS.get(template.name)
+    if required is None:
+        return [f"unknown protocol {template.name!r}; known: {', '.join(REQUIRED_FIELDS)}"]
+    problems = _name_problems(template.version) + _text_problems(template)
+    problems += _placeholder_problems(template.user, required)
+    problems += _budget_problems(template)
+    if not problems:
+        sides = {f: f"<{f}>" for f in required if f.startswith("response")}
+        try:
+            template.render("<prompt>", "<reference>", guidelines="<guidelines>", **sides)
+        except (ValueError, KeyError, IndexError) as exc:
+            problems.append(f"the template does not render: {exc}")
+    return problems
+
+
+def _name_problems(version: str) -> list[str]:
+    if VERSION_RE.fullmatch(version):
+        return []
+    return [
+        f"version name {version[:60]!r} must be 1 to 40 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit"
+    ]
+
+
+def _text_problems(template: PromptTemplate) -> list[str]:
+    problems = []
+    limits = (
+        ("system", template.system, MAX_SYSTEM_CHARS),
+        ("user", template.user, MAX_USER_CHARS),
+        ("answer_prefix", template.answer_prefix, MAX_ANSWER_PREFIX_CHARS),
+    )
+    for name, text, limit in limits:
+        if len(text) > limit:
+            problems.append(f"the {name} text has {len(text):,} characters; at most {limit:,}")
+        if _CONTROL_RE.search(text):
+            problems.append(f"the {name} text holds control characters (only newlines and tabs)")
+    if not template.user.strip():
+        problems.append("the user message is empty")
+    known = REQUIRED_FIELDS[template.name] + OPTIONAL_FIELDS
+    in_system = [f"{{{f}}}" for f in known if f"{{{f}}}" in template.system]
+    if in_system:
+        problems.append(
+            f"the system message is sent as written: {', '.join(in_system)} works only in the "
+            "user message"
+        )
+    return problems
+
+
+def _placeholder_problems(user: str, required: tuple[str, ...]) -> list[str]:
+    try:
+        parsed = list(Formatter().parse(user))
+    except ValueError as exc:
+        return [f"stray brace in the user message ({exc}); write a literal brace twice: {{{{ }}}}"]
+    allowed = required + OPTIONAL_FIELDS
+    problems, seen = [], set()
+    for _, field_name, spec, conversion in parsed:
+        if field_name is None:
+            continue
+        seen.add(field_name)
+        if field_name not in allowed:
+            known = " ".join(f"{{{f}}}" for f in allowed)
+            problems.append(f"unknown placeholder {{{field_name}}}; this protocol's: {known}")
+        elif spec or conversion:
+            problems.append(f"placeholder {{{field_name}}} takes no format spec or conversion")
+    missing = [f"{{{f}}}" for f in required if f not in seen]
+    if missing:
+        problems.append(f"the user message misses {', '.join(missing)}")
+    return problems
+
+
+def _budget_problems(template: PromptTemplate) -> list[str]:
+    low, high = BUDGET_RANGE
+    problems = []
+    for name in BUDGETS:
+        value = getattr(template, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            problems.append(f"{name} must be a whole number from {low:,} to {high:,}")
+    return problems
+
+
+def template_fields(template: PromptTemplate) -> dict[str, Any]:
+    """A template as plain fields (a stored row's and an exported file's shape)."""
+    return {
+        "version": template.version,
+        "protocol": template.name,
+        "system": template.system,
+        "user": template.user,
+        "answer_prefix": template.answer_prefix,
+        "budgets": {name: getattr(template, name) for name in BUDGETS},
+    }
+
+
+def template_from_fields(data: Mapping[str, Any]) -> PromptTemplate:
+    """`template_fields`' shape back as a template; ValueError naming a missing or non-text
+    field or an unknown budget. (Whether it can judge is `template_problems`' question.)"""
+    values: dict[str, Any] = {}
+    for key in ("version", "protocol", "system", "user", "answer_prefix"):
+        value = data.get(key, "" if key == "answer_prefix" else None)
+        if not isinstance(value, str):
+            raise ValueError(f"prompt field {key!r} must be text, not {type(value).__name__}")
+        values[key] = value
+    budgets = data.get("budgets") or {}
+    if not isinstance(budgets, Mapping):
+        raise ValueError("prompt field 'budgets' must be an object of character budgets")
+    unknown = sorted(set(budgets) - set(BUDGETS))
+    if unknown:
+        raise ValueError(f"unknown budgets {unknown}; known: {', '.join(BUDGETS)}")
+    values["name"] = values.pop("protocol")
+    return PromptTemplate(**values, **budgets)
+
+
+def first_principle(guidelines: str) -> str:
+    """The guidelines' first rule as one short line: the first line that is not a heading,
+    a rule or a fence, without list marks or emphasis, cut to about 160 characters at a word.
+
+    It starts the judge's principles (see judges.protocols.Protocol.answer_prefix): a small
+    judge then carries the team's first rule into its own principles and goes on from there.
+    """
+    for line in guidelines.splitlines():
+        text = " ".join(line.split())
+        if not text or text.startswith(("#", "```", "~~~")) or not text.strip("-*_=| "):
+            continue
+        text = _LIST_MARK_RE.sub("", text).replace("**", "").replace("__", "").strip("*_ ")
+        if len(text) > MAX_PRINCIPLE_CHARS:
+            cut = text.rfind(" ", 0, MAX_PRINCIPLE_CHARS)
+            text = text[: cut if cut > MAX_PRINCIPLE_CHARS // 2 else MAX_PRINCIPLE_CHARS]
+        return text.rstrip(" ,;:")
+    return ""

@@ -29,7 +29,7 @@ from judges.backends.base import Backend, Generation, Messages, TokenLogprob
 from judges.parsing import PAIRWISE as PAIRWISE_GRAMMAR
 from judges.parsing import POINTWISE, QUESTION_RE, Grammar, ParseState, StreamingParser, parse
 from judges.parsing import VERIFIER as VERIFIER_GRAMMAR
-from judges.prompts import Cut, PromptTemplate, get_prompt
+from judges.prompts import Cut, PromptTemplate, first_principle, get_prompt
 from judges.types import Judgment, PairInput, Section, Status, Verdict, verdict_from_scores
 from vocabulary import ProtocolName
 
@@ -128,16 +128,41 @@ class Protocol(ABC):
     grammar: Grammar
     calls_per_sample: int = 1  # how many conversations `conversations(pair)` returns
 
-    def __init__(self, prompt_version: str | None = None) -> None:
-        self.template: PromptTemplate = get_prompt(prompt_version or self.name)
+    def __init__(
+        self, prompt_version: str | PromptTemplate | None = None, guidelines: str = ""
+    ) -> None:
+        """`prompt_version`: a built-in version's name, a template given as data (a stored
+        version the services read), or None for the protocol's latest; `guidelines`: the
+        dataset's, given to the judge as its starting principles."""
+        if isinstance(prompt_version, PromptTemplate):
+            self.template: PromptTemplate = prompt_version
+        else:
+            self.template = get_prompt(prompt_version or self.name)
         if self.template.name != self.name:
             raise ValueError(
                 f"prompt {self.template.version} is for {self.template.name}, not {self.name}"
             )
+        self.guidelines = guidelines
 
     @property
     def prompt_version(self) -> str:
         return self.template.version
+
+    @property
+    def answer_prefix(self) -> str:
+        """How the judge's answer starts: the template's prefix and, where that prefix opens
+        the principles section, the guidelines' first rule after it, so a small judge starts
+        from the team's principle and adds its own. Left out when the rule would read as more
+        than principles (a header, a verdict) to this protocol's parser."""
+        prefix, lead = self.template.answer_prefix, first_principle(self.guidelines)
+        if not prefix or not lead or parse(self.grammar, prefix).section is not Section.PRINCIPLES:
+            return prefix
+        started = f"{prefix} {lead}"
+        state = parse(self.grammar, started)
+        if state.section is Section.PRINCIPLES and state.verdict is Verdict.NONE:
+            if not state.conflict and state.scores is None and state.answer is None:
+                return started
+        return prefix
 
     @abstractmethod
     def rendered(self, pair: PairInput) -> list[tuple[Messages, list[Cut]]]:
@@ -240,6 +265,7 @@ class PairwiseProtocol(Protocol):
             self.template.render_with_cuts(
                 pair.prompt_text(),
                 pair.reference,
+                guidelines=self.guidelines,
                 response_a=pair.response_a,
                 response_b=pair.response_b,
             )
@@ -330,6 +356,7 @@ class PointwiseProtocol(Protocol):
             self.template.render_with_cuts(
                 pair.prompt_text(),
                 pair.reference,
+                guidelines=self.guidelines,
                 response_a=pair.response_a,
                 response_b=pair.response_b,
             )
@@ -375,7 +402,7 @@ class VerifierProtocol(Protocol):
         calls = []
         for side, response in (("response_a", pair.response_a), ("response_b", pair.response_b)):
             messages, cuts = self.template.render_with_cuts(
-                prompt, pair.reference, response=response
+                prompt, pair.reference, guidelines=self.guidelines, response=response
             )
             named = [replace(cut, field=side) if cut.field == "response" else cut for cut in cuts]
             calls.append((messages, named))
@@ -511,18 +538,19 @@ def _each_field_once(calls: Sequence[tuple[Messages, list[Cut]]]) -> list[Cut]:
 def prompt_cuts(
     pair: PairInput,
     protocol: str,
-    prompt_version: str | None,
+    prompt_version: str | PromptTemplate | None,
     sent: Sequence[Mapping[str, str]] | None = None,
+    guidelines: str = "",
 ) -> list[Cut] | None:
     """What a judgment's prompt cut from `pair`, from the template and budgets that built it.
 
     `sent`: the messages stored with a judgment in the pair's own order (every call one after
     another, the answer prefill included); when given, they must be what the template builds
-    from the pair now. None when that cannot be told: an unknown prompt version, or messages
-    that differ from what this template builds.
+    from the pair (with `guidelines`) now. None when that cannot be told: an unknown prompt
+    version, or messages that differ from what this template builds.
     """
     try:
-        judge = get_protocol(protocol, prompt_version)
+        judge = get_protocol(protocol, prompt_version, guidelines)
     except ValueError:
         return None
     calls = judge.rendered(pair)
@@ -540,10 +568,13 @@ PROTOCOLS: dict[str, type[Protocol]] = {
 }
 
 
-def get_protocol(name: str, prompt_version: str | None = None) -> Protocol:
-    """A protocol by name ("pairwise", "pointwise", "verifier"); its latest prompt by default."""
+def get_protocol(
+    name: str, prompt_version: str | PromptTemplate | None = None, guidelines: str = ""
+) -> Protocol:
+    """A protocol by name ("pairwise", "pointwise", "verifier"); its latest prompt by default,
+    or the named built-in version, or a template given as data; with a dataset's guidelines."""
     try:
         cls = PROTOCOLS[name]
     except KeyError:
         raise ValueError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}") from None
-    return cls(prompt_version)
+    return cls(prompt_version, guidelines)
