@@ -1,10 +1,11 @@
 """The retraining job: labels in, a LoRA adapter out (TRL SFT / DPO / DPO+SFT), in TRL's shape.
 
 A `TrainConfig` dataclass with help text (judges.train_config), `make_parser` that turns its
-fields into the `grm train` options, and `main(config, ...)`. `run_job` adds the evaluation of
-the old and the new version on the held-out pairs. The job never touches the database: it
-receives records (judges.training_data.TrainingRecord) and reports through callbacks; services
-record the run.
+fields into the `grm train` options, and `main(plan, ...)`. `plan_run` makes every check a run
+needs, once, before anything is stored or any model loads; `main` and `run_job` take the
+`RunPlan` it returns as it is. `run_job` adds the evaluation of the old and the new version on
+the held-out pairs. The job never touches the database: it receives records
+(judges.training_data.TrainingRecord) and reports through callbacks; services record the run.
 
 Nothing half-made is left behind: the adapter is written to a temporary directory and renamed
 into `output_dir` only when complete (judges.trainer), and an existing `output_dir` is never
@@ -14,10 +15,9 @@ overwritten.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,8 @@ from judges.training_data import (
 from judges.truncation import token_length
 from judges.types import PairInput
 
-log = logging.getLogger(__name__)
-
 __all__ = [
+    "RunPlan",
     "TrainConfig",
     "TrainResult",
     "TrainingRefused",
@@ -53,10 +52,34 @@ __all__ = [
     "load_tokenizer",
     "main",
     "make_parser",
+    "plan_run",
     "run_job",
 ]
 
+log = logging.getLogger(__name__)
+
 BUDGET_SLACK_TOKENS = 16
+Records = Sequence[TrainingRecord | Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run that passed every check: its config, the usable labeled pairs and their split."""
+
+    config: TrainConfig
+    records: tuple[TrainingRecord, ...]  # A, B or tie labels only
+    split: Split
+
+    @classmethod
+    def stored(cls, config: TrainConfig, records: Records, split: Mapping[str, Any]) -> RunPlan:
+        """The plan a run stored when `plan_run` passed it (its config, records and split),
+        read back in the worker process without checking it again."""
+        usable = tuple(r for r in parse_records(records) if r.trainable)
+        return cls(config, usable, Split.from_record(split))
+
+    def training_side(self) -> list[TrainingRecord]:
+        train_ids = set(self.split.train)
+        return [r for r in self.records if r.pair_id in train_ids]
 
 
 @dataclass
@@ -66,7 +89,6 @@ class TrainResult:
     adapter_path: Path
     method: str
     split: Split
-    label_snapshot: dict[str, Any]
     data_stats: dict[str, int]
     train_examples: int
     steps: int
@@ -80,7 +102,7 @@ class TrainResult:
 
     def as_record(self) -> dict[str, Any]:
         """Plain JSON-able values for the training_run row."""
-        record = dataclasses.asdict(self)
+        record = asdict(self)
         record["adapter_path"] = str(self.adapter_path)
         record["split"] = self.split.as_record()
         return record
@@ -89,15 +111,25 @@ class TrainResult:
 # ---------------------------------------------------------------- checks before anything heavy
 
 
-def check_labels(pairs: Sequence[TrainingRecord], min_labels: int) -> list[TrainingRecord]:
+def plan_run(config: TrainConfig, records: Records) -> RunPlan:
+    """Check the config and the labels and split them: the run's plan, or TrainingRefused.
+
+    The one place a run is checked; it loads nothing, so it runs before anything is stored.
+    """
+    config.validate()
+    usable = check_labels(parse_records(records), config.min_labels)
+    return RunPlan(config, tuple(usable), prepare_split(usable, config))
+
+
+def check_labels(records: Sequence[TrainingRecord], min_labels: int) -> list[TrainingRecord]:
     """The trainable labels, or TrainingRefused when there are too few or only one class."""
-    usable = [p for p in pairs if p.trainable]
+    usable = [r for r in records if r.trainable]
     if len(usable) < min_labels:
         raise TrainingRefused(
-            f"only {len(usable)} usable labels (A, B or tie; {len(pairs) - len(usable)} others "
+            f"only {len(usable)} usable labels (A, B or tie; {len(records) - len(usable)} others "
             f"not counted); at least {min_labels} are needed to train and evaluate"
         )
-    classes = sorted({p.label for p in usable})
+    classes = sorted({r.label for r in usable})
     if len(classes) < 2:
         raise TrainingRefused(
             f"every usable label is {classes[0]!r}: a judge trained on one class learns to "
@@ -106,25 +138,23 @@ def check_labels(pairs: Sequence[TrainingRecord], min_labels: int) -> list[Train
     return usable
 
 
-def prepare_split(pairs: Sequence[TrainingRecord], config: TrainConfig) -> Split:
+def prepare_split(records: Sequence[TrainingRecord], config: TrainConfig) -> Split:
     """The run's split; refuses when the training side would have too little to learn from."""
-    split = split_pairs([p.pair_id for p in pairs], config.heldout_share, config.seed)
+    split = split_pairs([r.pair_id for r in records], config.heldout_share, config.seed)
     if not split.train or not split.heldout:
         raise TrainingRefused(
-            f"{len(pairs)} labels cannot be split into training and held-out pairs "
+            f"{len(records)} labels cannot be split into training and held-out pairs "
             f"with heldout_share={config.heldout_share}"
         )
     return split
 
 
-def label_snapshot(pairs: Sequence[TrainingRecord], split: Split) -> dict[str, Any]:
-    """The exact labels used, as ids, with the split: stored with the run."""
-    return {
-        "pair_ids": [p.pair_id for p in pairs],
-        "label_ids": [p.label_id for p in pairs],
-        "labels": {str(p.pair_id): p.label for p in pairs},
-        "split": split.as_record(),
-    }
+def refuse_existing_output(config: TrainConfig) -> None:
+    """A run never overwrites: checked where the adapter is about to be made."""
+    if Path(config.output_dir).exists():
+        raise TrainingRefused(
+            f"output_dir {config.output_dir} already exists; a run never overwrites"
+        )
 
 
 def protocol_messages(protocol: str) -> MessageBuilder:
@@ -146,8 +176,7 @@ def protocol_messages(protocol: str) -> MessageBuilder:
 
 
 def main(
-    config: TrainConfig,
-    records: Sequence[Mapping[str, Any]],
+    plan: RunPlan,
     base_model_path: str | Path,
     on_progress: ProgressCallback | None = None,
     *,
@@ -155,36 +184,31 @@ def main(
     sample_more: SampleMore | None = None,
     build_messages: MessageBuilder | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter on the training side of `records`; return where it is and how it went.
+    """Train a LoRA adapter on the plan's training side; return where it is and how it went.
 
     `parent_adapter_path`: the active judge's adapter, trained further (so the new adapter stands
     alone on the base model); None starts a new adapter. `sample_more`: the rejective
-    fine-tuning hook (see training_data). Raises TrainingRefused before loading any model when
-    the labels or the config cannot make a run.
+    fine-tuning hook (see training_data).
     """
-    config.validate()
-    output_dir = Path(config.output_dir)
-    if output_dir.exists():
-        raise TrainingRefused(f"output_dir {output_dir} already exists; a run never overwrites")
-    pairs = check_labels(parse_records(records), config.min_labels)
-    split = prepare_split(pairs, config)
+    config = plan.config
+    refuse_existing_output(config)
     build_messages = build_messages or protocol_messages(config.protocol)
     tokenizer = load_tokenizer(base_model_path)
-    data = prepare_data(pairs, split, config, tokenizer, build_messages, sample_more)
+    data = prepare_data(plan, tokenizer, build_messages, sample_more)
     rows = data.sft_rows() if config.method == "sft" else data.preference_rows()
     if not rows:
         raise TrainingRefused(
-            f"no {config.method} examples could be built from {len(split.train)} training pairs"
+            f"no {config.method} examples could be built from {len(plan.split.train)} "
+            "training pairs"
         )
     log.info("training %s on %d examples: %s", config.method, len(rows), data.stats)
     figures = fit_adapter(
         config, rows, tokenizer, Path(base_model_path), parent_adapter_path, on_progress
     )
     return TrainResult(
-        adapter_path=output_dir,
+        adapter_path=Path(config.output_dir),
         method=config.method,
-        split=split,
-        label_snapshot=label_snapshot(pairs, split),
+        split=plan.split,
         data_stats=data.stats,
         train_examples=len(rows),
         **figures,
@@ -192,15 +216,13 @@ def main(
 
 
 def prepare_data(
-    pairs: Sequence[TrainingRecord],
-    split: Split,
-    config: TrainConfig,
+    plan: RunPlan,
     tokenizer: Any,
     build_messages: MessageBuilder,
     sample_more: SampleMore | None = None,
 ) -> TrainingData:
     """The run's examples: training-side pairs only, prompts cut to the token budget."""
-    train_ids = set(split.train)
+    config = plan.config
     budget = content_budget(tokenizer, build_messages, config.max_prompt_tokens)
     data_config = DataConfig(
         protocol=config.protocol,
@@ -210,7 +232,7 @@ def prepare_data(
         include_swapped=config.include_swapped,
     )
     return build_training_data(
-        [p for p in pairs if p.pair_id in train_ids],
+        plan.training_side(),
         build_messages,
         data_config,
         target_format(config.protocol),
@@ -238,8 +260,7 @@ def content_budget(tokenizer: Any, build_messages: MessageBuilder, max_prompt_to
 
 
 def run_job(
-    config: TrainConfig,
-    records: Sequence[Mapping[str, Any]],
+    plan: RunPlan,
     base_model_path: str | Path,
     make_backend: Callable[[Path | None], Any],
     judge_options: Any,
@@ -257,19 +278,14 @@ def run_job(
     """
     from judges.evaluation import evaluate_judge, heldout_inputs, make_sampler
 
-    config.validate()
+    config = plan.config
     if judge_options.protocol != config.protocol:
         raise TrainingRefused(
             f"the judge options use protocol {judge_options.protocol!r} but the run trains "
             f"{config.protocol!r}; evaluate with the protocol being trained"
         )
-    pairs = check_labels(parse_records(records), config.min_labels)
-    split = prepare_split(pairs, config)
-    if Path(config.output_dir).exists():
-        raise TrainingRefused(
-            f"output_dir {config.output_dir} already exists; a run never overwrites"
-        )
-    inputs, labels, categories = heldout_inputs(pairs, split.heldout)
+    refuse_existing_output(config)
+    inputs, labels, categories = heldout_inputs(plan.records, plan.split.heldout)
 
     def evaluate(backend: Any, phase: str) -> dict[str, Any]:
         return evaluate_judge(
@@ -289,12 +305,7 @@ def run_job(
         sampler = make_sampler(backend, judge_options) if config.rft_samples > 0 else None
         sample_more = _announced(sampler, on_progress) if sampler else None
         result = main(
-            config,
-            records,
-            base_model_path,
-            on_progress,
-            parent_adapter_path=parent,
-            sample_more=sample_more,
+            plan, base_model_path, on_progress, parent_adapter_path=parent, sample_more=sample_more
         )
     finally:
         backend.close()

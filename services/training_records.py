@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from judges.split import Split
 from judges.training_data import JudgmentRecord, TrainingRecord, chat_turns
 from judges.types import Verdict
 from storage import queries
@@ -34,9 +35,10 @@ def training_records(
     return [_training_record(r, judgments.get(r["pair_id"], []), protocol) for r in latest.values()]
 
 
-def snapshot_record(records: list[TrainingRecord], snapshot: str) -> dict[str, Any]:
+def snapshot_record(records: list[TrainingRecord], snapshot: str, split: Split) -> dict[str, Any]:
     """What a run records of the labels it trains on: each label id with the verdict it had
-    (a label changed later keeps its id), and a hash of the exact records file it was given.
+    (a label changed later keeps its id), a hash of the exact records file it was given, and
+    the train / held-out split its checks made (which the worker then trains on).
 
     The records come from one SELECT (one consistent view of the labels on SQLite and on
     PostgreSQL alike), and the worker reads only that file, so labels changed while the run
@@ -46,6 +48,7 @@ def snapshot_record(records: list[TrainingRecord], snapshot: str) -> dict[str, A
         "label_ids": [r.label_id for r in records],
         "labels": {str(r.label_id): r.label for r in records},
         "records_sha256": hashlib.sha256(snapshot.encode()).hexdigest(),
+        "split": split.as_record(),
     }
 
 

@@ -52,15 +52,14 @@ class TrainingRuns:
     # --- runs ----------------------------------------------------------------------------------
 
     def start(self, config: Any, judge_options: JudgeOptions | None = None) -> int:
-        """Snapshot the labels, record the run and start its worker process; the run's id.
+        """Check the run, snapshot the labels, record the run and start its worker process; the
+        run's id.
 
         Raises judges.train.TrainingRefused (nothing stored) for a bad config, too few labels,
         one class, a judge that is not a local model, or a run already going.
         """
-        from judges.train import TrainingRefused, check_labels, prepare_split
-        from judges.training_data import parse_records
+        from judges.train import TrainingRefused, plan_run
 
-        config.validate()
         options = _training_options(judge_options or self.judging.judge.options, config.protocol)
         base_model = self.local_base_model()
         version_id = self.judging.version_id()
@@ -68,8 +67,7 @@ class TrainingRuns:
             self._refuse_if_running(s)
             active = queries.active_judge_version(s) or {}
             records = training_records(s, version_id, config.protocol)
-            pairs = check_labels(parse_records(records), config.min_labels)
-            prepare_split(pairs, config)
+            plan = plan_run(config, records)  # the run's checks, made once: the worker trusts them
             run_id = queries.create_training_run(s, config.method, {}, version_id)
             snapshot = json.dumps([r.to_json() for r in records])
             run_dir = self.runs_dir() / str(run_id)
@@ -87,7 +85,7 @@ class TrainingRuns:
                 s,
                 run_id,
                 config={**dataclasses.asdict(config), "job": job},
-                label_snapshot=snapshot_record(records, snapshot),
+                label_snapshot=snapshot_record(records, snapshot, plan.split),
                 log_path=str(run_dir / "train.log"),
             )
             run_dir.mkdir(parents=True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from judges.backends import make_backend
 from judges.backends.base import Backend
 from judges.judge import JudgeOptions
+from judges.train import RunPlan, TrainConfig, TrainingRefused, TrainResult, plan_run, run_job
 from services.training_runs import finish_run
 from settings import Settings, load_settings
 from storage import queries
@@ -63,8 +64,6 @@ class _ProgressWriter:
 def run_training_worker(run_id: int, services: Services | None = None) -> int:
     """The worker process's job (`grm train-worker RUN_ID`): train, evaluate, register the new
     version (not active) and mark the run done; failures and refusals mark it failed."""
-    from judges.train import TrainConfig, TrainingRefused, run_job
-
     if services is None:
         from services import Services
 
@@ -88,8 +87,7 @@ def run_training_worker(run_id: int, services: Services | None = None) -> int:
     try:
         records = json.loads(Path(job["records_path"]).read_text())
         result = run_job(
-            config,
-            records,
+            _stored_plan(config, records, run["label_snapshot"]),
             job["base_model_path"],
             _backend_maker(services.settings, job["base_model_path"]),
             JudgeOptions(**job["judge_options"]),
@@ -104,6 +102,16 @@ def run_training_worker(run_id: int, services: Services | None = None) -> int:
     progress.state.update(phase="done", result=_result_summary(result))
     progress.flush()
     return _register(services, run, job, result)
+
+
+def _stored_plan(
+    config: TrainConfig, records: list[dict[str, Any]], snapshot: dict[str, Any] | None
+) -> RunPlan:
+    """The plan start_training_run checked and stored with the run (its split), not checked
+    again; a run stored without one (queued before runs stored their split) is checked here,
+    still before any model loads."""
+    split = (snapshot or {}).get("split")
+    return RunPlan.stored(config, records, split) if split else plan_run(config, records)
 
 
 def _backend_maker(settings: Settings, base_model_path: str) -> Callable[[Path | None], Backend]:
@@ -122,9 +130,9 @@ def _fail(services: Services, run_id: int, reason: str, code: int) -> int:
     return code
 
 
-def _result_summary(result: Any) -> dict[str, Any]:
+def _result_summary(result: TrainResult) -> dict[str, Any]:
     record = result.as_record()
-    for key in ("metrics_before", "metrics_after", "log_history", "label_snapshot"):
+    for key in ("metrics_before", "metrics_after", "log_history"):
         record.pop(key, None)
     return record
 
@@ -133,7 +141,9 @@ class _RunEnded(Exception):
     """The run was cancelled (or marked failed) while it finished: register nothing."""
 
 
-def _register(services: Services, run: dict[str, Any], job: dict[str, Any], result: Any) -> int:
+def _register(
+    services: Services, run: dict[str, Any], job: dict[str, Any], result: TrainResult
+) -> int:
     """Record the figures, register the new version and mark the run done, all or nothing."""
     figures = {k: v for k, v in (result.metrics_after or {}).items() if k != "per_pair"}
     try:
@@ -144,7 +154,7 @@ def _register(services: Services, run: dict[str, Any], job: dict[str, Any], resu
                 RunStatus.DONE,
                 metrics_before=result.metrics_before,
                 metrics_after=result.metrics_after,
-                label_snapshot={**(run["label_snapshot"] or {}), **result.label_snapshot},
+                label_snapshot={**(run["label_snapshot"] or {}), "split": result.split.as_record()},
             ):
                 raise _RunEnded
             queries.ensure_judge_version(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -15,6 +16,7 @@ from judges.judge import JudgeOptions
 from judges.train import TrainConfig, TrainingRefused
 from judges.types import Verdict
 from services import ENDED_MESSAGE, Services
+from services.training_runs import TrainingRuns
 from storage import queries
 from storage.models import Pair
 
@@ -137,6 +139,24 @@ def test_training_records_take_the_newest_label_and_the_versions_judgments(servi
     judgments = records[pair_ids[1]].judgments
     assert [(j.verdict, j.raw_text) for j in judgments] == [(Verdict.B, "Verdict: [[B]]")]
     assert judgments[0].judgment_id is not None
+
+
+def test_start_checks_the_run_once_and_stores_the_split_the_worker_trains_on(services, monkeypatch):
+    add_labeled_pairs(services, ["A", "B"] * 3)
+    checked: list[TrainConfig] = []
+    validate = TrainConfig.validate
+    monkeypatch.setattr(
+        TrainConfig, "validate", lambda self: checked.append(self) or validate(self)
+    )
+    monkeypatch.setattr(TrainingRuns, "spawn_worker", lambda self, run_id, run_dir: None)
+    run_id = services.start_training_run(tiny_config())
+    assert len(checked) == 1
+    run = services.training_run(run_id)
+    split = run["label_snapshot"]["split"]
+    assert sorted(split["train"] + split["heldout"]) == sorted(
+        r["pair_id"] for r in json.loads(Path(run["config"]["job"]["records_path"]).read_text())
+    )
+    assert split["heldout_share"] == 0.3 and split["heldout"] and split["train"]
 
 
 # ---------------------------------------------------------------- the worker process

@@ -19,17 +19,15 @@ from judges.judge import JudgeOptions
 from judges.train import (
     TrainConfig,
     TrainingRefused,
-    check_labels,
     config_from_args,
     load_tokenizer,
     main,
     make_parser,
+    plan_run,
     prepare_data,
-    prepare_split,
     protocol_messages,
     run_job,
 )
-from judges.training_data import parse_records
 from judges.types import PairInput
 
 CHATML = (
@@ -141,8 +139,7 @@ def read_tensors(adapter: Path) -> dict:
 def test_training_writes_a_safetensors_adapter_whose_weights_moved(tiny_model, tmp_path, method):
     updates: list[dict] = []
     result = main(
-        tiny_config(tmp_path, method=method),
-        make_records(),
+        plan_run(tiny_config(tmp_path, method=method), make_records()),
         tiny_model,
         on_progress=updates.append,
         build_messages=short_messages,
@@ -168,14 +165,12 @@ def test_training_writes_a_safetensors_adapter_whose_weights_moved(tiny_model, t
 
 def test_retraining_an_adapter_continues_it_and_changes_every_trained_tensor(tiny_model, tmp_path):
     first = main(
-        tiny_config(tmp_path, output_dir=str(tmp_path / "v1")),
-        make_records(),
+        plan_run(tiny_config(tmp_path, output_dir=str(tmp_path / "v1")), make_records()),
         tiny_model,
         build_messages=short_messages,
     )
     second = main(
-        tiny_config(tmp_path, output_dir=str(tmp_path / "v2")),
-        make_records(),
+        plan_run(tiny_config(tmp_path, output_dir=str(tmp_path / "v2")), make_records()),
         tiny_model,
         parent_adapter_path=first.adapter_path,
         build_messages=short_messages,
@@ -187,21 +182,15 @@ def test_retraining_an_adapter_continues_it_and_changes_every_trained_tensor(tin
 
 
 def test_result_records_the_split_and_trains_only_on_the_training_side(tiny_model, tmp_path):
-    result = main(
-        tiny_config(tmp_path, heldout_share=0.3),
-        make_records(),
-        tiny_model,
-        build_messages=short_messages,
-    )
+    plan = plan_run(tiny_config(tmp_path, heldout_share=0.3), make_records())
+    result = main(plan, tiny_model, build_messages=short_messages)
     split = result.split
+    assert split == plan.split
     assert split.heldout and set(split.train).isdisjoint(split.heldout)
     assert sorted(split.train + split.heldout) == list(range(1, 13))
+    assert [r.label_id for r in plan.records] == [100 + i for i in range(1, 13)]
     assert result.data_stats["pairs"] == len(split.train)
-    snapshot = result.label_snapshot
-    assert snapshot["pair_ids"] == list(range(1, 13))
-    assert snapshot["label_ids"] == [100 + i for i in range(1, 13)]
-    assert snapshot["split"]["heldout"] == list(split.heldout)
-    json.dumps(result.as_record())  # storable as-is
+    assert json.loads(json.dumps(result.as_record()))["split"]["heldout"] == list(split.heldout)
 
 
 def test_protocol_prompts_fit_the_token_budget_and_keep_both_ends(tiny_model, tmp_path):
@@ -210,9 +199,8 @@ def test_protocol_prompts_fit_the_token_budget_and_keep_both_ends(tiny_model, tm
         rec["response_a"] = "start " + "filler " * 150 + "finish"
     config = tiny_config(tmp_path, max_prompt_tokens=700)
     tokenizer = load_tokenizer(tiny_model)
-    pairs = check_labels(parse_records(records), config.min_labels)
     build = protocol_messages("pairwise")
-    data = prepare_data(pairs, prepare_split(pairs, config), config, tokenizer, build)
+    data = prepare_data(plan_run(config, records), tokenizer, build)
     assert data.sft
     for example in data.sft:
         text = tokenizer.apply_chat_template(
@@ -225,9 +213,8 @@ def test_protocol_prompts_fit_the_token_budget_and_keep_both_ends(tiny_model, tm
 
 def test_protocol_prompt_trains(tiny_model, tmp_path):
     """The judge's own pairwise prompt (not the short test one) goes through a training step."""
-    result = main(
-        tiny_config(tmp_path, max_steps=1, max_prompt_tokens=700), make_records(), tiny_model
-    )
+    config = tiny_config(tmp_path, max_steps=1, max_prompt_tokens=700)
+    result = main(plan_run(config, make_records()), tiny_model)
     assert result.steps == 1 and result.train_examples > 0
     assert result.train_loss is not None and math.isfinite(result.train_loss)
     lora_b = [t for name, t in read_tensors(result.adapter_path).items() if "lora_B" in name]
@@ -251,7 +238,7 @@ def test_protocol_prompt_trains(tiny_model, tmp_path):
 )
 def test_refusals_come_before_any_model_is_loaded(tmp_path, records, config, message):
     with pytest.raises(TrainingRefused, match=message):
-        main(tiny_config(tmp_path, **config), records, tmp_path / "no-such-model")
+        main(plan_run(tiny_config(tmp_path, **config), records), tmp_path / "no-such-model")
     assert not (tmp_path / "adapter").exists()
 
 
@@ -259,13 +246,13 @@ def test_refuses_to_overwrite_an_existing_adapter(tmp_path):
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "keep.txt").write_text("active version")
     with pytest.raises(TrainingRefused, match="already exists"):
-        main(tiny_config(tmp_path), make_records(), tmp_path / "no-such-model")
+        main(plan_run(tiny_config(tmp_path), make_records()), tmp_path / "no-such-model")
     assert (tmp_path / "adapter" / "keep.txt").read_text() == "active version"
 
 
 def test_prompt_template_larger_than_the_budget_is_refused(tiny_model, tmp_path):
     with pytest.raises(TrainingRefused, match="tokens for the texts after the"):
-        main(tiny_config(tmp_path, max_prompt_tokens=64), make_records(), tiny_model)
+        main(plan_run(tiny_config(tmp_path, max_prompt_tokens=64), make_records()), tiny_model)
 
 
 def test_a_run_that_fails_mid_way_leaves_no_adapter(tiny_model, tmp_path):
@@ -275,8 +262,7 @@ def test_a_run_that_fails_mid_way_leaves_no_adapter(tiny_model, tmp_path):
 
     with pytest.raises(RuntimeError, match="killed"):
         main(
-            tiny_config(tmp_path),
-            make_records(),
+            plan_run(tiny_config(tmp_path), make_records()),
             tiny_model,
             on_progress=explode,
             build_messages=short_messages,
@@ -330,9 +316,9 @@ def test_run_job_evaluates_before_and_after_with_the_same_options(tiny_model, tm
 
     updates: list = []
     options = JudgeOptions(protocol="pairwise", swap=True, logprobs=False)
+    config = tiny_config(tmp_path, heldout_share=0.3, rft_samples=2, max_prompt_tokens=700)
     result = run_job(
-        tiny_config(tmp_path, heldout_share=0.3, rft_samples=2, max_prompt_tokens=700),
-        records,
+        plan_run(config, records),
         tiny_model,
         make_backend,
         options,
@@ -356,8 +342,7 @@ def test_run_job_evaluates_before_and_after_with_the_same_options(tiny_model, tm
 def test_run_job_refuses_to_evaluate_with_another_protocol(tmp_path):
     with pytest.raises(TrainingRefused, match="evaluate with the protocol being trained"):
         run_job(
-            tiny_config(tmp_path),
-            make_records(),
+            plan_run(tiny_config(tmp_path), make_records()),
             tmp_path,
             lambda adapter: None,
             JudgeOptions(protocol="pointwise"),
@@ -372,8 +357,7 @@ def test_dpo_steps_on_the_embedded_model_give_an_adapter_the_backend_loads(setti
 
     model_dir = ensure_embedded_model(settings.model_cache)
     result = main(
-        tiny_config(tmp_path, max_steps=2, min_labels=4, learning_rate=1e-4),
-        make_records(4),
+        plan_run(tiny_config(tmp_path, max_steps=2, learning_rate=1e-4), make_records(4)),
         model_dir,
         build_messages=short_messages,
     )
@@ -401,7 +385,7 @@ def test_run_job_on_the_local_backend_evaluates_both_versions(tiny_model, tmp_pa
     def make_backend(adapter: Path | None) -> TransformersBackend:
         return TransformersBackend(tiny_model, adapter_path=adapter)
 
-    result = run_job(config, make_records(), tiny_model, make_backend, options)
+    result = run_job(plan_run(config, make_records()), tiny_model, make_backend, options)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     record = json.loads(json.dumps(result.as_record()))
     for key in ("metrics_before", "metrics_after"):
@@ -414,8 +398,7 @@ def test_run_job_refuses_an_existing_output_before_opening_a_judge(tmp_path):
     opened: list = []
     with pytest.raises(TrainingRefused, match="already exists"):
         run_job(
-            tiny_config(tmp_path),
-            make_records(),
+            plan_run(tiny_config(tmp_path), make_records()),
             tmp_path,
             opened.append,
             JudgeOptions(protocol="pairwise"),

@@ -31,7 +31,7 @@ from test_training import build_tiny_model
 import cli
 from judges.backends.adapters import WEIGHTS_FILE
 from judges.judge import JudgeOptions
-from judges.train import TrainConfig
+from judges.train import RunPlan, TrainConfig, TrainingRefused
 from judges.training_data import TrainingRecord
 from judges.types import Status
 from services import (
@@ -40,6 +40,7 @@ from services import (
     VersionRefused,
     run_training_worker,
     training_records,
+    worker,
 )
 from storage import queries
 from storage.models import Pair
@@ -343,8 +344,15 @@ def test_retrain_tab_shows_a_killed_run_as_failed_and_nothing_changes(services):
     assert list(versions["id"]) == [base] and active_id(services) == base
 
 
-def queued_run(services: Services, records: list[TrainingRecord], tmp_path: Path, **job) -> int:
-    """A run row as start_training_run leaves it, with `records` as its snapshot."""
+def queued_run(
+    services: Services,
+    records: list[TrainingRecord],
+    tmp_path: Path,
+    label_snapshot: dict | None = None,
+    **job,
+) -> int:
+    """A run row as start_training_run leaves it, with `records` as its snapshot; without a
+    `label_snapshot` (the split start checked), the worker checks the records itself."""
     config = TrainConfig(
         method="sft",
         max_steps=1,
@@ -370,7 +378,12 @@ def queued_run(services: Services, records: list[TrainingRecord], tmp_path: Path
     }
     with services.sessions.begin() as s:
         run_id = queries.create_training_run(s, "sft", {}, active)
-        queries.update_training_run(s, run_id, config={**dataclasses.asdict(config), "job": job})
+        queries.update_training_run(
+            s,
+            run_id,
+            config={**dataclasses.asdict(config), "job": job},
+            label_snapshot=label_snapshot,
+        )
     return run_id
 
 
@@ -396,6 +409,32 @@ def test_the_worker_marks_an_empty_or_one_class_snapshot_failed(services, tmp_pa
     assert run["status"] == "failed" and run["error"].startswith(reason), run["error"]
     assert [v["id"] for v in services.versions()] == [base]
     assert RetrainHandlers(services).poll()[0].count("failed") == 1
+
+
+def test_the_worker_trains_on_the_split_start_checked_without_checking_again(
+    services, tmp_path, monkeypatch
+):
+    add_pairs(services, ["A", "B"] * 3)
+    records = snapshot(services)
+    stored = {"split": {"train": [records[0].pair_id], "heldout": [records[1].pair_id],
+                        "seed": 0, "heldout_share": 0.3}}  # fmt: skip
+    run_id = queued_run(services, records, tmp_path, label_snapshot=stored)
+    plans: list[RunPlan] = []
+
+    def run_job(plan: RunPlan, *args, **kwargs):
+        plans.append(plan)
+        raise TrainingRefused("stopped here: the test needs no model")
+
+    def plan_run(*args):
+        raise AssertionError("the worker checked the run again")
+
+    monkeypatch.setattr(worker, "run_job", run_job)
+    monkeypatch.setattr(worker, "plan_run", plan_run)
+    assert run_training_worker(run_id, services) == 2
+    (plan,) = plans
+    assert (plan.split.train, plan.split.heldout) == ((records[0].pair_id,), (records[1].pair_id,))
+    assert [r.pair_id for r in plan.records] == [r.pair_id for r in records]
+    assert plan.config.output_dir == str(tmp_path / "run" / "adapter")
 
 
 @pytest.mark.parametrize(
