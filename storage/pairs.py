@@ -1,0 +1,180 @@
+"""Datasets, pairs and the label queue: which pair a person labels next, and how many are left.
+
+Every function takes the session first and leaves the transaction to the caller; pairs come
+out as PairView values (see storage.rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, exists, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.models import Dataset, Judgment, Label, Pair
+from storage.rows import FAILED_JUDGMENT_STATUS, SKIP, NotFoundError, in_dataset
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    id: int
+    name: str
+    source: str
+    format: str
+    pair_count: int
+    labeled: int  # pairs with at least one non-skip label
+    judged: int  # pairs with at least one judgment that did not fail
+
+
+@dataclass(frozen=True)
+class PairView:
+    id: int
+    dataset_id: int
+    dataset: str
+    external_id: str | None
+    prompt: str | list[dict[str, Any]]  # text, or chat turns [{role, content}, ...]
+    response_a: str
+    response_b: str
+    reference: str | None
+    category: str | None
+    gold_label: str | None
+    meta: dict[str, Any] | None
+
+    @property
+    def is_chat(self) -> bool:
+        return isinstance(self.prompt, list)
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    done: int
+    remaining: int
+    total: int
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+
+def get_or_create_dataset(s: Session, name: str, source: str = "", format: str = "") -> int:
+    """The id of dataset `name`, creating it (with source and format) when new."""
+    if not name or not name.strip():
+        raise ValueError("dataset name is empty")
+    found = s.scalar(select(Dataset.id).where(Dataset.name == name))
+    if found is not None:
+        return found
+    try:
+        with s.begin_nested():  # another writer (PostgreSQL) may create it first
+            dataset = Dataset(name=name, source=source, format=format, pair_count=0)
+            s.add(dataset)
+        return dataset.id
+    except IntegrityError:
+        return s.scalar(select(Dataset.id).where(Dataset.name == name))
+
+
+def dataset_id(s: Session, name: str) -> int:
+    """The id of dataset `name`; NotFoundError (listing the known names) when there is none."""
+    found = s.scalar(select(Dataset.id).where(Dataset.name == name))
+    if found is None:
+        known = s.scalars(select(Dataset.name).order_by(Dataset.id).limit(20)).all()
+        raise NotFoundError(f"dataset {name!r} not found (known: {', '.join(known) or 'none'})")
+    return found
+
+
+def list_datasets(s: Session) -> list[DatasetInfo]:
+    """Every dataset with its pair, labeled and judged counts, in creation order."""
+    pairs = _count_by_dataset(s, select(Pair.dataset_id, func.count(Pair.id)))
+    labeled = _count_by_dataset(s, _labeled_pairs_by_dataset())
+    judged = _count_by_dataset(s, _judged_pairs_by_dataset())
+    rows = s.execute(select(Dataset).order_by(Dataset.id)).scalars()
+    return [
+        DatasetInfo(
+            id=d.id,
+            name=d.name,
+            source=d.source,
+            format=d.format,
+            pair_count=pairs.get(d.id, 0),
+            labeled=labeled.get(d.id, 0),
+            judged=judged.get(d.id, 0),
+        )
+        for d in rows
+    ]
+
+
+def _count_by_dataset(s: Session, stmt: Select) -> dict[int, int]:
+    return dict(s.execute(stmt.group_by(Pair.dataset_id)).all())
+
+
+def _labeled_pairs_by_dataset() -> Select:
+    has_label = exists().where(Label.pair_id == Pair.id, Label.verdict != SKIP)
+    return select(Pair.dataset_id, func.count(Pair.id)).where(has_label)
+
+
+def _judged_pairs_by_dataset() -> Select:
+    has_judgment = exists().where(
+        Judgment.pair_id == Pair.id, Judgment.status != FAILED_JUDGMENT_STATUS
+    )
+    return select(Pair.dataset_id, func.count(Pair.id)).where(has_judgment)
+
+
+# --- pairs and the label queue --------------------------------------------------------------
+
+
+def pair_views(s: Session, stmt: Select) -> list[PairView]:
+    """The pairs `stmt` (a select of Pair) finds, with their dataset's name."""
+    rows = s.execute(stmt.add_columns(Dataset.name).join(Dataset, Dataset.id == Pair.dataset_id))
+    return [_to_pair_view(pair, dataset) for pair, dataset in rows]
+
+
+def _to_pair_view(pair: Pair, dataset: str) -> PairView:
+    return PairView(
+        id=pair.id,
+        dataset_id=pair.dataset_id,
+        dataset=dataset,
+        external_id=pair.external_id,
+        prompt=list(pair.prompt_turns) if pair.prompt_turns is not None else pair.prompt,
+        response_a=pair.response_a,
+        response_b=pair.response_b,
+        reference=pair.reference,
+        category=pair.category,
+        gold_label=pair.gold_label,
+        meta=dict(pair.meta) if pair.meta is not None else None,
+    )
+
+
+def get_pair(s: Session, pair_id: int) -> PairView:
+    """One pair; NotFoundError when the id is unknown."""
+    views = pair_views(s, select(Pair).where(Pair.id == pair_id))
+    if not views:
+        raise NotFoundError(f"pair {pair_id} not found")
+    return views[0]
+
+
+def _unlabeled_by(annotator: str):
+    # NOT EXISTS probes the (annotator, pair_id) index once per candidate pair.
+    return ~exists().where(Label.annotator == annotator, Label.pair_id == Pair.id)
+
+
+def next_pair(
+    s: Session, annotator: str, dataset_id: int | None = None, from_id: int = 0
+) -> PairView | None:
+    """The lowest-id pair (from `from_id` on) this annotator has neither labeled nor skipped;
+    None when done. The walk costs one index probe per labeled pair it passes, so a caller that
+    knows every pair below some id is labeled passes that id (see services.labeling)."""
+    stmt = select(Pair).where(Pair.id >= from_id, _unlabeled_by(annotator))
+    stmt = stmt.order_by(Pair.id).limit(1)
+    views = pair_views(s, in_dataset(stmt, dataset_id))
+    return views[0] if views else None
+
+
+def queue_counts(s: Session, annotator: str, dataset_id: int | None = None) -> QueueCounts:
+    """How many pairs this annotator has labeled or skipped, and how many are left."""
+    total = s.scalar(in_dataset(select(func.count(Pair.id)), dataset_id))
+    done_stmt = select(func.count(Label.id)).where(Label.annotator == annotator)
+    if dataset_id is not None:
+        done_stmt = done_stmt.join(Pair, Pair.id == Label.pair_id).where(
+            Pair.dataset_id == dataset_id
+        )
+    done = s.scalar(done_stmt)
+    return QueueCounts(done=done, remaining=total - done, total=total)
