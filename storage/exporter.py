@@ -35,7 +35,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import reading
-from storage.models import Dataset, Judgment, Label, Pair
+from storage.judgments import judge_verdict
+from storage.models import Dataset, Judgment, JudgmentRun, Label, Pair
 from vocabulary import EXPORTED_VERDICTS
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,10 @@ class LabeledPair:
     note: str | None
     labeled_at: datetime
     judgment_id: int | None
-    judge_verdict: str | None
+    judge_verdict: str | None  # the decision of the answered judgment's run (its own without one)
     judge_principles: str | None
     judge_critique: str | None
+    sample_verdict: str | None = None  # the answered judgment's own: what its critique argues
 
 
 def export_labels(
@@ -120,12 +122,14 @@ def export_labels(
 def labeled_pairs(
     session: Session, *, dataset: str | None = None, annotator: str | None = None
 ) -> list[LabeledPair]:
-    """Current labels that are decisions (not skips), in pair order, with pair and judgment."""
+    """Current labels that are decisions (not skips), in pair order, with pair and judgment;
+    the judge's verdict is the answered judgment's run's, as in storage.records."""
     stmt = (
-        select(Label, Pair, Dataset.name, Judgment)
+        select(Label, Pair, Dataset.name, Judgment, judge_verdict())
         .join(Pair, Pair.id == Label.pair_id)
         .join(Dataset, Dataset.id == Pair.dataset_id)
         .outerjoin(Judgment, Judgment.id == Label.judgment_id)
+        .outerjoin(JudgmentRun, JudgmentRun.id == Judgment.run_id)
         .where(Label.verdict.in_(EXPORTED_VERDICTS))
         .order_by(Pair.dataset_id, Pair.id, Label.annotator)
     )
@@ -138,7 +142,9 @@ def labeled_pairs(
     return [_labeled_pair(*row) for row in session.execute(stmt)]
 
 
-def _labeled_pair(label: Label, pair: Pair, dataset: str, judgment: Judgment | None) -> LabeledPair:
+def _labeled_pair(
+    label: Label, pair: Pair, dataset: str, judgment: Judgment | None, decided: str | None
+) -> LabeledPair:
     return LabeledPair(
         dataset=dataset,
         pair_id=pair.id,
@@ -157,9 +163,10 @@ def _labeled_pair(label: Label, pair: Pair, dataset: str, judgment: Judgment | N
         note=label.note,
         labeled_at=label.updated_at,
         judgment_id=label.judgment_id,
-        judge_verdict=judgment.verdict if judgment else None,
+        judge_verdict=decided,
         judge_principles=judgment.principles if judgment else None,
         judge_critique=judgment.critique if judgment else None,
+        sample_verdict=judgment.verdict if judgment else None,
     )
 
 
@@ -249,7 +256,7 @@ def judge_target(item: LabeledPair) -> str:
     verdict = f"Verdict: {VERDICT_TAGS[item.verdict]}"
     if item.corrected_critique and item.corrected_critique.strip():
         return f"{item.corrected_critique}\n\n{verdict}"
-    if item.judge_verdict == item.verdict:
+    if item.sample_verdict == item.verdict:  # the reasoning taught is that judgment's own
         reasoning = [text for text in (item.judge_principles, item.judge_critique) if text]
         return "\n\n".join([*reasoning, verdict])
     return verdict

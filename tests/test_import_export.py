@@ -22,7 +22,7 @@ from storage.exporter import (
     unescape_csv_cell,
 )
 from storage.importer import ImportFailed, chosen_goes_first, import_file
-from storage.models import Dataset, Pair
+from storage.models import Dataset, Judgment, Pair
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LLMBAR_FILES = sorted(p.name for p in (REPO_ROOT.parent / "shared/data/llmbar").glob("*.jsonl"))
@@ -490,6 +490,38 @@ def test_export_rows_carry_pair_label_and_judgment(factory, tmp_path) -> None:
     assert (row["human_label"], row["gold_label"], row["agreed_with_judge"]) == ("A", "A", True)
     assert (row["judgment_id"], row["judge_verdict"]) == (judgment_id, "A")
     assert (row["judge_critique"], row["judge_principles"]) == ("A is right.", "Be correct.")
+
+
+def test_export_gives_the_runs_verdict_not_the_answered_samples(factory, tmp_path) -> None:
+    # A swap run: the sample the person answered said A, the other order said B, and the run
+    # decided B. The export's judge_verdict is the run's decision, as labeled_records says.
+    from storage.judgment_runs import add_judgment_run
+
+    import_file(factory, write_jsonl(tmp_path / "s.jsonl", pairs_rows(1)), dataset="s")
+    with factory.begin() as s:
+        pair_id = s.scalar(select(Pair.id))
+        run = {"pair_id": pair_id, "protocol": "pairwise", "prompt_version": "v1",
+               "verdict": "B", "swap": True}  # fmt: skip
+        samples = [judgment(pair_id, "A", "A is right."),
+                   {**judgment(pair_id, "B", "B is right."), "swapped": True}]  # fmt: skip
+        run_id = add_judgment_run(s, run, samples)
+        answered = s.scalar(
+            select(func.min(Judgment.id)).where(Judgment.run_id == run_id, Judgment.verdict == "A")
+        )
+        queries.save_label(s, pair_id, "alice", "B", judgment_id=answered)
+        (record,) = queries.labeled_records(s)
+
+    out = tmp_path / "s-out.jsonl"
+    assert export_labels(factory, out, format="jsonl") == 1
+    (row,) = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    assert (row["judgment_id"], row["judge_verdict"]) == (answered, "B")
+    assert row["judge_verdict"] == record["judge_verdict"] == "B"
+    assert (row["agreed_with_judge"], row["judge_critique"]) == (True, "A is right.")
+    sft = tmp_path / "s-sft.jsonl"
+    assert export_labels(factory, sft, format="trl-sft") == 1
+    (example,) = [json.loads(line) for line in sft.read_text("utf-8").splitlines()]
+    # The answered sample argued for A: its critique is not taught as the reason for B.
+    assert example["messages"][1]["content"] == "Verdict: [[B]]"
 
 
 def test_export_filters_by_dataset_and_annotator(factory, tmp_path) -> None:
