@@ -50,6 +50,8 @@ class Dataset(Base):
     source: Mapped[str] = mapped_column(Text, default="")
     format: Mapped[str] = mapped_column(String(40), default="")
     pair_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The team's guidelines (markdown): shown to annotators, given to the judge as principles.
+    guidelines: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -91,6 +93,28 @@ class JudgeVersion(Base):
     )
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PromptVersion(Base):
+    """A judge prompt as stored data: one protocol's template under a unique version name.
+
+    Never edited in place: a change is a new version (`parent_version` names the one it was
+    copied from; an imported version may name one this database does not hold). The built-in
+    templates are stored with `read_only` set; judgments record the version name they used.
+    """
+
+    __tablename__ = "prompt_version"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(String(40), unique=True)  # judgment.prompt_version
+    protocol: Mapped[str] = mapped_column(String(40))
+    system: Mapped[str] = mapped_column(Text)
+    user: Mapped[str] = mapped_column(Text)
+    answer_prefix: Mapped[str] = mapped_column(Text, default="")
+    budgets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # field -> characters
+    parent_version: Mapped[str | None] = mapped_column(String(40))
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

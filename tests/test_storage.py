@@ -33,6 +33,7 @@ TABLES = {
     "judgment_run",
     "label",
     "label_event",
+    "prompt_version",
     "training_run",
 }
 
@@ -74,7 +75,7 @@ def test_upgrade_from_empty_database_creates_every_table_and_is_idempotent(tmp_p
     assert current_revision(engine) is None
     init_db(engine)
     assert TABLES | {"alembic_version"} == set(inspect(engine).get_table_names())
-    assert current_revision(engine) == head_revision() == "0003_judgment_run"
+    assert current_revision(engine) == head_revision() == "0004_guidelines_and_prompts"
 
     factory = make_session_factory(engine)
     with factory.begin() as s:
