@@ -2,9 +2,11 @@
 
 `Services` holds the settings, the session factory and the rooms that do the work:
 `judging` (the loaded judge, live and batch judging), `labels` (queue, decisions, history),
-`data` (import, export, demo), `analysis` (agreement, evaluation) and `training` (runs and judge
-versions); the training worker process lives in `services.worker`. The facade's methods are the
-names the UI, the CLI and the tests call; each hands the call to its room.
+`data` (import, export, demo), `analysis` (agreement, evaluation), `training` (runs and judge
+versions), `prompts` (dataset guidelines, stored prompt versions) and `comparing` (two judge
+setups on the same labels); the training worker process lives in `services.worker`. The
+facade's methods are the names the UI, the CLI and the tests call; each hands the call to its
+room.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.analysis import Analysis
+from services.comparing import Comparing, JudgeSetup, parse_setup
 from services.data import DataIO
 from services.judging import JudgeRunReport, JudgeSettings, Judging
 from services.labeling import Labeling
+from services.prompts import PromptRefused, Prompts
 from services.records import as_dict, judgment_row, pair_input
 from services.training_records import training_records
 from services.training_runs import ENDED_MESSAGE, TrainingRuns, VersionRefused
@@ -31,12 +35,15 @@ __all__ = [
     "DatabaseBusy",
     "JudgeRunReport",
     "JudgeSettings",
+    "JudgeSetup",
+    "PromptRefused",
     "SaveFailed",
     "Services",
     "VersionRefused",
     "as_dict",
     "judgment_row",
     "pair_input",
+    "parse_setup",
     "run_training_worker",
     "storage_fault",
     "training_records",
@@ -54,6 +61,8 @@ class Services:
         self.data = DataIO(settings, session_factory)
         self.analysis = Analysis(session_factory, self.judging)
         self.training = TrainingRuns(settings, session_factory, self.judging)
+        self.prompts = Prompts(session_factory)
+        self.comparing = Comparing(session_factory, self.judging, self.analysis)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -186,3 +195,37 @@ class Services:
 
     def rollback_version(self) -> dict[str, Any]:
         return self.training.rollback()
+
+    # --- guidelines and prompt versions (services.prompts) ---------------------------------------
+
+    def dataset_guidelines(self, dataset: str | int) -> str:
+        return self.prompts.guidelines(dataset)
+
+    def set_dataset_guidelines(self, dataset: str | int, text: str | None) -> dict[str, Any]:
+        return self.prompts.set_guidelines(dataset, text)
+
+    def prompt_versions(self, protocol: str | None = None) -> list[dict[str, Any]]:
+        return self.prompts.versions(protocol)
+
+    def prompt_version(self, version: str) -> dict[str, Any]:
+        return self.prompts.version(version)
+
+    def new_prompt_version(self, version: str, parent: str, **edits: Any) -> dict[str, Any]:
+        return self.prompts.new_version(version, parent, **edits)
+
+    def prompt_version_json(self, version: str) -> str:
+        return self.prompts.export_json(version)
+
+    def export_prompt_version(self, version: str, path: Path) -> Path:
+        return self.prompts.export_version(version, path)
+
+    def import_prompt_version(self, path: Path) -> dict[str, Any]:
+        return self.prompts.import_version(path)
+
+    # --- two judge setups on the same labels (services.comparing) --------------------------------
+
+    def judge_setup(self, spec: Any) -> JudgeSetup:
+        return self.comparing.setup(spec)
+
+    def compare_setups(self, a: Any, b: Any, dataset: str | int, **kwargs: Any) -> dict[str, Any]:
+        return self.comparing.compare(a, b, dataset, **kwargs)

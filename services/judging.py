@@ -18,10 +18,11 @@ from judges.backends.base import Backend
 from judges.judge import JudgeOptions, StreamUpdate, judge_pairs, stream_judgment, warm_judgment
 from judges.prompts import Cut
 from judges.protocols import prompt_cuts
-from judges.types import AggregateJudgment, PairInput, Verdict
+from judges.types import AggregateJudgment, Verdict
+from services.prompts import judge_protocol, resolve_template
 from services.records import judgment_row, pair_input
 from settings import Settings
-from storage import judgment_runs, queries
+from storage import judgment_runs, prompt_versions, queries
 from storage.db import reading, writing
 
 log = logging.getLogger(__name__)
@@ -161,11 +162,13 @@ class Judging:
     def stream(self, pair_id: int, options: JudgeOptions | None = None) -> Iterator[StreamUpdate]:
         """Stream one pair's judgment live; store every finished sample when it ends."""
         version_id = self.version_id()
+        options = options or self.judge.options
         with reading(self.sessions) as s:
-            pair = pair_input(queries.get_pair(s, pair_id))
+            view = queries.get_pair(s, pair_id)
+            protocol = judge_protocol(s, options, view.dataset_id)
         final: AggregateJudgment | None = None
         for update in stream_judgment(
-            self.backend(), pair, options or self.judge.options, judge_version=str(version_id)
+            self.backend(), pair_input(view), options, str(version_id), protocol
         ):
             if update.aggregate is not None:
                 final = update.aggregate
@@ -185,13 +188,15 @@ class Judging:
         # One worker: read-aheads never compete with each other for the CPU. An executor,
         # not a bare thread, because Python joins it at exit (a torch op still running in a
         # daemon thread at interpreter exit aborts the process).
-        return self._warmer.submit(self._warm, backend, pair_input(pair), options)
+        return self._warmer.submit(self._warm, backend, pair, options)
 
-    def _warm(self, backend: Backend, pair: PairInput, options: JudgeOptions) -> None:
+    def _warm(self, backend: Backend, pair: queries.PairView, options: JudgeOptions) -> None:
         try:
-            warm_judgment(backend, pair, options)
+            with reading(self.sessions) as s:
+                protocol = judge_protocol(s, options, pair.dataset_id)
+            warm_judgment(backend, pair_input(pair), options, protocol)
         except Exception:  # a read-ahead that fails costs only its speed-up
-            log.warning("reading pair %s ahead for the judge failed", pair.pair_id, exc_info=True)
+            log.warning("reading pair %s ahead for the judge failed", pair.id, exc_info=True)
         finally:
             with self._warm_lock:
                 self._warm_waiting -= 1
@@ -213,14 +218,7 @@ class Judging:
             pending = queries.pending_pairs(
                 s, version_id, options.protocol, dataset_id=dataset_id, limit=limit
             )
-        results = judge_pairs(
-            self.backend(),
-            [pair_input(p) for p in pending],
-            options,
-            judge_version=str(version_id),
-            on_progress=on_progress,
-            should_stop=should_stop,
-        )
+        results = self._judge_by_dataset(pending, options, version_id, on_progress, should_stop)
         stored = self.store(results, version_id)
         return JudgeRunReport(
             judged=len(results),
@@ -229,6 +227,43 @@ class Judging:
             seconds=time.perf_counter() - started,
             cancelled=len(results) < len(pending),
         )
+
+    def _judge_by_dataset(
+        self,
+        pending: list[queries.PairView],
+        options: JudgeOptions,
+        version_id: int,
+        on_progress: Callable[[int, int], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> list[AggregateJudgment]:
+        """judge_pairs over each dataset's pairs in turn (each with its guidelines), progress
+        counted over all of them; a stop ends the run after the pairs finished so far."""
+        groups: dict[int, list[queries.PairView]] = {}
+        for view in pending:
+            groups.setdefault(view.dataset_id, []).append(view)
+        results: list[AggregateJudgment] = []
+        for dataset_id, views in groups.items():
+            with reading(self.sessions) as s:
+                protocol = judge_protocol(s, options, dataset_id)
+            done = len(results)
+
+            def progress(n: int, _total: int, done: int = done) -> None:
+                if on_progress is not None:
+                    on_progress(done + n, len(pending))
+
+            found = judge_pairs(
+                self.backend(),
+                [pair_input(p) for p in views],
+                options,
+                str(version_id),
+                progress,
+                should_stop,
+                protocol,
+            )
+            results += found
+            if len(found) < len(views):
+                break
+        return results
 
     def store(self, results: list[AggregateJudgment], version_id: int) -> int:
         """Each result as a judgment run with its samples, all in one write; how many sample
@@ -256,16 +291,22 @@ class Judging:
         """The rows of the pair's most recent judging run (k samples x orders), first first."""
         return self.latest_run_record(pair_id)["samples"]
 
-    @staticmethod
-    def prompt_cuts(pair: queries.PairView, run: list[dict[str, Any]]) -> list[Cut] | None:
+    def prompt_cuts(self, pair: queries.PairView, run: list[dict[str, Any]]) -> list[Cut] | None:
         """What the judge of `run` (latest_run's rows) did not see of `pair`: the cuts its
-        prompt made, from the function that made them, checked against the stored prompt
-        ([] when nothing was cut; None when it cannot be told)."""
+        prompt made, from the function that made them (its prompt version's template, the
+        dataset's guidelines), checked against the stored prompt ([] when nothing was cut;
+        None when it cannot be told)."""
         if not run:
             return []
         shown = next((r for r in run if not r["swapped"] and r.get("prompt_messages")), run[0])
         sent = None if shown["swapped"] else shown.get("prompt_messages")
-        return prompt_cuts(pair_input(pair), shown["protocol"], shown["prompt_version"], sent)
+        try:
+            with reading(self.sessions) as s:
+                template = resolve_template(s, shown["prompt_version"])
+                guidelines = prompt_versions.dataset_guidelines(s, pair.dataset_id) or ""
+        except (queries.NotFoundError, ValueError):
+            return None
+        return prompt_cuts(pair_input(pair), shown["protocol"], template, sent, guidelines)
 
 
 def judgment_run_row(result: AggregateJudgment, version_id: int | None) -> dict[str, Any]:
