@@ -15,6 +15,15 @@ from webui.figures import progress_line
 
 EXPORT_FORMATS = ["jsonl", "csv", "parquet", "trl-preference", "trl-sft"]
 IMPORT_FORMATS = ["auto", "pairs", "chosen-rejected", "llmbar"]
+# The syntax services.comparing.parse_setup reads (its keys: SETUP_KEYS there).
+SETUP_HELP = (
+    "a judge setup as comma-separated key=value: prompt=VERSION (built in, e.g. pairwise-v2, "
+    "or made with `grm prompts new`), protocol=pairwise|pointwise|verifier, judge=ID or NAME "
+    "of a judge version (`grm versions`), k=SAMPLES, swap=1|0 (judge both orders), "
+    "aggregate=mean|vote. Left out: the current judge's (the active version, its protocol "
+    "and prompt, k, swap and rule); a prompt alone also sets its protocol. "
+    "Example: prompt=pairwise-v3,k=1,swap=1"
+)
 
 
 def _services():
@@ -247,6 +256,217 @@ def _add_retrain_commands(sub) -> None:
     worker.set_defaults(func=cmd_train_worker)
 
 
+# --- guidelines, prompt versions and comparisons (issue 14) ---------------------------------
+
+
+def _refused(what: str, exc: Exception) -> int:
+    print(f"{what}: {exc}", file=sys.stderr)
+    return 2
+
+
+def _read_text(path: str, limit_bytes: int) -> str:
+    """A UTF-8 file's text ("-": standard input), refused unread when over `limit_bytes`."""
+    if path == "-":
+        text = sys.stdin.read(limit_bytes + 1)
+    else:
+        if Path(path).stat().st_size > limit_bytes:
+            raise ValueError(f"{path} is over {limit_bytes:,} bytes")
+        text = Path(path).read_text(encoding="utf-8")
+    if len(text.encode("utf-8", "surrogatepass")) > limit_bytes:
+        raise ValueError(f"{path} is over {limit_bytes:,} bytes")
+    return text
+
+
+def cmd_guidelines(args: argparse.Namespace) -> int:
+    from services.prompts import MAX_GUIDELINES_CHARS
+
+    services = _services()
+    try:
+        if args.action == "show":
+            text = services.dataset_guidelines(args.dataset)
+            print(text if text else f"(no guidelines for {args.dataset})")
+            return 0
+        text = "" if args.action == "clear" else _read_text(args.file, 4 * MAX_GUIDELINES_CHARS)
+        done = services.set_dataset_guidelines(args.dataset, text)
+    except (ValueError, LookupError, OSError) as exc:
+        return _refused("guidelines not changed", exc)
+    chars = done["characters"]
+    print(f"{args.dataset}: guidelines " + (f"set ({chars:,} characters)" if chars else "cleared"))
+    return 0
+
+
+def cmd_prompts_list(args: argparse.Namespace) -> int:
+    print(f"{'version':40} {'protocol':10} {'from':24} note")
+    for v in _services().prompt_versions(args.protocol):
+        mark = "built in, read-only" if v["read_only"] else (v["note"] or "")
+        print(f"{v['version']:40} {v['protocol']:10} {v['parent_version'] or '-':24} {mark[:60]}")
+    return 0
+
+
+def cmd_prompts_show(args: argparse.Namespace) -> int:
+    services = _services()
+    try:
+        if args.json:
+            print(services.prompt_version_json(args.version), end="")
+            return 0
+        v = services.prompt_version(args.version)
+    except LookupError as exc:
+        return _refused("no such prompt", exc)
+    budgets = ", ".join(f"{k}={n}" for k, n in v["budgets"].items())
+    print(f"{v['version']} ({v['protocol']}{', read-only' if v['read_only'] else ''})")
+    print(f"from: {v['parent_version'] or '-'}   budgets: {budgets}   note: {v['note'] or '-'}")
+    for title, key in (("system", "system"), ("user", "user"), ("answer prefix", "answer_prefix")):
+        print(f"--- {title} ---\n{v[key]}")
+    return 0
+
+
+def cmd_prompts_new(args: argparse.Namespace) -> int:
+    from judges.prompts import MAX_SYSTEM_CHARS, MAX_USER_CHARS
+
+    try:
+        texts = {
+            "system": _read_text(args.system, 4 * MAX_SYSTEM_CHARS) if args.system else None,
+            "user": _read_text(args.user, 4 * MAX_USER_CHARS) if args.user else None,
+            "answer_prefix": args.answer_prefix,
+        }
+        budgets = dict(_budget(text) for text in args.budget)
+        made = _services().new_prompt_version(
+            args.version, args.parent, budgets=budgets, note=args.note, **texts
+        )
+    except (ValueError, LookupError, OSError) as exc:
+        return _refused("prompt version not made", exc)
+    print(f"prompt version {made['version']} ({made['protocol']}) made from {args.parent}")
+    return 0
+
+
+def _budget(text: str) -> tuple[str, int]:
+    name, _, chars = text.partition("=")
+    if not chars.strip().isdigit():
+        raise ValueError(f"--budget {text!r} is not NAME=CHARACTERS")
+    return name.strip(), int(chars)
+
+
+def cmd_prompts_export(args: argparse.Namespace) -> int:
+    try:
+        path = _services().export_prompt_version(args.version, Path(args.out))
+    except (LookupError, OSError) as exc:
+        return _refused("not exported", exc)
+    print(f"wrote prompt version {args.version} to {path}")
+    return 0
+
+
+def cmd_prompts_import(args: argparse.Namespace) -> int:
+    try:
+        done = _services().import_prompt_version(Path(args.path))
+    except (ValueError, OSError) as exc:
+        return _refused("not imported", exc)
+    print(f"prompt version {done['version']} {'imported' if done['stored'] else 'already here'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    services = _services()
+    try:
+        report = services.compare_setups(args.a, args.b, args.dataset, limit=args.limit)
+    except (ValueError, LookupError) as exc:
+        return _refused("not compared", exc)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(comparison_table(report))
+    return 0
+
+
+def comparison_table(report: dict, shown: int = 20) -> str:
+    """Two setups' figures side by side, McNemar's test and the pairs where they differ."""
+    a, b = report["a"], report["b"]
+
+    def figure(value, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    rows = [
+        ("accuracy", figure(a["accuracy"]), figure(b["accuracy"])),
+        ("  95% interval", *(f"{figure(x['ci_low'])}-{figure(x['ci_high'])}" for x in (a, b))),
+        ("cohen's kappa", figure(a["kappa"]), figure(b["kappa"])),
+        ("no verdict", str(a["no_verdict"]), str(b["no_verdict"])),
+        ("position consistency", *(figure(x["position_consistency"]["rate"]) for x in (a, b))),
+        ("judged now / reused", *(f"{x['judged_now']} / {x['reused']}" for x in (a, b))),
+    ]
+    test = report["mcnemar"]
+    lines = [
+        f"dataset {report['dataset']}: {report['pairs']} labeled pairs, {report['scored']} "
+        "labeled A, B or tie",
+        f"A: {a['describe']}",
+        f"B: {b['describe']}",
+        f"{'':24}{'A':>14}{'B':>14}",
+        *(f"{name:24}{x:>14}{y:>14}" for name, x, y in rows),
+        f"McNemar exact: only A right {test['only_first']}, only B right {test['only_second']}, "
+        f"p = {test['p_value']:.4g}",
+        f"pairs where they differ: {len(report['differ'])}",
+    ]
+    lines += [
+        f"  pair {r['pair_id']:>6}  human {r['human']:8} A {r['a']:5} B {r['b']:5} {r['prompt']}"
+        for r in report["differ"][:shown]
+    ]
+    if len(report["differ"]) > shown:
+        lines.append(f"  ... and {len(report['differ']) - shown} more (--json lists all)")
+    return "\n".join(lines)
+
+
+def _add_prompt_commands(sub) -> None:
+    guide = sub.add_parser(
+        "guidelines", help="a dataset's guidelines (markdown) for people and judge"
+    )
+    actions = guide.add_subparsers(dest="action", required=True)
+    for action, text in (("show", "print them"), ("set", "replace them by a file's text")):
+        one = actions.add_parser(action, help=text)
+        one.add_argument("dataset")
+        if action == "set":
+            one.add_argument("file", help="a UTF-8 markdown file ('-': standard input)")
+    actions.add_parser("clear", help="remove them").add_argument("dataset")
+    guide.set_defaults(func=cmd_guidelines)
+
+    prompts = sub.add_parser("prompts", help="judge prompts as stored versions")
+    verbs = prompts.add_subparsers(dest="action", required=True)
+    listed = verbs.add_parser("list", help="every version (built-ins are read-only)")
+    listed.add_argument("--protocol", choices=ProtocolName.values())
+    listed.set_defaults(func=cmd_prompts_list)
+    show = verbs.add_parser("show", help="one version's texts")
+    show.add_argument("version")
+    show.add_argument("--json", action="store_true", help="as the exported JSON")
+    show.set_defaults(func=cmd_prompts_show)
+    new = verbs.add_parser("new", help="a new version: a copy of another with edits")
+    new.add_argument("version", help="its name: letters, digits, . _ - (at most 40)")
+    new.add_argument("--from", dest="parent", required=True, help="the version to copy")
+    new.add_argument("--system", help="file with the new system message")
+    new.add_argument("--user", help="file with the new user message ({prompt}, {response_a} ...)")
+    new.add_argument("--answer-prefix", help="how the judge's answer starts")
+    new.add_argument("--budget", action="append", default=[], help="e.g. max_response_chars=2000")
+    new.add_argument("--note", help="why this version")
+    new.set_defaults(func=cmd_prompts_new)
+    export = verbs.add_parser("export", help="write a version as a small JSON file")
+    export.add_argument("version")
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=cmd_prompts_export)
+    imported = verbs.add_parser("import", help="store a version from an exported JSON file")
+    imported.add_argument("path")
+    imported.set_defaults(func=cmd_prompts_import)
+
+    compare = sub.add_parser(
+        "compare",
+        help="two judge setups on the same labels",
+        description="Judge a dataset's labeled pairs with two judge setups (reusing stored "
+        "judgments of the same setup and prompt) and report accuracy, Cohen's kappa and "
+        "position consistency side by side, McNemar's exact test and the pairs that differ.",
+    )
+    compare.add_argument("--a", required=True, metavar="SETUP", help=SETUP_HELP)
+    compare.add_argument("--b", required=True, metavar="SETUP", help="the other setup, as --a")
+    compare.add_argument("--dataset", required=True)
+    compare.add_argument("--limit", type=int, help="compare on the first N labeled pairs")
+    compare.add_argument("--json", action="store_true", help="the whole report as JSON")
+    compare.set_defaults(func=cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grm", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -294,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     judge.set_defaults(func=cmd_judge)
     _add_retrain_commands(sub)
+    _add_prompt_commands(sub)
     sub.metavar = "{" + ",".join(c for c in sub.choices if c != "train-worker") + "}"
     return parser
 
