@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Set before Gradio reads them: no telemetry or version checks leave the machine.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -29,6 +29,9 @@ from webui.keys import shortcut_script  # noqa: E402
 from webui.label_tab import build_label_tab  # noqa: E402
 from webui.retrain_tab import build_retrain_tab  # noqa: E402
 
+if TYPE_CHECKING:
+    from services import Services
+
 log = logging.getLogger(__name__)
 
 # One model answers one request at a time in-process; served models take several at once.
@@ -43,7 +46,7 @@ def judge_concurrency(backend: str) -> int:
     return JUDGE_CONCURRENCY.get(backend, 1)
 
 
-def build_app(services: Any) -> gr.Blocks:
+def build_app(services: Services) -> gr.Blocks:
     """The whole app over `services`: Label, Data, Judge, Batch, Agreement, Retrain tabs."""
     limit = judge_concurrency(services.settings.judge_backend)
     with gr.Blocks(title="GRM Studio", analytics_enabled=False, fill_width=True) as demo:

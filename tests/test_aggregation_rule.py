@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 import sqlalchemy as sa
 from fakes import FakeBackend, user_text
+from stand_ins import stand_ins
 
 from cli import _judge_options, build_parser
 from judges.judge import JudgeOptions
@@ -24,7 +25,7 @@ from services import Services
 from storage import queries
 from storage.models import JudgmentRun, Pair
 from webui.judge_view import JudgeDisplay, apply_update, display_from_rows
-from webui.label_handlers import LabelHandlers
+from webui.label_handlers import LabelHandlers, LabelScreen
 
 
 def second_slot_judge(messages) -> str:
@@ -194,10 +195,11 @@ def test_the_label_tab_shows_the_stored_runs_decision(judged) -> None:
     view = display_from_rows(stored["samples"], stored["run"])
     assert (view.verdict, view.probability, view.aggregation) == ("A", 0.91, "mean")
     assert display_from_rows(stored["samples"]).verdict == "B"  # recomputed: only without a run
-    screen = LabelHandlers(judged.services).open_next("ana", None, None)
-    badge = html.unescape(screen[7])
+    handlers = LabelHandlers(judged.services, stand_ins(LabelScreen))
+    screen = handlers.open_next("ana", None, None)
+    badge = html.unescape(screen[handlers.ui.badge])
     assert 'data-verdict="A"' in badge and "p = 0.91" in badge, badge
-    assert screen[10]["verdict"] == "A"  # what a label is compared with on save
+    assert screen[handlers.ui.judged]["verdict"] == "A"  # what a label is compared with on save
 
 
 def test_agreement_compares_each_label_with_its_runs_verdict(judged) -> None:

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 import pytest
+from stand_ins import stand_ins
 
 from services import Services
 from settings import load_settings
@@ -36,7 +37,7 @@ from storage import queries
 from storage.importer import ImportFailed
 from storage.models import Pair
 from webui.judge_view import JudgeDisplay, display_from_rows
-from webui.label_handlers import LabelHandlers
+from webui.label_handlers import LabelHandlers, LabelScreen
 from webui.render import MAX_DISPLAY_CHARS, safe_markdown
 
 GOOD = {"prompt": "p", "response_a": "a", "response_b": "b"}
@@ -97,9 +98,13 @@ def assert_inert(markup: str) -> None:
         assert href.startswith(("https:", "http:", "mailto:")), href
 
 
-def screen_html(screen: tuple) -> list[str]:
-    """The HTML strings among the Label tab's outputs (states and skips left out)."""
-    return [value for value in screen if isinstance(value, str)]
+def screen_html(screen: dict) -> list[str]:
+    """The HTML strings among the Label tab's outputs (states left out)."""
+    return [value for value in screen.values() if isinstance(value, str)]
+
+
+def label_handlers(services: Services) -> LabelHandlers:
+    return LabelHandlers(services, stand_ins(LabelScreen))
 
 
 def viewer(name: str = "viewer") -> SimpleNamespace:
@@ -310,8 +315,8 @@ def test_one_megabyte_response_is_stored_intact_shown_cut_and_exported_whole(
     (pair_id,) = pair_ids(services, dataset_id)
     assert services.pair(pair_id).response_a == huge
 
-    screen = LabelHandlers(services).open_next("reader", dataset_id, viewer())
-    shown = screen[2]  # response A
+    handlers = label_handlers(services)
+    shown = handlers.open_next("reader", dataset_id, viewer())[handlers.ui.a]  # response A
     assert f"Showing the first {MAX_DISPLAY_CHARS:,} of {len(huge):,} characters" in shown
     assert len(shown) < 10 * MAX_DISPLAY_CHARS
 
@@ -366,12 +371,13 @@ def test_hostile_text_in_pair_judge_output_and_notes_is_inert(services, tmp_path
         error=f"error-text {text}",
     )  # fmt: skip
     services.save_label(pair_id, "someone", "B", note=f"note-text {text}", corrected_critique=text)
-    handlers = LabelHandlers(services)
+    handlers = label_handlers(services)
 
     screen = handlers.open_next("viewer", dataset_id, viewer())
-    shown = [*screen_html(screen), handlers.pair_history(screen[9])]
+    current = screen[handlers.ui.current]
+    shown = [*screen_html(screen), handlers.pair_history(current)]
 
-    assert screen[9]["pair_id"] == pair_id
+    assert current["pair_id"] == pair_id
     for markup in shown:
         assert_inert(markup)
     page = "".join(shown)
@@ -435,9 +441,12 @@ def test_direction_and_zero_width_characters_are_visible_and_exported_byte_exact
     note = "note\u202e with override"
     services.save_label(pair_id, "ana", "A", note=note)
 
-    screen = LabelHandlers(services).open_next("viewer", dataset_id, viewer())
+    handlers = label_handlers(services)
+    screen, ui = handlers.open_next("viewer", dataset_id, viewer()), handlers.ui
     shown = (TRICKS["category"], TRICKS["prompt"], TRICKS["response_a"], TRICKS["response_b"])
-    for markup, raw in zip(screen[:4], shown, strict=True):
+    for markup, raw in zip(
+        [screen[c] for c in (ui.meta, ui.prompt, ui.a, ui.b)], shown, strict=True
+    ):
         for char in {c for c in raw if not c.isprintable()}:
             assert char not in markup, f"U+{ord(char):04X} reached the page unescaped"
             assert f"[U+{ord(char):04X}]" in markup

@@ -33,6 +33,7 @@ from fake_openai_server import (
     REPEATED,
     FakeJudgeServer,
 )
+from stand_ins import stand_ins
 
 from judges.backends.base import Backend
 from judges.backends.openai_backend import OpenAIBackend
@@ -41,7 +42,7 @@ from judges.types import Judgment, Status, Verdict
 from services import Services
 from storage import queries
 from storage.models import Pair
-from webui.label_handlers import LabelHandlers
+from webui.label_handlers import LabelHandlers, LabelScreen
 
 pytestmark = pytest.mark.timeout(300)  # a hang here is the bug being tested: fail, don't wait
 
@@ -376,8 +377,10 @@ def test_a_judgment_that_cannot_fit_the_context_is_a_clear_error(settings, embed
 def handler_judge(services: Services, pair_id: int, session: str = "s1") -> dict:
     """The Label tab's judge handler, run to the end; its last outputs by name."""
     request = SimpleNamespace(session_hash=session, username=None)
-    outputs = list(LabelHandlers(services).judge({"pair_id": pair_id}, request))
-    return dict(zip(JUDGE_OUT, outputs[-1], strict=True))
+    handlers = LabelHandlers(services, stand_ins(LabelScreen))
+    *_, last = handlers.judge({"pair_id": pair_id}, request)
+    assert set(last) == set(handlers.ui.judge_outputs())
+    return {name: last[getattr(handlers.ui, name)] for name in JUDGE_OUT}
 
 
 @pytest.mark.parametrize(

@@ -7,13 +7,14 @@ import re
 
 import pytest
 from fakes import FakeBackend
+from stand_ins import stand_ins
 from test_prompt_cuts import ANSWER, LONG_B
 
 from judges.prompts import Cut
 from judges.protocols import get_protocol
 from judges.types import PairInput
 from webui.judge_saw import cut_sentence, judge_saw_html
-from webui.label_handlers import LabelHandlers
+from webui.label_handlers import LabelHandlers, LabelScreen
 from webui.render import visible_text
 
 
@@ -51,7 +52,7 @@ def test_the_label_tab_says_what_the_judge_saw_of_a_stored_judgment(settings) ->
     (cut,) = services.prompt_cuts(services.pair(pair.id), run)
     assert cut == get_protocol("pairwise").cuts(long_pair)[0]
 
-    handlers = LabelHandlers(services)
+    handlers = LabelHandlers(services, stand_ins(LabelScreen))
     notice = handlers.judge_saw({"pair_id": pair.id})
     text = re.sub(r"\s+", " ", visible_text(notice))
     assert f"the first {cut.kept_head:,} and last {cut.kept_tail:,} characters of Response B" in (
@@ -59,7 +60,7 @@ def test_the_label_tab_says_what_the_judge_saw_of_a_stored_judgment(settings) ->
     )
     assert 'data-state="cut"' in notice and "grm-judge-prompt" in notice
     screen = handlers.open_next("ana", None, None)
-    assert screen[-2] == notice  # the same notice when the pair is opened again
+    assert screen[handlers.ui.judge_saw] == notice  # the same notice when the pair is reopened
     for message in run[0]["prompt_messages"]:
         assert message["content"] in visible_text(notice)
 
@@ -85,6 +86,7 @@ def test_a_malformed_stored_prompt_leaves_the_pair_on_screen(settings) -> None:
            "status": "complete", "prompt_messages": ["not a message"]}  # fmt: skip
     with services.sessions.begin() as s:
         queries.add_judgments(s, [row])
-    screen = LabelHandlers(services).open_next("ana", None, None)
-    assert f'data-pair-id="{pair.id}"' in screen[0]
-    assert screen[-2] == ""  # nothing claimed about what the judge saw
+    handlers = LabelHandlers(services, stand_ins(LabelScreen))
+    screen = handlers.open_next("ana", None, None)
+    assert f'data-pair-id="{pair.id}"' in screen[handlers.ui.meta]
+    assert screen[handlers.ui.judge_saw] == ""  # nothing claimed about what the judge saw

@@ -8,15 +8,19 @@ import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-import gradio as gr
 import pytest
+from stand_ins import stand_ins
 
 from app import launch_options, parse_auth
 from judges.backends.base import BackendError
 from services import JudgeRunReport
 from webui.batch_tab import BatchHandlers
-from webui.judge_tab import JudgeHandlers
-from webui.label_handlers import SCREEN_OUTPUTS, LabelHandlers
+from webui.judge_tab import JudgeFields, JudgeHandlers
+from webui.label_handlers import LabelHandlers, LabelScreen
+
+
+def label_handlers(services) -> LabelHandlers:
+    return LabelHandlers(services, stand_ins(LabelScreen))
 
 
 class FailingJudge:
@@ -36,19 +40,19 @@ class FailingJudge:
 
 
 def test_a_backend_that_cannot_load_shows_a_message_not_a_trace() -> None:
-    html = JudgeHandlers(FailingJudge()).load()
+    html = JudgeHandlers(FailingJudge(), stand_ins(JudgeFields)).load()
     assert "could not be loaded: connection refused" in html
     assert "Traceback" not in html and "grm-msg-error" in html
 
 
 def test_a_failing_judge_stream_ends_with_a_message_and_no_verdict() -> None:
-    handler = LabelHandlers(FailingJudge())
+    handler = label_handlers(FailingJudge())
     request = SimpleNamespace(session_hash="s1", username=None)
     outputs = list(handler.judge({"pair_id": 7}, request))
-    last = outputs[-1]
-    assert "The judge failed: connection refused" in last[-1]
-    assert last[-2]["verdict"] is None  # nothing to agree with
-    assert 'data-state="running"' not in last[3]
+    last, ui = outputs[-1], handler.ui
+    assert "The judge failed: connection refused" in last[ui.status]
+    assert last[ui.judged]["verdict"] is None  # nothing to agree with
+    assert 'data-state="running"' not in last[ui.badge]
 
 
 @dataclass
@@ -106,7 +110,7 @@ class Recorder:
 
 def test_with_auth_the_logged_in_user_labels_whatever_name_the_page_sends() -> None:
     services = Recorder()
-    handler = LabelHandlers(services)
+    handler = label_handlers(services)
     request = SimpleNamespace(username="alice", session_hash="s")
     current = {"pair_id": 3, "token": "t1"}
     handler.save("A", "mallory", 0, current, {}, "", "", request)
@@ -118,12 +122,10 @@ def test_a_failed_save_keeps_the_pair_and_says_why() -> None:
         def save_label(self, *args, **kwargs):
             raise OSError("database or disk is full")
 
-    outputs = LabelHandlers(Full()).save(
-        "B", "bob", 0, {"pair_id": 3, "token": "t"}, {}, "my critique", "", None
-    )
-    assert len(outputs) == SCREEN_OUTPUTS
-    assert "Not saved: the disk is full" in outputs[-1]
-    assert all(o == gr.skip() for o in outputs[:-1])  # pair, text and note stay on screen
+    handler = label_handlers(Full())
+    outputs = handler.save("B", "bob", 0, {"pair_id": 3, "token": "t"}, {}, "my critique", "", None)
+    assert "Not saved: the disk is full" in outputs[handler.ui.status]
+    assert list(outputs) == [handler.ui.status]  # pair, text and note stay on screen
 
 
 def test_auth_setting_parses_and_bad_specs_are_refused() -> None:
@@ -149,21 +151,23 @@ def test_a_locked_database_reads_as_busy_without_sql_or_trace() -> None:
         def save_label(self, *args, **kwargs):
             raise OperationalError("INSERT INTO label ...", {}, Exception("database is locked"))
 
-    outputs = LabelHandlers(Locked()).save("A", "bob", 0, {"pair_id": 3}, {}, "", "", None)
-    assert "Not saved: the database is busy" in outputs[-1]
-    assert "INSERT" not in outputs[-1] and "Traceback" not in outputs[-1]
+    handler = label_handlers(Locked())
+    status = handler.save("A", "bob", 0, {"pair_id": 3}, {}, "", "", None)[handler.ui.status]
+    assert "Not saved: the database is busy" in status
+    assert "INSERT" not in status and "Traceback" not in status
 
 
 def test_exports_stay_in_one_app_folder_and_old_ones_are_removed(settings) -> None:
     from pathlib import Path
 
     from services import Services
-    from webui.data_tab import KEEP_EXPORTS, DataHandlers
+    from webui.data_tab import KEEP_EXPORTS, DataHandlers, DataView
 
     services = Services.open(settings)
     services.load_demo_if_empty()
-    handlers = DataHandlers(services)
-    files = [Path(handlers.export("jsonl", None)[1]) for _ in range(KEEP_EXPORTS + 3)]
+    handlers = DataHandlers(services, stand_ins(DataView))
+    download = handlers.ui.download
+    files = [Path(handlers.export("jsonl", None)[download]) for _ in range(KEEP_EXPORTS + 3)]
     root = Path(handlers._exports.name)
     assert all(root in f.parents for f in files)
     assert files[-1].is_file() and files[-1].read_text().strip() == ""  # nothing labeled yet
@@ -198,7 +202,7 @@ def test_pairs_are_read_ahead_only_for_people_who_use_the_judge(settings) -> Non
     services.use_backend(FakeBackend(script=["Principles: p.\nCritique: c.\nVerdict: [[A]]"]))
     read_ahead: list[int] = []
     services.warm_pair = lambda pair: read_ahead.append(pair.id)
-    handlers = LabelHandlers(services)
+    handlers = label_handlers(services)
     labeler = SimpleNamespace(username=None, session_hash="labels-only")
     judger = SimpleNamespace(username=None, session_hash="uses-the-judge")
 
@@ -210,3 +214,37 @@ def test_pairs_are_read_ahead_only_for_people_who_use_the_judge(settings) -> Non
     handlers.open_next("jo", None, judger)
     handlers.open_next("lee", None, labeler)
     assert read_ahead == [first.id]
+
+
+def test_label_handlers_write_the_outputs_their_events_list(settings) -> None:
+    """Handlers return {component: value}: a pair opened (or none left) and a finished judgment
+    set every output of their events, and no handler writes a component its event lacks."""
+    from fakes import FakeBackend
+
+    from services import Services
+
+    services = Services.open(settings)
+    services.load_demo_if_empty()
+    services.use_backend(FakeBackend(script=["Principles: p.\nCritique: c.\nVerdict: [[A]]"]))
+    handlers = label_handlers(services)
+    ui, kim = handlers.ui, SimpleNamespace(username=None, session_hash="kim")
+
+    screen = handlers.open_next("kim", None, kim)
+    assert set(screen) == set(ui.pair_outputs())
+    *_, judged = handlers.judge(screen[ui.current], kim)
+    assert set(judged) == set(ui.judge_outputs()) and judged[ui.judged]["verdict"] == "A"
+    assert set(handlers.open_next("kim", 10_000, kim)) == set(ui.pair_outputs())  # none left
+    assert set(handlers.after_screen("kim", None, screen[ui.current], kim)) == {
+        ui.progress,
+        ui.history,
+    }
+    assert set(handlers.stopped()) == {ui.badge, ui.status}
+    started = handlers.start("kim", kim)
+    assert set(started) == {ui.name, ui.gate, ui.desk, ui.gate_msg, ui.remembered}
+    assert set(handlers.on_load(None, "", SimpleNamespace(username="kim"))) <= {
+        ui.name,
+        ui.gate,
+        ui.desk,
+        ui.name_box,
+        ui.dataset,
+    }

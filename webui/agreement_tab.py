@@ -2,39 +2,73 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import pandas as pd
+from gradio.blocks import Block
 
-from webui.common import ALL_DATASETS, dataset_choices, dataset_id_of, explain
+from webui.common import ALL_DATASETS, Changes, dataset_choices, dataset_id_of, explain
 from webui.render import safe_text
+
+if TYPE_CHECKING:
+    from services import Services
 
 GROUP_COLUMNS = ["group", "n", "accuracy", "ci_low", "ci_high", "kappa", "no_verdict_rate"]
 GROUP_HEADERS = ["group", "n", "accuracy", "CI low", "CI high", "κ", "no verdict"]
 
 
-class AgreementHandlers:
-    def __init__(self, services: Any) -> None:
-        self.services = services
+@dataclass(frozen=True)
+class AgreementView:
+    """The Agreement tab's components its handlers write to."""
 
-    def report(self, dataset: Any) -> tuple:
+    dataset: gr.Dropdown
+    cards: gr.HTML
+    plot: gr.BarPlot
+    confusion: gr.Dataframe
+    by_category: gr.Dataframe
+    by_version: gr.Dataframe
+    by_annotator: gr.Dataframe
+    inter: gr.Dataframe
+
+    def report_outputs(self) -> list[Block]:
+        """What the report fills; this order is the API's (/agreement)."""
+        return [
+            *(self.cards, self.confusion, self.by_category, self.plot),
+            *(self.by_version, self.by_annotator, self.inter),
+        ]
+
+
+class AgreementHandlers:
+    def __init__(self, services: Services, ui: AgreementView) -> None:
+        self.services = services
+        self.ui = ui
+
+    def report(self, dataset: Any) -> Changes:
         """Headline figures, confusion matrix, per-group tables and plots, inter-annotator."""
+        ui = self.ui
         try:
             r = self.services.agreement(dataset_id_of(dataset))
         except Exception as exc:
-            empty = pd.DataFrame()
-            return (_box("error", f"Could not compute agreement: {explain(exc)}"),) + (empty,) * 6
+            failed = _box("error", f"Could not compute agreement: {explain(exc)}")
+            empty = {output: pd.DataFrame() for output in ui.report_outputs()}
+            return empty | {ui.cards: failed}
         by_category = _groups(r.get("by_category", {}))
-        return (
-            _headline(r),
-            _confusion(r["confusion"]),
-            by_category,
-            _plot_frame(by_category),
-            _groups(r.get("by_judge_version", {})),
-            _groups(r.get("by_annotator", {})),
-            _inter_annotator(r.get("inter_annotator", [])),
-        )
+        return {
+            ui.cards: _headline(r),
+            ui.confusion: _confusion(r["confusion"]),
+            ui.by_category: by_category,
+            ui.plot: _plot_frame(by_category),
+            ui.by_version: _groups(r.get("by_judge_version", {})),
+            ui.by_annotator: _groups(r.get("by_annotator", {})),
+            ui.inter: _inter_annotator(r.get("inter_annotator", [])),
+        }
+
+    def opened(self, dataset: Any) -> Changes:
+        """The tab was opened: fresh dataset choices, then the report."""
+        choices = gr.update(choices=dataset_choices(self.services))
+        return {self.ui.dataset: choices} | self.report(dataset)
 
 
 def _pct(value: float | None) -> str:
@@ -88,46 +122,57 @@ def _box(kind: str, text: str) -> str:
     return f'<div class="grm-msg grm-msg-{kind}">{safe_text(text)}</div>'
 
 
-def build_agreement_tab(services: Any) -> gr.Tab:
-    h = AgreementHandlers(services)
+def build_agreement_tab(services: Services) -> gr.Tab:
     with gr.Tab("Agreement", id="agreement", elem_id="grm-tab-agreement") as tab:
-        with gr.Row(equal_height=True):
-            dataset = gr.Dropdown(
-                dataset_choices(services),
-                value=ALL_DATASETS,
-                label="Dataset",
-                scale=3,
-                container=False,
-            )
-            refresh = gr.Button(
-                "Refresh", size="md", scale=0, min_width=110, elem_id="grm-agreement-refresh"
-            )
-        cards = gr.HTML(js_on_load=None, elem_id="grm-agreement")
-        with gr.Row():
-            with gr.Column(scale=2):
-                plot = gr.BarPlot(
-                    x="category",
-                    y="accuracy",
-                    y_lim=[0, 1],
-                    title="Accuracy by category",
-                    height=240,
-                    elem_id="grm-plot-category",
-                )
-            with gr.Column(scale=3):
-                confusion = gr.Dataframe(label="Confusion: human x judge", interactive=False)
-        with gr.Row():
-            by_category = gr.Dataframe(label="By category", interactive=False)
-            by_version = gr.Dataframe(label="By judge version", interactive=False)
-        with gr.Row():
-            by_annotator = gr.Dataframe(label="By annotator", interactive=False)
-            inter = gr.Dataframe(label="Inter-annotator agreement", interactive=False)
-    outputs = [cards, confusion, by_category, plot, by_version, by_annotator, inter]
-    refresh.click(h.report, [dataset], outputs, api_name="agreement")
-    dataset.input(h.report, [dataset], outputs, api_visibility="private")
-    tab.select(
-        lambda d: (gr.update(choices=dataset_choices(services)), *h.report(d)),
-        [dataset],
-        [dataset, *outputs],
-        api_visibility="private",
-    )
+        ui, refresh = _layout(services)
+    h = AgreementHandlers(services, ui)
+    outputs = ui.report_outputs()
+    refresh.click(h.report, [ui.dataset], outputs, api_name="agreement")
+    ui.dataset.input(h.report, [ui.dataset], outputs, api_visibility="private")
+    tab.select(h.opened, [ui.dataset], [ui.dataset, *outputs], api_visibility="private")
     return tab
+
+
+def _layout(services: Services) -> tuple[AgreementView, gr.Button]:
+    """Dataset and Refresh over the cards, the plot and the tables; returns them and Refresh."""
+    with gr.Row(equal_height=True):
+        dataset = gr.Dropdown(
+            dataset_choices(services),
+            value=ALL_DATASETS,
+            label="Dataset",
+            scale=3,
+            container=False,
+        )
+        refresh = gr.Button(
+            "Refresh", size="md", scale=0, min_width=110, elem_id="grm-agreement-refresh"
+        )
+    cards = gr.HTML(js_on_load=None, elem_id="grm-agreement")
+    with gr.Row():
+        with gr.Column(scale=2):
+            plot = gr.BarPlot(
+                x="category",
+                y="accuracy",
+                y_lim=[0, 1],
+                title="Accuracy by category",
+                height=240,
+                elem_id="grm-plot-category",
+            )
+        with gr.Column(scale=3):
+            confusion = gr.Dataframe(label="Confusion: human x judge", interactive=False)
+    with gr.Row():
+        by_category = gr.Dataframe(label="By category", interactive=False)
+        by_version = gr.Dataframe(label="By judge version", interactive=False)
+    with gr.Row():
+        by_annotator = gr.Dataframe(label="By annotator", interactive=False)
+        inter = gr.Dataframe(label="Inter-annotator agreement", interactive=False)
+    view = AgreementView(
+        dataset=dataset,
+        cards=cards,
+        plot=plot,
+        confusion=confusion,
+        by_category=by_category,
+        by_version=by_version,
+        by_annotator=by_annotator,
+        inter=inter,
+    )
+    return view, refresh

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from webui.common import ALL_DATASETS, dataset_choices, dataset_name_of, explain
+from webui.common import ALL_DATASETS, Changes, dataset_choices, dataset_name_of, explain
 from webui.render import safe_text
+
+if TYPE_CHECKING:
+    from services import Services
 
 
 class BatchHandlers:
     """Cancel flags are per browser session: one person's Cancel never stops another's run."""
 
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
         self._stops: dict[str, threading.Event] = {}
 
@@ -82,7 +85,7 @@ def _box(kind: str, text: str) -> str:
     return f'<div class="grm-msg grm-msg-{kind}">{safe_text(text)}</div>'
 
 
-def build_batch_tab(services: Any, judge_limit: int) -> gr.Tab:
+def build_batch_tab(services: Services, judge_limit: int) -> gr.Tab:
     h = BatchHandlers(services)
     with gr.Tab("Batch", id="batch", elem_id="grm-tab-batch") as tab:
         gr.Markdown(
@@ -107,10 +110,9 @@ def build_batch_tab(services: Any, judge_limit: int) -> gr.Tab:
     )
     cancel.click(h.cancel, None, [result], api_name="cancel_batch")
     dataset.change(h.pending, [dataset], [info], api_visibility="private")
-    tab.select(
-        lambda d: (gr.update(choices=dataset_choices(services)), h.pending(d)),
-        [dataset],
-        [dataset, info],
-        api_visibility="private",
-    )
+
+    def opened(chosen: Any) -> Changes:  # fresh dataset choices and counts
+        return {dataset: gr.update(choices=dataset_choices(services)), info: h.pending(chosen)}
+
+    tab.select(opened, [dataset], [dataset, info], api_visibility="private")
     return tab

@@ -5,12 +5,17 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+from gradio.blocks import Block
+
+if TYPE_CHECKING:
+    from services import Services
 
 log = logging.getLogger(__name__)
 
+Changes = dict[Block, Any]  # what a handler returns: each component it changes -> new value
 ALL_DATASETS = 0  # dropdown value meaning "every dataset"
 MAX_NAME_LENGTH = 80
 
@@ -36,7 +41,7 @@ def check_name(raw: str | None) -> str:
     return name
 
 
-def dataset_choices(services: Any) -> list[tuple[str, int]]:
+def dataset_choices(services: Services) -> list[tuple[str, int]]:
     """Dropdown choices: every dataset by name with its size, and "All datasets" first."""
     datasets = services.datasets()
     total = sum(d.pair_count for d in datasets)
@@ -53,7 +58,7 @@ def dataset_id_of(value: Any) -> int | None:
     return number or None
 
 
-def dataset_name_of(services: Any, value: Any) -> str | None:
+def dataset_name_of(services: Services, value: Any) -> str | None:
     """The dropdown value as a dataset name (services' batch/export calls take names)."""
     dataset_id = dataset_id_of(value)
     if dataset_id is None:
@@ -61,7 +66,7 @@ def dataset_name_of(services: Any, value: Any) -> str | None:
     return next((d.name for d in services.datasets() if d.id == dataset_id), None)
 
 
-def refresh_datasets(services: Any, current: Any = None) -> Any:
+def refresh_datasets(services: Services, current: Any = None) -> Any:
     """An update for a dataset dropdown with fresh counts, keeping the current choice if it
     still exists."""
     choices = dataset_choices(services)

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import pandas as pd
 
-from webui.common import ALL_DATASETS, dataset_choices, dataset_name_of, explain
+from webui.common import (
+    ALL_DATASETS,
+    Changes,
+    dataset_choices,
+    dataset_name_of,
+    explain,
+    refresh_datasets,
+)
 from webui.render import safe_text
+
+if TYPE_CHECKING:
+    from services import Services
 
 IMPORT_FORMATS = ["auto", "pairs", "chosen-rejected", "llmbar"]
 EXPORT_FORMATS = ["jsonl", "csv", "parquet", "trl-preference", "trl-sft"]
@@ -20,44 +32,60 @@ KEEP_EXPORTS = 8  # recent export files kept while their downloads may still be 
 DATASET_COLUMNS = ["id", "name", "pairs", "labeled", "judged", "format", "source"]
 
 
+@dataclass(frozen=True)
+class DataView:
+    """The Data tab's components its handlers write to."""
+
+    import_msg: gr.HTML
+    table: gr.Dataframe
+    export_dataset: gr.Dropdown
+    export_msg: gr.HTML
+    download: gr.File
+
+
 class DataHandlers:
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Services, ui: DataView) -> None:
         self.services = services
+        self.ui = ui
         self._exports: tempfile.TemporaryDirectory | None = None
 
-    def import_upload(self, upload: Any, dataset: str, fmt: str) -> tuple:
+    def import_upload(self, upload: Any, dataset: str, fmt: str) -> Changes:
         """Import the uploaded file; a bad file is refused whole with the line that failed."""
         if not upload:
-            return _message("error", "Choose a file first."), gr.skip()
+            return {self.ui.import_msg: _message("error", "Choose a file first.")}
         path = Path(upload if isinstance(upload, str) else upload.name)
         try:
             name = (dataset or "").strip() or None
             report = self.services.import_file(path, dataset=name, format=fmt)
         except Exception as exc:  # ImportFailed names the line; anything else is one line too
-            return _message("error", f"Import failed, nothing stored: {explain(exc)}"), gr.skip()
+            failed = f"Import failed, nothing stored: {explain(exc)}"
+            return {self.ui.import_msg: _message("error", failed)}
         text = (
             f"Imported into {report.dataset!r}: {report.new} new, "
             f"{report.duplicate} already there ({report.format})."
         )
-        return _message("ok", text), self.table()
+        return {self.ui.import_msg: _message("ok", text), self.ui.table: self.table()}
 
     def table(self) -> pd.DataFrame:
-        rows = [
-            [d.id, d.name, d.pair_count, d.labeled, d.judged, d.format, Path(d.source).name]
-            for d in self.services.datasets()
-        ]
-        return pd.DataFrame(rows, columns=DATASET_COLUMNS)
+        return dataset_table(self.services)
 
-    def export(self, fmt: str, dataset: Any) -> tuple:
+    def export(self, fmt: str, dataset: Any) -> Changes:
         """Write the export to a fresh temp file and hand it to the browser for download."""
+        ui = self.ui
         name = dataset_name_of(self.services, dataset)
         out_dir = self._export_dir()
         out = out_dir / f"grm-{name or 'all'}-{fmt}{EXPORT_SUFFIX.get(fmt, '.jsonl')}"
         try:
             rows = self.services.export(out, fmt, dataset=name)
         except Exception as exc:
-            return _message("error", f"Export failed: {explain(exc)}"), None
-        return _message("ok", f"Exported {rows} labeled rows as {fmt}."), str(out)
+            return {
+                ui.export_msg: _message("error", f"Export failed: {explain(exc)}"),
+                ui.download: None,
+            }
+        return {
+            ui.export_msg: _message("ok", f"Exported {rows} labeled rows as {fmt}."),
+            ui.download: str(out),
+        }
 
     def _export_dir(self) -> Path:
         """A fresh folder for one export, inside this app's own temp folder: Gradio copies the
@@ -70,53 +98,92 @@ class DataHandlers:
             shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(dir=root))
 
-    def refresh(self, current: Any) -> tuple:
-        choices = dataset_choices(self.services)
-        keep = current if current in {v for _, v in choices} else ALL_DATASETS
-        return self.table(), gr.update(choices=choices, value=keep)
+    def refresh(self, current: Any) -> Changes:
+        """The tab was opened: fresh counts, and fresh choices for the export's dataset."""
+        ui = self.ui
+        return {ui.table: self.table(), ui.export_dataset: refresh_datasets(self.services, current)}
+
+
+def dataset_table(services: Services) -> pd.DataFrame:
+    """Every dataset with its counts, one row each."""
+    rows = [
+        [d.id, d.name, d.pair_count, d.labeled, d.judged, d.format, Path(d.source).name]
+        for d in services.datasets()
+    ]
+    return pd.DataFrame(rows, columns=DATASET_COLUMNS)
 
 
 def _message(kind: str, text: str) -> str:
     return f'<div class="grm-msg grm-msg-{kind}">{safe_text(text)}</div>'
 
 
-def build_data_tab(services: Any, max_upload_mb: int) -> gr.Tab:
-    h = DataHandlers(services)
+def build_data_tab(services: Services, max_upload_mb: int) -> gr.Tab:
     with gr.Tab("Data", id="data", elem_id="grm-tab-data") as tab:
-        with gr.Row():
-            with gr.Column(scale=1):
-                gr.Markdown(
-                    f"#### Import\nJSONL, CSV or Parquet, up to {max_upload_mb} MB. A file with "
-                    "one bad row is refused whole; the message names the row."
-                )
-                upload = gr.File(
-                    label="File",
-                    file_types=[".jsonl", ".json", ".csv", ".parquet"],
-                    elem_id="grm-upload",
-                    height=120,
-                )
-                with gr.Row():
-                    name = gr.Textbox(label="Dataset name (default: file name)", scale=2)
-                    fmt = gr.Dropdown(IMPORT_FORMATS, value="auto", label="Format", scale=1)
-                import_btn = gr.Button("Import", variant="primary", elem_id="grm-import")
-                import_msg = gr.HTML(elem_id="grm-import-msg", js_on_load=None)
-            with gr.Column(scale=1):
-                gr.Markdown("#### Export labels")
-                with gr.Row():
-                    export_fmt = gr.Dropdown(EXPORT_FORMATS, value="jsonl", label="Format")
-                    export_ds = gr.Dropdown(
-                        dataset_choices(services), value=ALL_DATASETS, label="Dataset"
-                    )
-                export_btn = gr.Button("Export", elem_id="grm-export")
-                export_msg = gr.HTML(js_on_load=None)
-                download = gr.File(
-                    label="Download", interactive=False, elem_id="grm-download", height=90
-                )
-        gr.Markdown("#### Datasets")
-        table = gr.Dataframe(h.table, interactive=False, elem_id="grm-datasets", wrap=True)
-    import_btn.click(
-        h.import_upload, [upload, name, fmt], [import_msg, table], api_name="import_file"
+        ui, controls = _layout(services, max_upload_mb)
+    h = DataHandlers(services, ui)
+    import_inputs = [controls["upload"], controls["name"], controls["fmt"]]
+    controls["import"].click(
+        h.import_upload, import_inputs, [ui.import_msg, ui.table], api_name="import_file"
     )
-    export_btn.click(h.export, [export_fmt, export_ds], [export_msg, download], api_name="export")
-    tab.select(h.refresh, [export_ds], [table, export_ds], api_visibility="private")
+    export_inputs = [controls["export_fmt"], ui.export_dataset]
+    export_outputs = [ui.export_msg, ui.download]
+    controls["export"].click(h.export, export_inputs, export_outputs, api_name="export")
+    refreshed = [ui.table, ui.export_dataset]
+    tab.select(h.refresh, [ui.export_dataset], refreshed, api_visibility="private")
     return tab
+
+
+def _layout(services: Services, max_upload_mb: int) -> tuple[DataView, dict[str, Any]]:
+    """Import | export side by side over the datasets table; returns the components handlers
+    write and the controls."""
+    controls: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=1):
+            gr.Markdown(
+                f"#### Import\nJSONL, CSV or Parquet, up to {max_upload_mb} MB. A file with "
+                "one bad row is refused whole; the message names the row."
+            )
+            controls["upload"] = gr.File(
+                label="File",
+                file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                elem_id="grm-upload",
+                height=120,
+            )
+            with gr.Row():
+                controls["name"] = gr.Textbox(label="Dataset name (default: file name)", scale=2)
+                controls["fmt"] = gr.Dropdown(IMPORT_FORMATS, value="auto", label="Format", scale=1)
+            controls["import"] = gr.Button("Import", variant="primary", elem_id="grm-import")
+            import_msg = gr.HTML(elem_id="grm-import-msg", js_on_load=None)
+        with gr.Column(scale=1):
+            gr.Markdown("#### Export labels")
+            with gr.Row():
+                controls["export_fmt"] = gr.Dropdown(EXPORT_FORMATS, value="jsonl", label="Format")
+                export_dataset = gr.Dropdown(
+                    dataset_choices(services), value=ALL_DATASETS, label="Dataset"
+                )
+            controls["export"] = gr.Button("Export", elem_id="grm-export")
+            export_msg = gr.HTML(js_on_load=None)
+            download = gr.File(
+                label="Download", interactive=False, elem_id="grm-download", height=90
+            )
+    gr.Markdown("#### Datasets")
+    table = gr.Dataframe(
+        _table_loader(services), interactive=False, elem_id="grm-datasets", wrap=True
+    )
+    view = DataView(
+        import_msg=import_msg,
+        table=table,
+        export_dataset=export_dataset,
+        export_msg=export_msg,
+        download=download,
+    )
+    return view, controls
+
+
+def _table_loader(services: Services) -> Callable[[], pd.DataFrame]:
+    """The table's value on every page load, as a function named `table` (the API's /table)."""
+
+    def table() -> pd.DataFrame:
+        return dataset_table(services)
+
+    return table

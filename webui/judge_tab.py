@@ -2,43 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+from gradio.blocks import Block
 
 from vocabulary import BackendName, ProtocolName
-from webui.common import explain
+from webui.common import Changes, explain
 from webui.render import safe_text
+
+if TYPE_CHECKING:
+    from services import Services
 
 MODEL_HINT = (
     "empty: the embedded SmolLM2-135M-Instruct; or a local directory, a .gguf, a served name"
 )
 
 
+@dataclass(frozen=True)
+class JudgeFields:
+    """The Judge tab's settings and status line, which its handlers write to."""
+
+    backend: gr.Dropdown
+    model: gr.Textbox
+    protocol: gr.Dropdown
+    k: gr.Slider
+    swap: gr.Checkbox
+    temperature: gr.Slider
+    max_new_tokens: gr.Slider
+    status: gr.HTML
+
+    def settings(self) -> list[Block]:
+        """The settings in `JudgeHandlers.apply`'s order (the API's /configure_judge)."""
+        return [
+            *(self.backend, self.model, self.protocol, self.k, self.swap),
+            *(self.temperature, self.max_new_tokens),
+        ]
+
+
 class JudgeHandlers:
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Services, ui: JudgeFields) -> None:
         self.services = services
+        self.ui = ui
 
     def status(self) -> str:
         """Backend, model, loaded or not (with load time), and the options in use."""
-        info = self.services.judge_info()
-        model = info["model"] or "SmolLM2-135M-Instruct (embedded)"
-        if info["loaded"] and info["load_seconds"] is not None:
-            loaded = f"loaded in {info['load_seconds']:.1f} s"
-        elif info["loaded"]:
-            loaded = "loaded"
-        else:
-            loaded = "not loaded yet (it loads on the first judgment, or press Load now)"
-        o = info["options"]
-        options = (
-            f"protocol {o.get('protocol')}, k = {o.get('k')}, "
-            f"swap {'on' if o.get('swap') else 'off'}, "
-            f"temperature {o.get('temperature')}, max new tokens {o.get('max_new_tokens')}"
-        )
-        return (
-            f'<div class="grm-msg grm-msg-ok" id="grm-judge-status"><b>{safe_text(info["backend"])}'
-            f"</b> · {safe_text(model)} · {safe_text(loaded)}<br>{safe_text(options)}</div>"
-        )
+        return status_html(self.services)
 
     def apply(
         self,
@@ -74,60 +84,104 @@ class JudgeHandlers:
             return _error(f"The judge could not be loaded: {explain(exc)}")
         return self.status()
 
-    def current_values(self) -> tuple:
-        info = self.services.judge_info()
-        o = info["options"]
-        return (
-            info["backend"],
-            info["model"] or "",
-            o.get("protocol"),
-            o.get("k"),
-            o.get("swap"),
-            o.get("temperature"),
-            o.get("max_new_tokens"),
-            self.status(),
-        )
+    def current_values(self) -> Changes:
+        """The tab was opened: the settings in use now (another person may have changed them)."""
+        ui, now = self.ui, judge_settings(self.services)
+        return {
+            ui.backend: now["backend"],
+            ui.model: now["model"],
+            ui.protocol: now["protocol"],
+            ui.k: now["k"],
+            ui.swap: now["swap"],
+            ui.temperature: now["temperature"],
+            ui.max_new_tokens: now["max_new_tokens"],
+            ui.status: self.status(),
+        }
+
+
+def judge_settings(services: Services) -> dict[str, Any]:
+    """The judge's settings in use, by name."""
+    info = services.judge_info()
+    o = info["options"]
+    return {
+        "backend": info["backend"],
+        "model": info["model"] or "",
+        "protocol": o.get("protocol"),
+        "k": o.get("k"),
+        "swap": o.get("swap"),
+        "temperature": o.get("temperature"),
+        "max_new_tokens": o.get("max_new_tokens"),
+    }
+
+
+def status_html(services: Services) -> str:
+    """Backend, model, loaded or not (with load time), and the options in use."""
+    info = services.judge_info()
+    model = info["model"] or "SmolLM2-135M-Instruct (embedded)"
+    if info["loaded"] and info["load_seconds"] is not None:
+        loaded = f"loaded in {info['load_seconds']:.1f} s"
+    elif info["loaded"]:
+        loaded = "loaded"
+    else:
+        loaded = "not loaded yet (it loads on the first judgment, or press Load now)"
+    o = info["options"]
+    options = (
+        f"protocol {o.get('protocol')}, k = {o.get('k')}, "
+        f"swap {'on' if o.get('swap') else 'off'}, "
+        f"temperature {o.get('temperature')}, max new tokens {o.get('max_new_tokens')}"
+    )
+    return (
+        f'<div class="grm-msg grm-msg-ok" id="grm-judge-status"><b>{safe_text(info["backend"])}'
+        f"</b> · {safe_text(model)} · {safe_text(loaded)}<br>{safe_text(options)}</div>"
+    )
 
 
 def _error(text: str) -> str:
     return f'<div class="grm-msg grm-msg-error" id="grm-judge-status">{safe_text(text)}</div>'
 
 
-def build_judge_tab(services: Any, judge_limit: int) -> gr.Tab:
-    h = JudgeHandlers(services)
-    names = ["backend", "model", "protocol", "k", "swap", "t", "max", "status"]
-    v = dict(zip(names, h.current_values(), strict=True))
+def build_judge_tab(services: Services, judge_limit: int) -> gr.Tab:
     with gr.Tab("Judge", id="judge", elem_id="grm-tab-judge") as tab:
-        gr.Markdown("These settings apply to everyone using this app: there is one loaded judge.")
-        with gr.Row():
-            backend = gr.Dropdown(
-                BackendName.values(), value=v["backend"], label="Backend", elem_id="grm-backend"
-            )
-            model = gr.Textbox(
-                label="Model",
-                value=v["model"],
-                placeholder=MODEL_HINT,
-                scale=2,
-            )
-            protocol = gr.Dropdown(ProtocolName.values(), value=v["protocol"], label="Protocol")
-        with gr.Row():
-            k = gr.Slider(1, 16, value=v["k"], step=1, label="Samples k (majority vote)")
-            swap = gr.Checkbox(value=v["swap"], label="Swap: also judge with A and B exchanged")
-            temperature = gr.Slider(0.0, 1.5, value=v["t"], step=0.05, label="Temperature")
-            max_new = gr.Slider(32, 2048, value=v["max"], step=16, label="Max new tokens")
-        with gr.Row():
-            apply = gr.Button("Apply", variant="primary", elem_id="grm-judge-apply")
-            load = gr.Button("Load now", elem_id="grm-judge-load")
-        status = gr.HTML(v["status"], js_on_load=None)
-    fields = [backend, model, protocol, k, swap, temperature, max_new]
-    apply.click(h.apply, fields, [status], api_name="configure_judge")
+        ui, apply, load = _layout(judge_settings(services), status_html(services))
+    h = JudgeHandlers(services, ui)
+    apply.click(h.apply, ui.settings(), [ui.status], api_name="configure_judge")
     load.click(
         h.load,
         None,
-        [status],
+        [ui.status],
         api_name="load_judge",
         concurrency_id="judge",
         concurrency_limit=judge_limit,
     )
-    tab.select(h.current_values, None, [*fields, status], api_visibility="private")
+    tab.select(h.current_values, None, [*ui.settings(), ui.status], api_visibility="private")
     return tab
+
+
+def _layout(now: dict[str, Any], status: str) -> tuple[JudgeFields, gr.Button, gr.Button]:
+    """The settings showing `now`, Apply and Load now, the status line."""
+    gr.Markdown("These settings apply to everyone using this app: there is one loaded judge.")
+    with gr.Row():
+        backend = gr.Dropdown(
+            BackendName.values(), value=now["backend"], label="Backend", elem_id="grm-backend"
+        )
+        model = gr.Textbox(label="Model", value=now["model"], placeholder=MODEL_HINT, scale=2)
+        protocol = gr.Dropdown(ProtocolName.values(), value=now["protocol"], label="Protocol")
+    with gr.Row():
+        k = gr.Slider(1, 16, value=now["k"], step=1, label="Samples k (majority vote)")
+        swap = gr.Checkbox(value=now["swap"], label="Swap: also judge with A and B exchanged")
+        temperature = gr.Slider(0.0, 1.5, value=now["temperature"], step=0.05, label="Temperature")
+        max_new = gr.Slider(32, 2048, value=now["max_new_tokens"], step=16, label="Max new tokens")
+    with gr.Row():
+        apply = gr.Button("Apply", variant="primary", elem_id="grm-judge-apply")
+        load = gr.Button("Load now", elem_id="grm-judge-load")
+    fields = JudgeFields(
+        backend=backend,
+        model=model,
+        protocol=protocol,
+        k=k,
+        swap=swap,
+        temperature=temperature,
+        max_new_tokens=max_new,
+        status=gr.HTML(status, js_on_load=None),
+    )
+    return fields, apply, load

@@ -1,7 +1,8 @@
 """The Label tab's handlers: open a pair, stream the judge, save or undo a decision.
 
-Each handler returns plain values for the components `webui.label_tab` lays out; the services
-do the work. Per-session state lives in gr.State (the pair on screen, the judge's decision).
+Each handler returns a dict from components of `LabelScreen` (laid out by `webui.label_tab`) to
+their new values; a component left out keeps what it shows. The services do the work.
+Per-session state lives in gr.State (the pair on screen, the judge's decision).
 """
 
 from __future__ import annotations
@@ -11,16 +12,28 @@ import time
 import uuid
 from collections import OrderedDict
 from contextlib import closing
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+from gradio.blocks import Block
 
 from vocabulary import LabelVerdict
 from webui import history
-from webui.common import annotator_of, check_name, dataset_choices, dataset_id_of, explain
+from webui.common import (
+    Changes,
+    annotator_of,
+    check_name,
+    dataset_choices,
+    dataset_id_of,
+    explain,
+)
 from webui.judge_saw import judge_saw_html
 from webui.judge_view import JudgeDisplay, apply_update, attach_ids, display_from_rows
 from webui.render import panel, prompt_views, safe_text, text_views
+
+if TYPE_CHECKING:
+    from services import Services
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +45,57 @@ BADGE_STOPPED = '<div class="grm-badge" data-state="stopped">Stopped — press <
 STREAM_INTERVAL_S = 0.08  # repaint at most ~12 times a second; the first text goes out at once
 NO_PAIR = {"pair_id": None, "token": None}
 NO_JUDGE = {"pair_id": None, "verdict": None, "judgment_id": None}
-# meta, prompt, A, B, principles, critique, verdict, badge, samples, current, judged,
-# corrected critique, note, what the judge saw, status
-SCREEN_OUTPUTS = 15
+
+
+@dataclass(frozen=True)
+class LabelScreen:
+    """The Label tab's components its handlers write to (webui.label_tab lays them out)."""
+
+    name: gr.State  # who labels, once accepted
+    remembered: gr.BrowserState  # the name this browser typed last time
+    name_box: gr.Textbox
+    gate: gr.Column  # "who is labeling?"
+    gate_msg: gr.Markdown
+    desk: gr.Column  # everything below, shown once a name is accepted
+    dataset: gr.Dropdown
+    progress: gr.HTML
+    meta: gr.HTML
+    prompt: gr.HTML
+    a: gr.HTML
+    b: gr.HTML
+    principles: gr.HTML
+    critique: gr.HTML
+    verdict: gr.HTML
+    badge: gr.HTML
+    samples: gr.HTML
+    current: gr.State  # the pair on screen: NO_PAIR or {"pair_id", "token"}
+    judged: gr.State  # the judge's decision on it: NO_JUDGE or {"pair_id", "verdict", ...}
+    fix: gr.Textbox  # corrected critique
+    note: gr.Textbox
+    judge_saw: gr.HTML
+    status: gr.HTML
+    history: gr.HTML
+
+    def pair_outputs(self) -> list[Block]:
+        """What opening a pair writes; this order is the API's (/next_pair, /label_*, /undo)."""
+        return [
+            *(self.meta, self.prompt, self.a, self.b),
+            *(self.principles, self.critique, self.verdict, self.badge, self.samples),
+            *(self.current, self.judged, self.fix, self.note, self.judge_saw, self.status),
+        ]
+
+    def judge_outputs(self) -> list[Block]:
+        """What the judge writes; this order is the API's (/judge)."""
+        panels = [self.principles, self.critique, self.verdict, self.badge, self.samples]
+        return [*panels, self.judged, self.status]
 
 
 class LabelHandlers:
-    """The Label tab's event handlers; each is short and returns plain component values."""
+    """The Label tab's event handlers; each is short and returns {component: value}."""
 
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Services, ui: LabelScreen) -> None:
         self.services = services
+        self.ui = ui
         # Which pair each browser session shows: a judgment still streaming for a pair the
         # person has left stops itself instead of painting over the next pair.
         self._showing: OrderedDict[str, int | None] = OrderedDict()
@@ -49,7 +103,7 @@ class LabelHandlers:
         # who label without the judge cost it no CPU on every pair they open.
         self._judging: set[str] = set()
 
-    def _show(self, request: gr.Request, pair: Any, status: str) -> tuple:
+    def _show(self, request: gr.Request | None, pair: Any, status: str) -> Changes:
         session = _session(request)
         self._showing[session] = pair.id if pair is not None else None
         self._showing.move_to_end(session)
@@ -61,33 +115,42 @@ class LabelHandlers:
 
     # --- who is labeling ----------------------------------------------------------------------
 
-    def on_load(self, remembered: str | None, typed: str, request: gr.Request) -> tuple:
+    def on_load(self, remembered: str | None, typed: str, request: gr.Request) -> Changes:
         """Page opened: with auth the user is known; otherwise offer the remembered name.
         Dataset choices are read now, so datasets imported since the app started are there.
         Nothing else is touched: re-rendering the name form would swallow a click on Start."""
+        ui = self.ui
         user = annotator_of(request, None)
-        datasets = gr.update(choices=dataset_choices(self.services))
+        changes: Changes = {ui.dataset: gr.update(choices=dataset_choices(self.services))}
         if user:
-            return user, gr.update(visible=False), gr.update(visible=True), gr.skip(), datasets
-        # Only fill an empty box: the person may have typed while the page was loading.
-        fill = gr.update(value=remembered) if remembered and not typed else gr.skip()
-        return gr.skip(), gr.skip(), gr.skip(), fill, datasets
+            hide, show = gr.update(visible=False), gr.update(visible=True)
+            changes |= {ui.name: user, ui.gate: hide, ui.desk: show}
+        elif remembered and not typed:  # only fill an empty box: the person may have typed
+            changes[ui.name_box] = gr.update(value=remembered)
+        return changes
 
-    def start(self, raw_name: str, request: gr.Request) -> tuple:
+    def start(self, raw_name: str, request: gr.Request) -> Changes:
         """The name typed once per browser session (ignored when auth names the user)."""
+        ui = self.ui
         try:
             name = annotator_of(request, None) or check_name(raw_name)
         except ValueError as exc:
-            return gr.skip(), gr.skip(), gr.skip(), str(exc), gr.skip()
-        return name, gr.update(visible=False), gr.update(visible=True), "", name
+            return {ui.gate_msg: str(exc)}
+        return {
+            ui.name: name,
+            ui.gate: gr.update(visible=False),
+            ui.desk: gr.update(visible=True),
+            ui.gate_msg: "",
+            ui.remembered: name,
+        }
 
     # --- the queue ----------------------------------------------------------------------------
 
-    def open_next(self, name: str, dataset: Any, request: gr.Request) -> tuple:
+    def open_next(self, name: str, dataset: Any, request: gr.Request | None) -> Changes:
         """Show this person's next unlabeled pair (and its stored judgment, if any)."""
         annotator = annotator_of(request, name)
         if not annotator:
-            return self._unchanged("")
+            return self._status_only("")
         return self._show(request, self.services.next_item(annotator, dataset_id_of(dataset)), "")
 
     def save(
@@ -99,16 +162,16 @@ class LabelHandlers:
         judged: dict,
         critique: str,
         note: str,
-        request: gr.Request,
-    ) -> tuple:
+        request: gr.Request | None,
+    ) -> Changes:
         """Store the decision on the pair on screen, then show the next pair at once."""
         annotator = annotator_of(request, name)
         pair_id = (current or {}).get("pair_id")
         if not annotator or not pair_id:
-            return self._unchanged("Nothing to label here.")
+            return self._status_only("Nothing to label here.")
         decision = self._decision(kind, pair_id, judged or NO_JUDGE)
         if isinstance(decision, str):
-            return self._unchanged(decision)
+            return self._status_only(decision)
         try:
             self.services.save_label(
                 pair_id,
@@ -121,7 +184,7 @@ class LabelHandlers:
                 client_token=current.get("token"),
             )
         except Exception as exc:  # the person keeps the pair and their text, and can retry
-            return self._unchanged(f"Not saved: {explain(exc)}. Your label is still here; retry.")
+            return self._status_only(f"Not saved: {explain(exc)}. Your label is still here; retry.")
         saved = f"Saved #{pair_id}: {decision['verdict']}."
         return self._show(
             request, self.services.next_item(annotator, dataset_id_of(dataset)), saved
@@ -139,22 +202,25 @@ class LabelHandlers:
             agreed = kind == judged["verdict"]
         return {"verdict": kind, "judgment_id": judgment_id, "agreed": agreed}
 
-    def undo(self, name: str, dataset: Any, request: gr.Request) -> tuple:
+    def undo(self, name: str, dataset: Any, request: gr.Request | None) -> Changes:
         """Take back this person's last label and show that pair again."""
         annotator = annotator_of(request, name)
         if not annotator:
-            return self._unchanged("Type your name first.")
+            return self._status_only("Type your name first.")
         try:
             pair_id = self.services.undo_last_label(annotator, dataset_id_of(dataset))
         except Exception as exc:
-            return self._unchanged(f"Undo failed: {explain(exc)}")
+            return self._status_only(f"Undo failed: {explain(exc)}")
         if pair_id is None:
-            return self._unchanged("Nothing to undo.")
+            return self._status_only("Nothing to undo.")
         return self._show(request, self.services.pair(pair_id), f"Undid your label on #{pair_id}.")
 
-    def after_screen(self, name: str, dataset: Any, current: dict, request: gr.Request) -> tuple:
+    def after_screen(
+        self, name: str, dataset: Any, current: dict, request: gr.Request | None
+    ) -> Changes:
         """What may follow the pair by a moment: the progress line and the pair's history."""
-        return self.progress(name, dataset, request), self.pair_history(current)
+        progress = self.progress(name, dataset, request)
+        return {self.ui.progress: progress, self.ui.history: self.pair_history(current)}
 
     def progress(self, name: str, dataset: Any, request: gr.Request | None) -> str:
         """Labeled / remaining in the chosen dataset and agreement with the judge so far."""
@@ -179,14 +245,14 @@ class LabelHandlers:
 
     # --- the judge ----------------------------------------------------------------------------
 
-    def judge(self, current: dict, request: gr.Request):
+    def judge(self, current: dict, request: gr.Request | None):
         """Stream the judge's principles, critique and verdict into their panels."""
         pair_id = (current or {}).get("pair_id")
         if not pair_id:
             yield self._judge_out(JudgeDisplay(), NO_JUDGE, "Open a pair first.")
             return
         view = JudgeDisplay(running=True)
-        yield self._judge_out(view, gr.skip(), "Judging…")
+        yield self._judge_out(view, status="Judging…")
         session = _session(request)
         self._judging.add(session)
         try:
@@ -221,9 +287,12 @@ class LabelHandlers:
             log.warning("what the judge saw of pair %s cannot be shown", pair.id, exc_info=True)
             return ""
 
-    def stopped(self) -> tuple:
+    def stopped(self) -> Changes:
         """The person pressed Stop: the badge says so; what the judge wrote stays readable."""
-        return BADGE_STOPPED, _status("Judging stopped. Press J to judge again.")
+        return {
+            self.ui.badge: BADGE_STOPPED,
+            self.ui.status: _status("Judging stopped. Press J to judge again."),
+        }
 
     def _stream(self, pair_id: int, view: JudgeDisplay):
         with closing(self.services.stream_pair_judgment(pair_id)) as updates:
@@ -237,53 +306,66 @@ class LabelHandlers:
             now = time.monotonic()
             if now - last >= STREAM_INTERVAL_S or update.judgment is not None:
                 last = now
-                yield self._judge_out(view, gr.skip(), gr.skip())
+                yield self._judge_out(view)
 
-    def _judge_out(self, view: JudgeDisplay, judged: Any, status: Any) -> tuple:
+    def _judge_out(
+        self, view: JudgeDisplay, judged: dict | None = None, status: str | None = None
+    ) -> Changes:
+        """The judge's panels; `judged` and `status` only when given (None: left as they are)."""
+        changes = self._panels(view)
+        if judged is not None:
+            changes[self.ui.judged] = judged
+        if status is not None:
+            changes[self.ui.status] = _status(status)
+        return changes
+
+    def _panels(self, view: JudgeDisplay) -> Changes:
+        ui = self.ui
         principles, critique, verdict = view.panels()
-        status = _status(status)
-        return principles, critique, verdict, view.badge(), view.samples_html(), judged, status
+        return {
+            ui.principles: principles,
+            ui.critique: critique,
+            ui.verdict: verdict,
+            ui.badge: view.badge(),
+            ui.samples: view.samples_html(),
+        }
 
     # --- what the screen shows ----------------------------------------------------------------
 
-    def _screen(self, pair: Any, status: str) -> tuple:
-        """Every Label-tab output for `pair` (None: the queue is empty)."""
+    def _screen(self, pair: Any, status: str) -> Changes:
+        """Every output of opening `pair` (None: the queue is empty)."""
+        ui = self.ui
+        cleared = {ui.fix: "", ui.note: "", ui.status: _status(status)}
         if pair is None:
             done = "<div class='grm-done'>Nothing left to label here. Pick another dataset.</div>"
-            view = JudgeDisplay()
-            outputs = (*self._view_outputs(view), NO_PAIR, NO_JUDGE, "", "", "", _status(status))
-            return (done, "", "", "", *outputs)
+            shown = {ui.meta: done, ui.prompt: "", ui.a: "", ui.b: ""}
+            states = {ui.current: NO_PAIR, ui.judged: NO_JUDGE, ui.judge_saw: ""}
+            return shown | self._panels(JudgeDisplay()) | states | cleared
         stored = self.services.latest_judgment_run_record(pair.id)
         rows = stored["samples"]
         view = display_from_rows(rows, stored["run"])
         judged = {"pair_id": pair.id, "verdict": view.verdict, "judgment_id": view.judgment_id()}
-        current = {"pair_id": pair.id, "token": uuid.uuid4().hex}
         prompt, prompt_differs = prompt_views(_text_prompt(pair), _turns(pair))
-        return (
-            _meta_html(pair),
-            panel("Prompt", prompt, "grm-box-prompt", differs=prompt_differs),
-            _response_html("A", pair.response_a),
-            _response_html("B", pair.response_b),
-            *self._view_outputs(view),
-            current,
-            judged if rows else NO_JUDGE,
-            "",
-            "",
-            self._judge_saw(pair, rows),
-            _status(status),
-        )
+        shown = {
+            ui.meta: _meta_html(pair),
+            ui.prompt: panel("Prompt", prompt, "grm-box-prompt", differs=prompt_differs),
+            ui.a: _response_html("A", pair.response_a),
+            ui.b: _response_html("B", pair.response_b),
+        }
+        states = {
+            ui.current: {"pair_id": pair.id, "token": uuid.uuid4().hex},
+            ui.judged: judged if rows else NO_JUDGE,
+            ui.judge_saw: self._judge_saw(pair, rows),
+        }
+        return shown | self._panels(view) | states | cleared
 
-    def _view_outputs(self, view: JudgeDisplay) -> tuple:
-        return (*view.panels(), view.badge(), view.samples_html())
-
-    def _unchanged(self, status: str) -> tuple:
-        return (*[gr.skip()] * (SCREEN_OUTPUTS - 1), _status(status))
+    def _status_only(self, status: str) -> Changes:
+        """A message; the pair, the person's text and note stay as they are on screen."""
+        return {self.ui.status: _status(status)}
 
 
-def _status(text: Any) -> Any:
+def _status(text: str) -> str:
     """A status line as safe HTML (messages may quote what a person typed or a file held)."""
-    if not isinstance(text, str):
-        return text  # gr.skip()
     return f'<div class="grm-status-text">{safe_text(text)}</div>' if text else ""
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from vocabulary import LabelVerdict
 from webui.common import ALL_DATASETS, dataset_choices, refresh_datasets
-from webui.label_handlers import HIDDEN, NO_JUDGE, NO_PAIR, PRIVATE, LabelHandlers
+from webui.label_handlers import HIDDEN, NO_JUDGE, NO_PAIR, PRIVATE, LabelHandlers, LabelScreen
+
+if TYPE_CHECKING:
+    from services import Services
 
 BUTTONS = [  # (label on screen, elem_id the keyboard script clicks, stored verdict)
     ("Agree with judge  ⏎ / Y", "grm-agree", "agree"),
@@ -33,82 +37,89 @@ REMEMBERED_VIEW_JS = (
 )
 
 
-def build_label_tab(services: Any, demo: gr.Blocks, judge_limit: int) -> gr.Tab:
+def build_label_tab(services: Services, demo: gr.Blocks, judge_limit: int) -> gr.Tab:
     """Lay out the Label tab and wire its events; returns the tab (its select refreshes lists)."""
-    h = LabelHandlers(services)
     with gr.Tab("Label", id="label", elem_id="grm-tab-label") as tab:
-        name = gr.State("")
-        remembered = gr.BrowserState("", storage_key="grm-annotator")
-        current, judged = gr.State(dict(NO_PAIR)), gr.State(dict(NO_JUDGE))
-        with gr.Column(visible=True, elem_id="grm-gate") as gate:
-            gr.Markdown("### Who is labeling?\nYour name is stored with every label you save.")
-            with gr.Row():
-                name_box = gr.Textbox(
-                    label="Your name", max_length=80, scale=3, elem_id="grm-name", autofocus=True
-                )
-                start = gr.Button("Start labeling", variant="primary", elem_id="grm-start")
-            gate_msg = gr.Markdown(elem_id="grm-gate-msg")
-        # "hidden", not False: the desk's components stay mounted, so a pair sent right after
-        # the name is accepted is never dropped by a component that is not there yet.
-        with gr.Column(visible=HIDDEN, elem_id="grm-desk") as desk:
-            ui = _desk_components(services, judge_limit)
-    _wire_text_view(demo, ui["text_view"])
-    screen = [
-        ui["meta"],
-        ui["prompt"],
-        ui["a"],
-        ui["b"],
-        ui["principles"],
-        ui["critique"],
-        ui["verdict"],
-        ui["badge"],
-        ui["samples"],
-        current,
-        judged,
-        ui["fix"],
-        ui["note"],
-        ui["judge_saw"],
-        ui["status"],
-    ]
-    judge_out = [ui[k] for k in ("principles", "critique", "verdict", "badge", "samples")]
-    judge_out += [judged, ui["status"]]
-    judge_event = ui["judge"].click(
+        ui, controls = _layout(services)
+    h = LabelHandlers(services, ui)
+    _wire_text_view(demo, controls["text_view"])
+    _wire_judge(h, controls, judge_limit)
+    _wire_queue(h, controls, demo)
+    tab.select(
+        lambda value: refresh_datasets(services, value), [ui.dataset], [ui.dataset], **PRIVATE
+    )
+    return tab
+
+
+def _layout(services: Services) -> tuple[LabelScreen, dict[str, Any]]:
+    """The name gate over the desk: the components handlers write, and the other controls."""
+    parts: dict[str, Any] = {
+        "name": gr.State(""),
+        "remembered": gr.BrowserState("", storage_key="grm-annotator"),
+        "current": gr.State(dict(NO_PAIR)),
+        "judged": gr.State(dict(NO_JUDGE)),
+    }
+    with gr.Column(visible=True, elem_id="grm-gate") as parts["gate"]:
+        gr.Markdown("### Who is labeling?\nYour name is stored with every label you save.")
+        with gr.Row():
+            parts["name_box"] = gr.Textbox(
+                label="Your name", max_length=80, scale=3, elem_id="grm-name", autofocus=True
+            )
+            parts["start"] = gr.Button("Start labeling", variant="primary", elem_id="grm-start")
+        parts["gate_msg"] = gr.Markdown(elem_id="grm-gate-msg")
+    # "hidden", not False: the desk's components stay mounted, so a pair sent right after
+    # the name is accepted is never dropped by a component that is not there yet.
+    with gr.Column(visible=HIDDEN, elem_id="grm-desk") as parts["desk"]:
+        parts |= _desk_components(services)
+    screen = LabelScreen(**{f.name: parts.pop(f.name) for f in fields(LabelScreen)})
+    return screen, parts
+
+
+def _wire_judge(h: LabelHandlers, controls: dict[str, Any], judge_limit: int) -> None:
+    """J streams the judge; Stop and the page's cancel end the stream."""
+    ui = h.ui
+    judge_event = controls["judge"].click(
         h.judge,
-        [current],
-        judge_out,
+        [ui.current],
+        ui.judge_outputs(),
         api_name="judge",
         concurrency_id="judge",
         concurrency_limit=judge_limit,
         show_progress="hidden",
     )
-    judge_event.then(h.judge_saw, [current], [ui["judge_saw"]], show_progress="hidden", **PRIVATE)
+    judge_event.then(h.judge_saw, [ui.current], [ui.judge_saw], show_progress="hidden", **PRIVATE)
     # Pressed by the page script (webui/keys.py) when a label is saved mid-judgment: the client
     # drops what the cancelled stream still sends, so no stale chunk lands on the next pair.
-    ui["cancel_judge"].click(None, None, None, cancels=[judge_event], **PRIVATE)
-    ui["stop"].click(None, None, None, cancels=[judge_event], **PRIVATE).then(
-        h.stopped, None, [ui["badge"], ui["status"]], **PRIVATE
+    controls["cancel_judge"].click(None, None, None, cancels=[judge_event], **PRIVATE)
+    controls["stop"].click(None, None, None, cancels=[judge_event], **PRIVATE).then(
+        h.stopped, None, [ui.badge, ui.status], **PRIVATE
     )
-    after_inputs = [name, ui["dataset"], current]
+
+
+def _wire_queue(h: LabelHandlers, controls: dict[str, Any], demo: gr.Blocks) -> None:
+    """Name, next pair, the decision buttons and undo; each new pair then gets its progress
+    line and history, and is judged when auto-judge is on."""
+    ui = h.ui
+    screen = ui.pair_outputs()
     auto_js = "(auto) => { if (auto) document.getElementById('grm-judge')?.click(); }"
 
     def chain(event: Any) -> None:
         # The pair is on screen already; progress and history follow, then auto-judge.
-        after = [ui["progress"], ui["history"]]
+        after_inputs, after = [ui.name, ui.dataset, ui.current], [ui.progress, ui.history]
         event = event.then(h.after_screen, after_inputs, after, show_progress="hidden", **PRIVATE)
-        event.then(None, [ui["auto"]], None, js=auto_js)
+        event.then(None, [controls["auto"]], None, js=auto_js)
 
-    started = start.click(
-        h.start, [name_box], [name, gate, desk, gate_msg, remembered], api_name="set_annotator"
-    )
-    name_box.submit(h.start, [name_box], [name, gate, desk, gate_msg, remembered])
-    opened = started.then(h.open_next, [name, ui["dataset"]], screen, api_visibility="private")
+    named = [ui.name, ui.gate, ui.desk, ui.gate_msg, ui.remembered]
+    started = controls["start"].click(h.start, [ui.name_box], named, api_name="set_annotator")
+    ui.name_box.submit(h.start, [ui.name_box], named)
+    opened = started.then(h.open_next, [ui.name, ui.dataset], screen, api_visibility="private")
     chain(opened)
-    chain(ui["dataset"].input(h.open_next, [name, ui["dataset"]], screen))
-    chain(ui["next"].click(h.open_next, [name, ui["dataset"]], screen, api_name="next_pair"))
-    inputs = [name, ui["dataset"], current, judged, ui["fix"], ui["note"]]
+    chain(ui.dataset.input(h.open_next, [ui.name, ui.dataset], screen))
+    chain(controls["next"].click(h.open_next, [ui.name, ui.dataset], screen, api_name="next_pair"))
+    inputs = [ui.name, ui.dataset, ui.current, ui.judged, ui.fix, ui.note]
     for _, elem_id, kind in BUTTONS:
         chain(
-            ui[elem_id].click(
+            controls[elem_id].click(
                 _saver(h, kind),
                 inputs,
                 screen,
@@ -116,15 +127,13 @@ def build_label_tab(services: Any, demo: gr.Blocks, judge_limit: int) -> gr.Tab:
                 show_progress="hidden",
             )
         )
-    chain(ui["grm-undo"].click(h.undo, [name, ui["dataset"]], screen, api_name="undo"))
+    chain(controls["grm-undo"].click(h.undo, [ui.name, ui.dataset], screen, api_name="undo"))
     loaded = demo.load(
-        h.on_load, [remembered, name_box], [name, gate, desk, name_box, ui["dataset"]]
+        h.on_load,
+        [ui.remembered, ui.name_box],
+        [ui.name, ui.gate, ui.desk, ui.name_box, ui.dataset],
     )
-    chain(loaded.then(h.open_next, [name, ui["dataset"]], screen, api_visibility="private"))
-    tab.select(
-        lambda value: refresh_datasets(services, value), [ui["dataset"]], [ui["dataset"]], **PRIVATE
-    )
-    return tab
+    chain(loaded.then(h.open_next, [ui.name, ui.dataset], screen, api_visibility="private"))
 
 
 def _wire_text_view(demo: gr.Blocks, choice: gr.Radio) -> None:
@@ -144,38 +153,16 @@ def _saver(h: LabelHandlers, kind: str):
         critique: str,
         note: str,
         request: gr.Request,
-    ) -> tuple:
+    ) -> dict:
         return h.save(kind, name, dataset, current, judged, critique, note, request)
 
     save.__name__ = f"label_{kind}"
     return save
 
 
-def _desk_components(services: Any, judge_limit: int) -> dict[str, Any]:
+def _desk_components(services: Services) -> dict[str, Any]:
     """The labeling desk: progress, prompt, A | B, judge panels, decision buttons, history."""
-    ui: dict[str, Any] = {}
-    with gr.Row(equal_height=True, elem_id="grm-topbar"):
-        ui["dataset"] = gr.Dropdown(
-            choices=dataset_choices(services),
-            value=ALL_DATASETS,
-            label="Dataset",
-            scale=1,
-            min_width=220,
-            elem_id="grm-dataset",
-            container=False,
-        )
-        ui["progress"] = gr.HTML(elem_id="grm-progress", js_on_load=None)
-        ui["text_view"] = gr.Radio(
-            TEXT_VIEWS,
-            value="rendered",
-            label="Text",
-            show_label=False,
-            container=False,
-            scale=0,
-            min_width=210,
-            elem_id="grm-text-view",
-        )
-        ui["next"] = gr.Button("↻ Reload", size="sm", scale=0, min_width=90, elem_id="grm-next")
+    ui = _topbar(services)
     ui["meta"] = gr.HTML(elem_id="grm-meta", js_on_load=None)
     with gr.Row(elem_id="grm-main"):
         with gr.Column(scale=3, min_width=480):
@@ -213,6 +200,34 @@ def _desk_components(services: Any, judge_limit: int) -> dict[str, Any]:
     with gr.Accordion("History of this pair", open=False):
         ui["history"] = gr.HTML(elem_id="grm-history", js_on_load=None)
     gr.Markdown(_shortcut_help(), elem_id="grm-keys")
+    return ui
+
+
+def _topbar(services: Services) -> dict[str, Any]:
+    """Dataset, progress line, text view and Reload, in one row over the pair."""
+    ui: dict[str, Any] = {}
+    with gr.Row(equal_height=True, elem_id="grm-topbar"):
+        ui["dataset"] = gr.Dropdown(
+            choices=dataset_choices(services),
+            value=ALL_DATASETS,
+            label="Dataset",
+            scale=1,
+            min_width=220,
+            elem_id="grm-dataset",
+            container=False,
+        )
+        ui["progress"] = gr.HTML(elem_id="grm-progress", js_on_load=None)
+        ui["text_view"] = gr.Radio(
+            TEXT_VIEWS,
+            value="rendered",
+            label="Text",
+            show_label=False,
+            container=False,
+            scale=0,
+            min_width=210,
+            elem_id="grm-text-view",
+        )
+        ui["next"] = gr.Button("↻ Reload", size="sm", scale=0, min_width=90, elem_id="grm-next")
     return ui
 
 
