@@ -64,9 +64,11 @@ UNFINISHED_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 class TrainingMethod(Name):
-    """Retraining objectives: SFT on agreeing judgments (rejective fine-tuning), DPO of agreeing
-    over disagreeing judgments (Con-J), and DPO with an NLL term on the chosen one (DJPO)."""
+    """Retraining objectives: cross-entropy on the verdict letter after the verdict-only prompt,
+    SFT on agreeing judgments (rejective fine-tuning), DPO of agreeing over disagreeing judgments
+    (Con-J), and DPO with an NLL term on the chosen one (DJPO)."""
 
+    VERDICT = "verdict"
     SFT = "sft"
     DPO = "dpo"
     DPO_SFT = "dpo+sft"

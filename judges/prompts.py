@@ -307,6 +307,19 @@ Verification, then end with the line "Is the answer correct (Yes/No)?" followed 
     answer_prefix="Verification:",
 )
 
+# The verdict alone: v3's words with the answer started at its verdict bracket, so the judge's
+# next token is its verdict (A, B or C) and one forward pass decides a pair. The `verdict`
+# retraining method trains exactly this position; it is also the fast way to judge a batch.
+# Its budgets keep about 450 tokens (both ends of each text), so a batch is judged and trained
+# fast: one forward pass per pair and order.
+PAIRWISE_V3_VERDICT = replace(
+    PAIRWISE_V3,
+    version="pairwise-v3-verdict",
+    answer_prefix="Verdict: [[",
+    max_prompt_chars=500,
+    max_response_chars=700,
+)
+
 # Registered by version; `get_prompt(protocol)` returns the latest version of that protocol.
 PROMPTS: Mapping[str, PromptTemplate] = MappingProxyType(
     {
@@ -315,6 +328,7 @@ PROMPTS: Mapping[str, PromptTemplate] = MappingProxyType(
             *(PAIRWISE_V1, POINTWISE_V1, VERIFIER_V1),
             *(PAIRWISE_V2, POINTWISE_V2, VERIFIER_V2),
             *(PAIRWISE_V3, POINTWISE_V3, VERIFIER_V3),
+            PAIRWISE_V3_VERDICT,
         )
     }
 )

@@ -42,6 +42,8 @@ from judges.training_data import (
 )
 from judges.truncation import token_length
 from judges.types import PairInput
+from judges.verdict_training import VERDICT_PROMPT, fit_verdict_adapter, verdict_rows
+from vocabulary import TrainingMethod
 
 __all__ = [
     "RunPlan",
@@ -57,6 +59,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+VERDICT_NEW_TOKENS = 4  # "A]]" and a newline: the verdict-only judge's whole answer
 
 BUDGET_SLACK_TOKENS = 16
 Records = Sequence[TrainingRecord | Mapping[str, Any]]
@@ -192,24 +196,28 @@ def main(
     """
     config = plan.config
     refuse_existing_output(config)
-    build_messages = build_messages or protocol_messages(config.protocol)
     tokenizer = load_tokenizer(base_model_path)
-    data = prepare_data(plan, tokenizer, build_messages, sample_more)
-    rows = data.sft_rows() if config.method == "sft" else data.preference_rows()
+    if config.method == TrainingMethod.VERDICT:
+        rows = verdict_rows(plan.training_side(), tokenizer, config)
+        stats = {"pairs": len(plan.split.train), "verdict_examples": len(rows)}
+        fit = fit_verdict_adapter
+    else:
+        build_messages = build_messages or protocol_messages(config.protocol)
+        data = prepare_data(plan, tokenizer, build_messages, sample_more)
+        rows = data.sft_rows() if config.method == "sft" else data.preference_rows()
+        stats, fit = data.stats, fit_adapter
     if not rows:
         raise TrainingRefused(
             f"no {config.method} examples could be built from {len(plan.split.train)} "
             "training pairs"
         )
-    log.info("training %s on %d examples: %s", config.method, len(rows), data.stats)
-    figures = fit_adapter(
-        config, rows, tokenizer, Path(base_model_path), parent_adapter_path, on_progress
-    )
+    log.info("training %s on %d examples: %s", config.method, len(rows), stats)
+    figures = fit(config, rows, tokenizer, Path(base_model_path), parent_adapter_path, on_progress)
     return TrainResult(
         adapter_path=Path(config.output_dir),
         method=config.method,
         split=plan.split,
-        data_stats=data.stats,
+        data_stats=stats,
         train_examples=len(rows),
         **figures,
     )
@@ -279,6 +287,7 @@ def run_job(
     from judges.evaluation import evaluate_judge, heldout_inputs, make_sampler
 
     config = plan.config
+    judge_options = evaluation_options(config, judge_options)
     if judge_options.protocol != config.protocol:
         raise TrainingRefused(
             f"the judge options use protocol {judge_options.protocol!r} but the run trains "
@@ -316,6 +325,15 @@ def run_job(
         backend.close()
     result.metrics_before = before
     return result
+
+
+def evaluation_options(config: TrainConfig, judge_options: Any) -> Any:
+    """The options both evaluations judge with: the verdict method's judge answers with its
+    verdict alone (the position it was trained on), so it is measured there, before and after."""
+    if config.method != TrainingMethod.VERDICT:
+        return judge_options
+    update = {"prompt_version": VERDICT_PROMPT, "max_new_tokens": VERDICT_NEW_TOKENS}
+    return judge_options.model_copy(update=update)
 
 
 def _phase_reporter(on_progress: ProgressCallback | None, phase: str) -> Callable[[int, int], None]:

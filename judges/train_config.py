@@ -31,8 +31,10 @@ class TrainConfig:
     method: str = field(
         default=TrainingMethod.DPO.value,
         metadata={
-            "help": "sft: rejective fine-tuning on positive judgments; dpo: prefer positive over "
-            "negative judgments (Con-J); dpo+sft: DPO plus an NLL term on the positive (DJPO).",
+            "help": "verdict: cross-entropy on the verdict right after the verdict-only prompt "
+            "(both orders; fast); sft: rejective fine-tuning on positive judgments; dpo: prefer "
+            "positive over negative judgments (Con-J); dpo+sft: DPO plus an NLL term on the "
+            "positive (DJPO).",
             "choices": tuple(TrainingMethod.values()),
         },
     )
@@ -75,6 +77,9 @@ class TrainConfig:
     include_swapped: bool = field(
         default=True, metadata={"help": "Also train on every example with the responses swapped."}
     )
+    verdict_ties: bool = field(
+        default=True, metadata={"help": "verdict: train tie labels as [[C]] (else leave them out)."}
+    )
     min_labels: int = field(
         default=20, metadata={"help": "Refuse to train on fewer usable (A/B/tie) labels."}
     )
@@ -108,6 +113,10 @@ class TrainConfig:
             (self.max_prompt_tokens >= 64, "max_prompt_tokens must be at least 64"),
             (self.max_target_tokens >= 8, "max_target_tokens must be at least 8"),
             (self.min_labels >= 2, "min_labels must be at least 2"),
+            (
+                self.method != TrainingMethod.VERDICT or self.protocol == "pairwise",
+                "the verdict method trains the pairwise judge's verdict; use protocol pairwise",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,0 +1,202 @@
+"""The `verdict` method: cross-entropy on the judge's verdict letter, read where the judge reads
+it, right after its verdict-only prompt (`pairwise-v3-verdict`, answer started at "Verdict: [[").
+
+One forward and backward pass per example, and only the last position's logits are computed
+(`logits_to_keep=1`), so it is the cheapest objective that moves what the judge decides. Every
+pair is trained in both orders (the label flips with the order), which is what teaches position
+bias away; ties are trained as [[C]] or left out (`verdict_ties`). Training prompts are rendered
+by the judge's own protocol, so training reads exactly the text inference reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from judges.protocols import get_protocol
+from judges.train_config import TrainConfig, TrainingRefused
+from judges.trainer import ProgressCallback, ProgressReporter, save_adapter, use_bf16
+from judges.training_data import TrainingRecord
+from judges.types import PairInput, Verdict
+from vocabulary import ProtocolName
+
+log = logging.getLogger(__name__)
+
+VERDICT_PROMPT = "pairwise-v3-verdict"
+LETTERS = {Verdict.A: "A", Verdict.B: "B", Verdict.TIE: "C"}
+
+
+def verdict_prompt_text(tokenizer: Any, pair: PairInput) -> str:
+    """What the judge reads before its verdict letter: the chat prompt plus the answer start."""
+    protocol = get_protocol(ProtocolName.PAIRWISE, VERDICT_PROMPT)
+    (messages,) = protocol.conversations(pair)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text + protocol.template.answer_prefix
+
+
+def letter_ids(tokenizer: Any) -> dict[Verdict, int]:
+    """The token of each verdict letter right after "[[" (a single token, or TrainingRefused)."""
+    ids = {}
+    for verdict, letter in LETTERS.items():
+        base = tokenizer.encode("Verdict: [[", add_special_tokens=False)
+        full = tokenizer.encode("Verdict: [[" + letter, add_special_tokens=False)
+        if full[: len(base)] != base or len(full) != len(base) + 1:
+            raise TrainingRefused(f"the tokenizer does not read verdict {letter!r} as one token")
+        ids[verdict] = full[-1]
+    return ids
+
+
+def verdict_rows(
+    records: Sequence[TrainingRecord], tokenizer: Any, config: TrainConfig
+) -> list[dict[str, Any]]:
+    """One row per pair and order: the prompt's token ids and the label's letter token."""
+    targets = letter_ids(tokenizer)
+    rows = []
+    for record in records:
+        label = record.verdict
+        if label is Verdict.TIE and not config.verdict_ties:
+            continue
+        orders = [(record.pair, label)]
+        if config.include_swapped:
+            orders.append((record.pair.swapped(), label.swapped()))
+        for pair, verdict in orders:
+            ids = tokenizer.encode(verdict_prompt_text(tokenizer, pair), add_special_tokens=False)
+            rows.append({"input_ids": ids, "labels": targets[verdict]})
+    return rows
+
+
+def fit_verdict_adapter(
+    config: TrainConfig,
+    rows: list[dict[str, Any]],
+    tokenizer: Any,
+    base_model_path: Path,
+    parent_adapter_path: str | Path | None,
+    on_progress: ProgressCallback | None,
+) -> dict[str, Any]:
+    """Train the LoRA adapter on the rows and write it whole or not at all; the figures."""
+    bf16 = use_bf16(config.bf16)
+    output_dir = Path(config.output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        model = _model(config, base_model_path, parent_adapter_path, bf16)
+        trainer = _trainer(config, rows, tokenizer, model, work)
+        trainer.add_callback(ProgressReporter(on_progress, config.batch_size).callback())
+        started = time.perf_counter()
+        output = trainer.train()
+        runtime = time.perf_counter() - started
+        save_adapter(trainer.model, work / "adapter")
+        os.replace(work / "adapter", output_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    loss = output.training_loss
+    return {
+        "steps": trainer.state.global_step,
+        "train_loss": loss if loss is not None and math.isfinite(loss) else None,
+        "runtime_s": runtime,
+        "examples_per_s": len(rows) * _epochs_done(trainer, rows, config) / runtime,
+        "bf16": bf16,
+        "log_history": list(trainer.state.log_history),
+    }
+
+
+def _epochs_done(trainer: Any, rows: list[dict[str, Any]], config: TrainConfig) -> float:
+    """Examples seen as a multiple of the data (max_steps may stop inside an epoch)."""
+    seen = trainer.state.global_step * config.batch_size * config.gradient_accumulation_steps
+    return min(seen, math.ceil(config.epochs * len(rows))) / len(rows) if rows else 0.0
+
+
+def _trainer(
+    config: TrainConfig, rows: list[dict[str, Any]], tokenizer: Any, model: Any, work: Path
+) -> Any:
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    class VerdictTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs, logits_to_keep=1)  # the verdict position only
+            loss = torch.nn.functional.cross_entropy(outputs.logits[:, -1, :].float(), labels)
+            return (loss, outputs) if return_outputs else loss
+
+    args = TrainingArguments(
+        output_dir=str(work / "trainer"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length",  # like lengths per batch: little padding
+        dataloader_num_workers=0,
+    )
+    trainer = VerdictTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        data_collator=_LeftPadding(tokenizer.pad_token_id),
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _model(
+    config: TrainConfig, base_model_path: Path, parent_adapter_path: str | Path | None, bf16: bool
+) -> Any:
+    """The base model (bf16 where measured faster) with a trainable LoRA adapter; the adapter's
+    own weights stay fp32 (PEFT upcasts them), so small updates are not rounded away."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dtype = "bfloat16" if bf16 else "float32"
+    model = AutoModelForCausalLM.from_pretrained(
+        str(base_model_path), dtype=dtype, local_files_only=True
+    )
+    if parent_adapter_path is not None:
+        return PeftModel.from_pretrained(model, str(parent_adapter_path), is_trainable=True)
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+class _LeftPadding:
+    """Batches padded on the left, so every row's last position is its verdict position."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = [[self.pad_id] * (width - len(r["input_ids"])) + r["input_ids"] for r in rows]
+        mask = torch.tensor(
+            [[0] * (width - len(r["input_ids"])) + [1] * len(r["input_ids"]) for r in rows]
+        )
+        return {
+            "input_ids": torch.tensor(ids),
+            "attention_mask": mask,
+            # Positions count real tokens only, as when the judge reads one prompt unpadded.
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+            "labels": torch.tensor([r["labels"] for r in rows]),
+        }

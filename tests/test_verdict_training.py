@@ -1,0 +1,98 @@
+"""The `verdict` method on a tiny model built here: it trains the verdict letter at the verdict
+position (left-padded batches whose last position is that position), both orders, and its
+adapter's weights move; on the real judge, training prompts are exactly what inference reads."""
+
+from __future__ import annotations
+
+import pytest
+from test_training import build_tiny_model, make_records, read_tensors, tiny_config
+
+from judges.train import evaluation_options, plan_run
+from judges.train import main as train_main
+from judges.trainer import load_tokenizer
+from judges.types import PairInput, Verdict
+from judges.verdict_training import _LeftPadding, letter_ids, verdict_prompt_text, verdict_rows
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-verdict-judge"))
+
+
+def test_rows_train_both_orders_with_the_label_flipped(tiny_model, tmp_path) -> None:
+    tokenizer = load_tokenizer(tiny_model)
+    config = tiny_config(tmp_path, method="verdict")
+    plan = plan_run(config, make_records(4, labels="AB"))
+    records = plan.training_side()
+    rows = verdict_rows(records, tokenizer, config)
+    targets = letter_ids(tokenizer)
+    assert len(rows) == 2 * len(records)
+    for record, (first, swapped) in zip(
+        records, zip(rows[::2], rows[1::2], strict=True), strict=True
+    ):
+        assert first["labels"] == targets[record.verdict]
+        assert swapped["labels"] == targets[record.verdict.swapped()]
+        expected = verdict_prompt_text(tokenizer, record.pair)
+        assert tokenizer.decode(first["input_ids"]) == expected
+        assert expected.endswith("Verdict: [[")
+
+
+def test_ties_are_trained_as_c_or_left_out(tiny_model, tmp_path) -> None:
+    tokenizer = load_tokenizer(tiny_model)
+    records = plan_run(
+        tiny_config(tmp_path, method="verdict"), make_records(6, labels=["A", "B", "tie"])
+    ).records
+    ties = [r for r in records if r.verdict is Verdict.TIE]
+    kept = verdict_rows(ties, tokenizer, tiny_config(tmp_path, method="verdict"))
+    assert {r["labels"] for r in kept} == {letter_ids(tokenizer)[Verdict.TIE]}
+    skipped = verdict_rows(
+        ties, tokenizer, tiny_config(tmp_path, method="verdict", verdict_ties=False)
+    )
+    assert skipped == []
+
+
+def test_left_padding_puts_every_verdict_position_last() -> None:
+    batch = _LeftPadding(pad_id=0)(
+        [{"input_ids": [5, 6, 7], "labels": 1}, {"input_ids": [8], "labels": 2}]
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert batch["labels"].tolist() == [1, 2]
+
+
+def test_verdict_training_moves_the_adapter_weights(tiny_model, tmp_path) -> None:
+    config = tiny_config(tmp_path, method="verdict")
+    result = train_main(plan_run(config, make_records()), tiny_model)
+    lora_b = [t for name, t in read_tensors(result.adapter_path).items() if "lora_B" in name]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b)
+    assert result.steps == 2 and result.train_loss is not None and result.train_examples > 0
+
+
+def test_a_verdict_run_is_evaluated_where_it_was_trained(tmp_path) -> None:
+    from judges.judge import JudgeOptions
+
+    config = tiny_config(tmp_path, method="verdict")
+    options = evaluation_options(config, JudgeOptions(max_new_tokens=200, swap=True))
+    assert (options.prompt_version, options.max_new_tokens, options.swap) == (
+        "pairwise-v3-verdict",
+        4,
+        True,
+    )
+    other = evaluation_options(
+        tiny_config(tmp_path, method="sft"), JudgeOptions(max_new_tokens=200)
+    )
+    assert other.prompt_version is None and other.max_new_tokens == 200
+
+
+@pytest.mark.slow
+def test_the_real_judge_reads_each_verdict_letter_as_one_token(embedded_model_dir) -> None:
+    tokenizer = load_tokenizer(embedded_model_dir)
+    ids = letter_ids(tokenizer)
+    assert [tokenizer.decode([ids[v]]) for v in (Verdict.A, Verdict.B, Verdict.TIE)] == [
+        "A",
+        "B",
+        "C",
+    ]
+    text = verdict_prompt_text(tokenizer, PairInput("Q?", "a", "b"))
+    assert text.endswith("<|im_start|>assistant\nVerdict: [[")
