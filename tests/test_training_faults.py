@@ -26,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from stand_ins import stand_ins
 from test_training import build_tiny_model
 
 import cli
@@ -44,7 +45,7 @@ from services import (
 )
 from storage import queries
 from storage.models import Pair
-from webui.label_handlers import LabelHandlers
+from webui.label_handlers import LabelHandlers, LabelScreen
 from webui.retrain_tab import RetrainHandlers
 
 OPTIONS = JudgeOptions(max_new_tokens=4, logprobs=False)
@@ -310,8 +311,10 @@ def test_an_active_adapter_damaged_on_disk_fails_visibly_and_labeling_goes_on(
 
     (pair_id,) = add_pairs(services, [None])
     request = SimpleNamespace(session_hash="s", username=None)
-    *_, last = LabelHandlers(services).judge({"pair_id": pair_id}, request)
-    badge, judged, status = last[3], last[5], last[6]
+    handlers = LabelHandlers(services, stand_ins(LabelScreen))
+    *_, last = handlers.judge({"pair_id": pair_id}, request)
+    ui = handlers.ui
+    badge, judged, status = last[ui.badge], last[ui.judged], last[ui.status]
     assert 'data-state="error"' in badge and judged["verdict"] is None
     assert "The judge failed" in status and "truncated or not safetensors" in status
     services.save_label(pair_id, "ann", "A")  # labeling goes on
