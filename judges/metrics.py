@@ -122,6 +122,27 @@ def mcnemar_exact(first_right: Sequence[bool], second_right: Sequence[bool]) -> 
     return {"only_first": b, "only_second": c, "p_value": min(1.0, 2.0 * tail)}
 
 
+def paired_comparison(
+    first_right: Sequence[bool], second_right: Sequence[bool], seed: int = 0
+) -> dict[str, Any]:
+    """Two judges on the same pairs: each accuracy, the difference (second - first) with a
+    paired bootstrap 95% interval (pairs resampled together), and McNemar's exact p."""
+    first = np.asarray(first_right, dtype=float)
+    second = np.asarray(second_right, dtype=float)
+    if first.shape != second.shape or first.size == 0:
+        raise ValueError("paired_comparison: two non-empty lists of the same length are needed")
+    low, high = bootstrap_interval(second - first, seed=seed)
+    return {
+        "n": int(first.size),
+        "first_accuracy": float(first.mean()),
+        "second_accuracy": float(second.mean()),
+        "difference": float(second.mean() - first.mean()),
+        "difference_ci_low": low,
+        "difference_ci_high": high,
+        **mcnemar_exact(first_right, second_right),
+    }
+
+
 def confusion_matrix(judge: Sequence[object], human: Sequence[object]) -> dict[str, Any]:
     """Counts of (human label, judge verdict); rows are human A/B/tie, columns A/B/tie/none."""
     judge_v, human_v = _checked_pairs(judge, human)

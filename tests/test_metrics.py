@@ -14,6 +14,7 @@ from judges.metrics import (
     inter_annotator_agreement,
     inter_annotator_table,
     normalize_verdict,
+    paired_comparison,
     position_consistency,
 )
 from judges.types import Verdict
@@ -206,3 +207,28 @@ def test_position_consistency_compares_each_orders_own_verdict():
     ]
     figures = agreement_report(rows, n_boot=50)["position_consistency"]
     assert (figures["compared"], figures["consistent"]) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "only_first", "only_second", "p_value"),
+    [
+        # 2 x 2 tables with known exact p: b = only the first right, c = only the second right.
+        ([True] * 10 + [False] * 10, [True] * 10 + [True] * 10, 0, 10, 2 / 2**10),
+        ([True, False] * 5, [False, True] * 5, 5, 5, 1.0),
+        ([True] * 4, [True] * 4, 0, 0, 1.0),
+        ([True, True, False, False, False], [False, True, True, True, True], 1, 3, 0.625),
+    ],
+)
+def test_paired_comparison_matches_known_tables(first, second, only_first, only_second, p_value):
+    result = paired_comparison(first, second)
+    assert (result["only_first"], result["only_second"]) == (only_first, only_second)
+    assert result["p_value"] == pytest.approx(p_value)
+    assert result["difference"] == pytest.approx(
+        sum(second) / len(second) - sum(first) / len(first)
+    )
+    assert result["difference_ci_low"] <= result["difference"] <= result["difference_ci_high"]
+
+
+def test_paired_comparison_refuses_unequal_lists():
+    with pytest.raises(ValueError, match="same length"):
+        paired_comparison([True], [True, False])
