@@ -1,0 +1,312 @@
+"""Does retraining on people's labels make the embedded judge agree with people more? The curve.
+
+    .venv/bin/python benchmarks/bench_learning_curve.py --sizes 50 100 200 300 --seeds 0 1 2
+
+Pools the human-labeled shared sets Processed_MT-Bench, Processed_LLMEval_2 and
+Processed_FairEval (466 pairs), holds out about 150 pairs by a seeded hash of the *prompt*
+(MT-Bench repeats prompts: no prompt is on both sides), and for each label order ("random", or
+"least-sure": the base judge's least decided pairs first, |mean log-odds of A over B| smallest,
+the two orders' disagreements among them), each number of labels N and each seed: trains the
+base judge with the product's own job (judges.train.main, method `verdict`) on the first N
+labels, then judges the held-out pairs and all of LLMBar_Natural (never trained on: a regression
+guard) with the judge's verdict-only prompt in both orders (swap, mean rule). Paired against the
+base judge on the same pairs: McNemar's exact p and a paired bootstrap CI of the difference.
+
+Reads ../shared/data/llmbar/ (never copied into the project). Saves every (method, order, N,
+seed) and a `summary` for the best setting at the largest N to
+benchmarks/results/bench_learning_curve.json, and the curve to bench_learning_curve.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from judges.backends.transformers_backend import TransformersBackend  # noqa: E402
+from judges.embedded import resolve_model_path  # noqa: E402
+from judges.judge import JudgeOptions, judge_pairs  # noqa: E402
+from judges.metrics import paired_comparison  # noqa: E402
+from judges.train import VERDICT_NEW_TOKENS, plan_run  # noqa: E402
+from judges.train import main as train  # noqa: E402
+from judges.train_config import TrainConfig  # noqa: E402
+from judges.types import PairInput  # noqa: E402
+from judges.verdict_training import VERDICT_PROMPT  # noqa: E402
+from settings import load_settings  # noqa: E402
+
+LLMBAR = ROOT.parent / "shared" / "data" / "llmbar"
+POOL = ["Processed_MT-Bench", "Processed_LLMEval_2", "Processed_FairEval"]
+GUARD = "LLMBar_Natural"
+RESULTS = ROOT / "benchmarks" / "results"
+OPTIONS = JudgeOptions(
+    prompt_version=VERDICT_PROMPT, max_new_tokens=VERDICT_NEW_TOKENS, swap=True, logprobs=True
+)
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    rows = []
+    for index, line in enumerate((LLMBAR / f"{name}.jsonl").read_text().splitlines()):
+        row = json.loads(line)
+        pair = PairInput(row["input"], row["output_1"], row["output_2"])
+        rows.append(
+            {"id": f"{name}:{index}", "pair": pair, "label": "A" if row["label"] == 1 else "B"}
+        )
+    return rows
+
+
+def split_by_prompt(rows: list[dict[str, Any]], heldout: int, seed: int) -> tuple[list, list]:
+    """Held-out pairs by a seeded hash of their prompt, whole prompts at a time, until at least
+    `heldout` pairs are out; no prompt is on both sides."""
+
+    def key(row: dict[str, Any]) -> str:
+        return hashlib.sha256(f"{seed}:{row['pair'].prompt}".encode()).hexdigest()
+
+    out, chosen = [], set()
+    for row in sorted(rows, key=key):
+        if len(out) >= heldout and row["pair"].prompt not in chosen:
+            break
+        chosen.add(row["pair"].prompt)
+        out.append(row)
+    held = {r["id"] for r in out}
+    return [r for r in rows if r["id"] not in held], out
+
+
+def judged(backend: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each pair's combined verdict (both orders, mean log-odds) and its margin."""
+    results = judge_pairs(backend, [r["pair"] for r in rows], OPTIONS)
+    return [
+        {"verdict": r.verdict.value, "margin": r.margin, "consistent": r.position_consistent}
+        for r in results
+    ]
+
+
+def right(verdicts: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[bool]:
+    return [v["verdict"] == r["label"] for v, r in zip(verdicts, rows, strict=True)]
+
+
+def label_order(train_pool: list[dict], base_verdicts: list[dict], order: str, seed: int) -> list:
+    rng = random.Random(seed)
+    indices = list(range(len(train_pool)))
+    rng.shuffle(indices)  # the seed breaks ties (and is the whole order for "random")
+    if order == "least-sure":
+
+        def doubt(i: int) -> tuple[bool, float]:
+            v = base_verdicts[i]
+            return (v["consistent"] is not False, abs(v["margin"] or 0.0))
+
+        indices.sort(key=doubt)
+    return [train_pool[i] for i in indices]
+
+
+def records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "pair_id": i + 1,
+            "label": r["label"],
+            "prompt": r["pair"].prompt,
+            "response_a": r["pair"].response_a,
+            "response_b": r["pair"].response_b,
+        }
+        for i, r in enumerate(rows)
+    ]
+
+
+def train_and_judge(args, base_model: Path, rows: list[dict], seed: int, evals: dict) -> dict:
+    config = TrainConfig(
+        method="verdict",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lora_rank=args.lora_rank,
+        lora_alpha=2 * args.lora_rank,
+        heldout_share=1 / len(rows),
+        min_labels=2,
+        seed=seed,
+        output_dir=str(Path(tempfile.mkdtemp(prefix="grm-curve-")) / "adapter"),
+    )
+    started = time.perf_counter()
+    # The run's own held-out share is a single pair: the curve's held-out set is separate.
+    plan = plan_run(config, records(rows))
+    result = train(plan, base_model)
+    backend = TransformersBackend(base_model, adapter_path=result.adapter_path, max_batch_size=8)
+    try:
+        verdicts = {name: judged(backend, rows_) for name, (rows_, _) in evals.items()}
+    finally:
+        backend.close()
+    return {
+        "train_examples": result.train_examples,
+        "examples_per_s": round(result.examples_per_s, 3),
+        "bf16": result.bf16,
+        "train_and_eval_seconds": round(time.perf_counter() - started, 1),
+        "verdicts": verdicts,
+    }
+
+
+def figures(verdicts: dict, evals: dict, base: dict) -> dict:
+    out = {}
+    for name, (rows, _) in evals.items():
+        comparison = paired_comparison(right(base[name], rows), right(verdicts[name], rows))
+        out[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in comparison.items()}
+    return out
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    base = report["base"]["heldout"]
+    ax.axhline(base, color="grey", linestyle="--", label=f"base judge ({base:.3f})")
+    for order in report["orders"]:
+        runs = [r for r in report["runs"] if r["order"] == order]
+        sizes = sorted({r["labels"] for r in runs})
+        accs = [
+            [r["figures"]["heldout"]["second_accuracy"] for r in runs if r["labels"] == n]
+            for n in sizes
+        ]
+        means = [statistics.mean(a) for a in accs]
+        spread = [(max(a) - min(a)) / 2 for a in accs]
+        ax.errorbar(sizes, means, yerr=spread, marker="o", capsize=3, label=f"verdict, {order}")
+    ax.set_xlabel("human labels trained on")
+    ax.set_ylabel(f"held-out accuracy ({report['heldout_pairs']} pairs)")
+    ax.set_title("Embedded judge retrained on human labels (bars: min-max over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def summary(report: dict) -> dict:
+    largest = max(r["labels"] for r in report["runs"])
+    best = None
+    for order in report["orders"]:
+        runs = [r for r in report["runs"] if r["order"] == order and r["labels"] == largest]
+        acc = statistics.mean(r["figures"]["heldout"]["second_accuracy"] for r in runs)
+        if best is None or acc > best[0]:
+            best = (acc, order, runs)
+    acc, order, runs = best
+    first = runs[0]["figures"]  # the first seed's judge: a paired test is per trained judge
+    return {
+        "method": "verdict",
+        "order": order,
+        "labels": largest,
+        "seeds": len(runs),
+        "base_accuracy": report["base"]["heldout"],
+        "accuracy": round(acc, 4),
+        "gain_points": round(100 * (acc - report["base"]["heldout"]), 2),
+        "p_value": first["heldout"]["p_value"],
+        "p_values_per_seed": [r["figures"]["heldout"]["p_value"] for r in runs],
+        "difference_ci": [
+            first["heldout"]["difference_ci_low"],
+            first["heldout"]["difference_ci_high"],
+        ],
+        "llmbar_natural_delta_points": round(
+            100 * statistics.mean(r["figures"][GUARD]["difference"] for r in runs), 2
+        ),
+        "train_and_eval_seconds": round(
+            statistics.mean(r["train_and_eval_seconds"] for r in runs), 1
+        ),
+        "examples_per_s": round(statistics.mean(r["examples_per_s"] for r in runs), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 300])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--orders", nargs="+", default=["random", "least-sure"])
+    parser.add_argument(
+        "--replicate-orders",
+        nargs="+",
+        default=["random", "least-sure"],
+        help="orders whose later seeds are run (at the largest N only)",
+    )
+    parser.add_argument("--heldout", type=int, default=150)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--pool-limit", type=int, default=None, help="a quick try: fewer pairs")
+    parser.add_argument("--guard-limit", type=int, default=None, help="a quick try: fewer pairs")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_learning_curve.json")
+    args = parser.parse_args()
+
+    base_model = Path(str(resolve_model_path(load_settings())))
+    pool = [row for name in POOL for row in load(name)][: args.pool_limit]
+    train_pool, heldout = split_by_prompt(pool, args.heldout, seed=0)
+    evals = {"heldout": (heldout, None), GUARD: (load(GUARD)[: args.guard_limit], None)}
+    print(f"pool {len(pool)}, train {len(train_pool)}, held out {len(heldout)}", flush=True)
+
+    started = time.perf_counter()
+    base_backend = TransformersBackend(base_model, max_batch_size=8)
+    base = {name: judged(base_backend, rows) for name, (rows, _) in evals.items()}
+    base_on_pool = judged(base_backend, train_pool)
+    base_backend.close()
+    base_acc = {n: sum(right(base[n], rows)) / len(rows) for n, (rows, _) in evals.items()}
+    print(f"base judge: {base_acc} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    report: dict[str, Any] = {
+        "benchmark": "bench_learning_curve",
+        "load_average_at_start": os.getloadavg(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "options": OPTIONS.model_dump(mode="json"),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "pool": len(pool),
+        "train_pool": len(train_pool),
+        "heldout_pairs": len(heldout),
+        "base": base_acc,
+        "orders": args.orders,
+        "runs": [],
+    }
+    for order in args.orders:
+        for seed in args.seeds:
+            ordered = label_order(train_pool, base_on_pool, order, seed)
+            # The curve with the first seed; later seeds repeat the largest N (the summary's).
+            sizes = args.sizes if seed == args.seeds[0] else args.sizes[-1:]
+            if seed != args.seeds[0] and order not in args.replicate_orders:
+                continue
+            for size in sizes:
+                run = train_and_judge(args, base_model, ordered[:size], seed, evals)
+                entry = {
+                    "method": "verdict",
+                    "order": order,
+                    "labels": size,
+                    "seed": seed,
+                    "figures": figures(run.pop("verdicts"), evals, base),
+                    **run,
+                }
+                report["runs"].append(entry)
+                held = entry["figures"]["heldout"]
+                print(
+                    f"{order:10s} seed {seed} N={size:3d}: held-out {held['second_accuracy']:.3f} "
+                    f"(base {held['first_accuracy']:.3f}, p={held['p_value']:.3g}), "
+                    f"{GUARD} {entry['figures'][GUARD]['second_accuracy']:.3f}, "
+                    f"{run['examples_per_s']} ex/s, {run['train_and_eval_seconds']} s",
+                    flush=True,
+                )
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(report, indent=2))  # partial results survive
+    report["summary"] = summary(report)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["load_average_at_end"] = os.getloadavg()
+    args.out.write_text(json.dumps(report, indent=2))
+    plot(report, args.out.with_suffix(".png"))
+    print(json.dumps(report["summary"], indent=2))
+    print(f"saved {args.out} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
