@@ -11,9 +11,10 @@ Formats:
   choice; ties and both-bad labels have no chosen side and are left out. When any exported
   pair has chat turns every row is conversational (prompt = messages, chosen/rejected = one
   assistant message each), because one dataset column cannot mix text and messages.
-- ``trl-sft`` (JSONL): one judge-training example per A/B/tie label, ``messages`` = [user: the
-  judge prompt built by ``judge_prompt``, assistant: ``judge_target``]. both_bad is left out:
-  a judge answers A, B or tie.
+- ``trl-sft`` (JSONL): one judge-training example per A/B/tie label, ``messages`` = the judge's
+  own prompt and the answer it should have given (``taught_reasoning`` and the verdict), built by
+  the caller's ``sft_example`` (storage knows neither format). both_bad is left out: a judge
+  answers A, B or tie.
 
 CSV cells that a spreadsheet would run as a formula (starting with = + - @ tab CR) get a
 leading apostrophe; ``unescape_csv_cell`` (used by the importer) undoes it exactly.
@@ -65,11 +66,9 @@ TABLE_COLUMNS = (
     "judge_critique",
 )
 CSV_FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
-JUDGE_INSTRUCTION = (
-    "Which response answers the prompt better? Read the prompt and both responses, write a "
-    "short critique, then give your verdict as [[A]], [[B]] or [[tie]]."
-)
-VERDICT_TAGS = {"A": "[[A]]", "B": "[[B]]", "tie": "[[tie]]"}
+# An SFT example for one label, in the judge's own words: the caller (services) builds it with
+# the judge's prompt and verdict format, which storage does not know. None leaves the label out.
+SftExample = Callable[["LabeledPair"], "list[dict[str, str]] | None"]
 
 
 @dataclass(frozen=True)
@@ -106,14 +105,22 @@ def export_labels(
     format: str,
     dataset: str | None = None,
     annotator: str | None = None,
+    sft_example: SftExample | None = None,
 ) -> int:
-    """Write current labels (optionally of one dataset / annotator) to `out_path`; rows written."""
+    """Write current labels (optionally of one dataset / annotator) to `out_path`; rows written.
+    `trl-sft` needs `sft_example`, which writes one label as the judge's prompt and answer."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r} (known: {', '.join(EXPORT_FORMATS)})")
+    if format == "trl-sft" and sft_example is None:
+        raise ValueError("trl-sft export needs the judge's prompt (export through the services)")
     with reading(session_factory) as session:
         labeled = labeled_pairs(session, dataset=dataset, annotator=annotator)
-    build, write = _FORMATS[format]
-    records = build(labeled)
+    if format == "trl-sft":
+        examples = (sft_example(item) for item in labeled)  # type: ignore[misc]
+        records, write = [{"messages": m} for m in examples if m], _write_jsonl
+    else:
+        build, write = _FORMATS[format]
+        records = build(labeled)
     _write_atomically(Path(out_path), lambda tmp: write(records, tmp))
     log.info("exported %d %s rows to %s", len(records), format, out_path)
     return len(records)
@@ -223,43 +230,16 @@ def _preference_rows(labeled: list[LabeledPair]) -> list[dict[str, Any]]:
     return rows
 
 
-def _sft_rows(labeled: list[LabeledPair]) -> list[dict[str, Any]]:
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": judge_prompt(item)},
-                {"role": "assistant", "content": judge_target(item)},
-            ]
-        }
-        for item in labeled
-        if item.verdict in VERDICT_TAGS
-    ]
-
-
-def judge_prompt(item: LabeledPair) -> str:
-    """The judge's question for a pair: instruction, prompt (turns one per block), A, B."""
-    if item.prompt_turns:
-        prompt = "\n\n".join(f"[{t['role']}]\n{t['content']}" for t in item.prompt_turns)
-    else:
-        prompt = item.prompt
-    parts = [JUDGE_INSTRUCTION, f"[Prompt]\n{prompt}"]
-    if item.reference:
-        parts.append(f"[Reference answer]\n{item.reference}")
-    parts += [f"[Response A]\n{item.response_a}", f"[Response B]\n{item.response_b}"]
-    return "\n\n".join(parts)
-
-
-def judge_target(item: LabeledPair) -> str:
-    """What the judge should have said: the person's critique, else the judge's own reasoning
-    when it reached the person's verdict, else the verdict alone (a critique that argued for
-    the other answer must not be taught)."""
-    verdict = f"Verdict: {VERDICT_TAGS[item.verdict]}"
+def taught_reasoning(item: LabeledPair) -> str | None:
+    """The reasoning an SFT example should teach for this label: the person's own critique,
+    else the judge's reasoning when the judgment the person answered reached the person's
+    verdict (a critique that argued for the other answer must not be taught), else none."""
     if item.corrected_critique and item.corrected_critique.strip():
-        return f"{item.corrected_critique}\n\n{verdict}"
-    if item.sample_verdict == item.verdict:  # the reasoning taught is that judgment's own
+        return item.corrected_critique
+    if item.sample_verdict == item.verdict:
         reasoning = [text for text in (item.judge_principles, item.judge_critique) if text]
-        return "\n\n".join([*reasoning, verdict])
-    return verdict
+        return "\n\n".join(reasoning) or None
+    return None
 
 
 # --- writers --------------------------------------------------------------------------------
@@ -339,5 +319,4 @@ _FORMATS: dict[str, tuple[_Build, _Write]] = {
     "csv": (_table_rows, _write_csv),
     "parquet": (_table_rows, _write_parquet),
     "trl-preference": (_preference_rows, _write_jsonl),
-    "trl-sft": (_sft_rows, _write_jsonl),
 }

@@ -13,6 +13,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from judges.protocols import get_protocol
+from judges.types import PairInput
+from services.data import sft_example
 from storage import queries
 from storage.demo import load_demo_if_empty
 from storage.exporter import (
@@ -518,10 +521,10 @@ def test_export_gives_the_runs_verdict_not_the_answered_samples(factory, tmp_pat
     assert row["judge_verdict"] == record["judge_verdict"] == "B"
     assert (row["agreed_with_judge"], row["judge_critique"]) == (True, "A is right.")
     sft = tmp_path / "s-sft.jsonl"
-    assert export_labels(factory, sft, format="trl-sft") == 1
+    assert export_labels(factory, sft, format="trl-sft", sft_example=sft_example) == 1
     (example,) = [json.loads(line) for line in sft.read_text("utf-8").splitlines()]
     # The answered sample argued for A: its critique is not taught as the reason for B.
-    assert example["messages"][1]["content"] == "Verdict: [[B]]"
+    assert example["messages"][-1]["content"] == "Verdict: [[B]]"
 
 
 def test_export_filters_by_dataset_and_annotator(factory, tmp_path) -> None:
@@ -769,19 +772,22 @@ def test_trl_sft_targets_follow_the_human(factory, tmp_path, tiny_tokenizer) -> 
         queries.save_label(s, ids[4], "alice", "tie")
     out = tmp_path / "sft-out.jsonl"
 
-    assert export_labels(factory, out, format="trl-sft") == 4  # both_bad left out
-    data = load_json_dataset(out, tmp_path)
-    targets = [example["messages"][1]["content"] for example in data]
+    with pytest.raises(ValueError, match="needs the judge's prompt"):
+        export_labels(factory, out, format="trl-sft")  # storage alone knows no judge format
+    assert export_labels(factory, out, format="trl-sft", sft_example=sft_example) == 4
+    data = load_json_dataset(out, tmp_path)  # both_bad left out
+    targets = [example["messages"][-1]["content"] for example in data]
     assert targets == [
         "Be correct.\n\ncritique 0\n\nVerdict: [[A]]",
         "b1 is right.\n\nVerdict: [[B]]",
         "Verdict: [[B]]",
-        "Verdict: [[tie]]",
+        "Verdict: [[C]]",  # a tie as the judge writes it
     ]
-    question = data[0]["messages"][0]["content"]
-    for text in ("[Prompt]\nq0", "[Reference answer]\nref", "[Response A]\na0", "[Response B]\nb0"):
-        assert text in question
-    assert [m["role"] for m in data[0]["messages"]] == ["user", "assistant"]
+    # The prompt is the one the judge is sent for that pair, word for word.
+    pair = PairInput("q0", "a0", "b0", "ref")
+    (sent,) = get_protocol("pairwise").conversations(pair)
+    assert data[0]["messages"][:-1] == sent
+    assert [m["role"] for m in data[0]["messages"]] == ["system", "user", "assistant"]
     for example in data:
         assert is_conversational(example)
         assert "Verdict: [[" in maybe_apply_chat_template(example, tiny_tokenizer)["text"]
