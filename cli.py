@@ -167,6 +167,11 @@ def _follow_run(services, run_id: int, every_s: float = 2.0) -> int:
         print(f"run {run_id} {run['status']}: {run['error']}", file=sys.stderr)
         return 1
     print(metrics_table(run["metrics_before"], run["metrics_after"]))
+    from judges.evaluation import before_after
+    from webui.figures import paired_rows
+
+    for row in paired_rows(before_after(run["metrics_before"], run["metrics_after"])):
+        print(f"{row['figure']:24}{row['after']:>36}")
     return 0
 
 
@@ -215,7 +220,7 @@ def cmd_activate(args: argparse.Namespace) -> int:
         active = (
             services.rollback_version()
             if args.version == "parent"
-            else (services.activate_version(int(args.version)))
+            else (services.activate_version(int(args.version), force=args.force))
         )
     except (NotFoundError, ValueError) as exc:
         print(f"not activated: {exc}", file=sys.stderr)
@@ -249,6 +254,11 @@ def _add_retrain_commands(sub) -> None:
 
     activate = sub.add_parser("activate", help="make a judge version active ('parent': roll back)")
     activate.add_argument("version", help="a version id, or 'parent'")
+    activate.add_argument(
+        "--force",
+        action="store_true",
+        help="activate even a version significantly worse than its parent",
+    )
     activate.set_defaults(func=cmd_activate)
 
     worker = sub.add_parser("train-worker")  # started by services; not for people

@@ -12,10 +12,13 @@ from typing import Any
 
 from judges.backends.base import Backend
 from judges.judge import JudgeOptions, judge_pairs
-from judges.metrics import agreement_report
+from judges.metrics import agreement_report, paired_comparison
 from judges.scaling import combined_verdict
-from judges.training_data import LabeledPair, SampleMore
+from judges.training_data import SampleMore, TrainingRecord
 from judges.types import AggregateJudgment, Judgment, PairInput
+from vocabulary import COMPARING_VERDICTS
+
+SCORED = tuple(v.value for v in COMPARING_VERDICTS)
 
 
 def evaluate_judge(
@@ -44,6 +47,25 @@ def evaluate_judge(
     report["model"] = backend.model_name
     report["options"] = options.model_dump()
     return report
+
+
+def before_after(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The two evaluations of one run paired on the pairs both scored (human A, B or tie):
+    each accuracy, the difference with a paired bootstrap CI, and McNemar's exact p."""
+    first = {r["pair_id"]: r for r in before.get("per_pair", []) if r["human"] in SCORED}
+    second = {r["pair_id"]: r for r in after.get("per_pair", []) if r["human"] in SCORED}
+    shared = [pair_id for pair_id in first if pair_id in second]
+    if not shared:
+        return None
+    return paired_comparison(
+        [first[p]["judge"] == first[p]["human"] for p in shared],
+        [second[p]["judge"] == second[p]["human"] for p in shared],
+    )
+
+
+def significantly_worse(paired: Mapping[str, Any] | None, level: float = 0.05) -> bool:
+    """True when the later judge lost accuracy and McNemar's test says it is no accident."""
+    return bool(paired) and paired["difference"] < 0 and paired["p_value"] < level
 
 
 def evaluation_rows(
@@ -98,7 +120,7 @@ def _groups(categories: Sequence[str | None] | None) -> tuple[str, ...]:
 
 
 def heldout_inputs(
-    pairs: Sequence[LabeledPair], pair_ids: Sequence[int]
+    pairs: Sequence[TrainingRecord], pair_ids: Sequence[int]
 ) -> tuple[list[PairInput], list[str], list[str | None]]:
     """The held-out pairs, their labels and categories, in `pair_ids` order."""
     by_id = {p.pair_id: p for p in pairs}

@@ -103,6 +103,8 @@ class TrainResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     metrics_before: dict[str, Any] | None = None
     metrics_after: dict[str, Any] | None = None
+    # The two evaluations paired (judges.evaluation.before_after): difference, CI, McNemar p.
+    paired: dict[str, Any] | None = None
 
     def as_record(self) -> dict[str, Any]:
         """Plain JSON-able values for the training_run row."""
@@ -284,7 +286,7 @@ def run_job(
     Refusals come before any model is loaded. Progress dicts carry a "phase": evaluating_before,
     sampling, training, evaluating_after.
     """
-    from judges.evaluation import evaluate_judge, heldout_inputs, make_sampler
+    from judges.evaluation import before_after, evaluate_judge, heldout_inputs, make_sampler
 
     config = plan.config
     judge_options = evaluation_options(config, judge_options)
@@ -324,6 +326,7 @@ def run_job(
     finally:
         backend.close()
     result.metrics_before = before
+    result.paired = before_after(before, result.metrics_after)
     return result
 
 

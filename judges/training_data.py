@@ -144,10 +144,6 @@ class TrainingRecord:
         )
 
 
-# judges/evaluation.py still imports the record by its old name.
-LabeledPair = TrainingRecord
-
-
 def chat_turns(turns: Iterable[Mapping[str, Any]]) -> list[ChatTurn]:
     """Chat turns from their JSON form ({role, content} each)."""
     return [ChatTurn(role=str(t["role"]), content=str(t["content"])) for t in turns]

@@ -190,8 +190,8 @@ class Services:
     def versions(self) -> list[dict[str, Any]]:
         return self.training.versions()
 
-    def activate_version(self, version_id: int) -> dict[str, Any]:
-        return self.training.activate(version_id)
+    def activate_version(self, version_id: int, force: bool = False) -> dict[str, Any]:
+        return self.training.activate(version_id, force)
 
     def rollback_version(self) -> dict[str, Any]:
         return self.training.rollback()

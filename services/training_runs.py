@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from judges.backends.base import Backend
+from judges.evaluation import significantly_worse
 from judges.judge import JudgeOptions
 from services.judging import Judging
 from services.training_records import snapshot_record, training_records, version_row
@@ -203,8 +204,12 @@ class TrainingRuns:
         with reading(self.sessions) as s:
             return queries.list_judge_versions(s)
 
-    def activate(self, version_id: int) -> dict[str, Any]:
+    def activate(self, version_id: int, force: bool = False) -> dict[str, Any]:
         """Make a version the active judge (and the loaded one).
+
+        A version whose held-out accuracy fell significantly below its parent's (McNemar's
+        exact p < 0.05 on the run's own before/after evaluation) is refused unless `force`:
+        the person confirms they want a judge that agrees with people less.
 
         A version with an adapter is checked and, on the transformers backend, loaded before
         anything changes: an adapter that is missing, corrupt, truncated, a pickle, or made for
@@ -215,6 +220,14 @@ class TrainingRuns:
         with reading(self.sessions) as s:
             version = version_row(s, version_id)
             previous = queries.active_judge_version(s)
+        paired = (version["metrics"] or {}).get("paired")
+        if not force and not version["is_active"] and significantly_worse(paired):
+            raise VersionRefused(
+                f"judge version {version['id']} ({version['name']}) agrees with people less than "
+                f"its parent on the held-out labels: accuracy {paired['first_accuracy']:.3f} -> "
+                f"{paired['second_accuracy']:.3f}, McNemar p = {paired['p_value']:.3g}; "
+                "confirm to activate it anyway (grm activate --force)"
+            )
         loaded = None
         if version["adapter_path"] and not version["is_active"]:
             loaded = self._load_candidate(version, previous)

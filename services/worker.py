@@ -132,7 +132,7 @@ def _fail(services: Services, run_id: int, reason: str, code: int) -> int:
 
 def _result_summary(result: TrainResult) -> dict[str, Any]:
     record = result.as_record()
-    for key in ("metrics_before", "metrics_after", "log_history"):
+    for key in ("metrics_before", "metrics_after", "log_history", "paired"):
         record.pop(key, None)
     return record
 
@@ -165,7 +165,7 @@ def _register(
                 adapter_path=str(Path(result.adapter_path).resolve()),
                 parent_id=run["base_version_id"],
                 training_run_id=run["id"],
-                metrics={**figures, "training": _result_summary(result)},
+                metrics={**figures, "paired": result.paired, "training": _result_summary(result)},
             )
     except _RunEnded:
         log.warning("training run %d ended before it finished; nothing registered", run["id"])

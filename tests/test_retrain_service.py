@@ -298,3 +298,54 @@ def test_cli_train_refusal_and_progress_line(services, capsys):
     judging = {"id": 1, "status": "running", "progress": {"phase": "evaluating_before",
                "done": 1, "total": 3}}  # fmt: skip
     assert cli.progress_line(judging) == "run 1 running  evaluating_before  1/3 pairs"
+
+
+def worse_paired(p_value: float) -> dict:
+    return {"first_accuracy": 0.7, "second_accuracy": 0.5, "difference": -0.2, "p_value": p_value}
+
+
+@pytest.mark.parametrize(("p_value", "refused"), [(0.01, True), (0.2, False)])
+def test_a_significantly_worse_version_needs_confirmation(services, capsys, p_value, refused):
+    base_id = services.judge_version_id()
+    with services.sessions.begin() as s:
+        worse = queries.ensure_judge_version(
+            s,
+            name="run2-verdict",
+            base_model="m",
+            backend="transformers",
+            adapter_path=None,
+            parent_id=base_id,
+            metrics={"accuracy": 0.5, "paired": worse_paired(p_value)},
+        )
+    assert cli.main(["activate", str(worse)]) == (2 if refused else 0)
+    if refused:
+        err = capsys.readouterr().err
+        assert "agrees with people less than its parent" in err and "--force" in err
+        assert services.judge_version_id() == base_id  # nothing changed
+        assert cli.main(["activate", str(worse), "--force"]) == 0
+    assert services.judge_version_id() == worse
+
+
+def test_before_after_pairs_the_two_evaluations_on_shared_pairs():
+    from judges.evaluation import before_after, significantly_worse
+
+    def rows(verdicts: str) -> dict:
+        humans = "ABABABABABAB"
+        return {
+            "per_pair": [
+                {"pair_id": i, "human": h, "judge": v}
+                for i, (h, v) in enumerate(zip(humans, verdicts, strict=True))
+            ]
+            + [{"pair_id": 99, "human": "both_bad", "judge": "A"}]  # not scored
+        }
+
+    paired = before_after(rows("ABABABABABAB"), rows("BBBBBBBBBBBB"))
+    assert paired["n"] == 12 and paired["first_accuracy"] == 1.0
+    assert paired["second_accuracy"] == 0.5 and paired["difference"] == -0.5
+    assert (paired["only_first"], paired["only_second"]) == (6, 0)
+    assert paired["p_value"] == pytest.approx(2 / 2**6)  # 0.031: significantly worse
+    assert significantly_worse(paired) and not significantly_worse(None)
+    five_of_ten = before_after(rows("ABABABABABAB"), rows("BBBBBBBBBBAB"))
+    assert five_of_ten["p_value"] == pytest.approx(2 / 2**5)  # 0.0625: not (yet) significant
+    assert not significantly_worse(five_of_ten)
+    assert before_after({"per_pair": []}, rows("ABABABABABAB")) is None

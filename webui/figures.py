@@ -39,6 +39,20 @@ def metric_rows(
     ]
 
 
+def paired_rows(paired: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The before/after difference on the same held-out pairs (judges.metrics.paired_comparison)
+    as rows under metric_rows' table: in the "after" column, "before" left blank."""
+    if not paired:
+        return []
+    low, high = paired["difference_ci_low"], paired["difference_ci_high"]
+    rows = [
+        ("difference in accuracy (paired)", f"{paired['difference']:+.3f}"),
+        ("difference 95% CI (bootstrap)", f"[{low:+.3f}, {high:+.3f}]"),
+        ("McNemar exact p", f"{paired['p_value']:.3g}"),
+    ]
+    return [{"figure": title, "before": "", "after": value} for title, value in rows]
+
+
 def progress_line(run: dict) -> str:
     """One line for a run's progress: phase, step, loss, examples/s, time left."""
     p = run.get("progress") or {}

@@ -53,10 +53,13 @@ def loss_frame(run: dict[str, Any] | None) -> pd.DataFrame:
 
 
 def metrics_frame(run: dict[str, Any] | None) -> pd.DataFrame:
-    from webui.figures import metric_rows
+    from judges.evaluation import before_after
+    from webui.figures import metric_rows, paired_rows
 
     run = run or {}
-    return pd.DataFrame(metric_rows(run.get("metrics_before"), run.get("metrics_after")))
+    before, after = run.get("metrics_before"), run.get("metrics_after")
+    paired = before_after(before, after) if before and after else None
+    return pd.DataFrame(metric_rows(before, after) + paired_rows(paired))
 
 
 def versions_frame(versions: list[dict[str, Any]]) -> pd.DataFrame:
@@ -117,10 +120,10 @@ class RetrainHandlers:
             versions_frame(self.services.versions()),
         )
 
-    def activate(self, version_id: float | None) -> tuple[str, pd.DataFrame]:
+    def activate(self, version_id: float | None, force: bool = False) -> tuple[str, pd.DataFrame]:
         if not version_id:
             return _box("error", "Give the id of the version to activate."), self._versions()
-        return self._switch(lambda: self.services.activate_version(int(version_id)))
+        return self._switch(lambda: self.services.activate_version(int(version_id), bool(force)))
 
     def rollback(self) -> tuple[str, pd.DataFrame]:
         return self._switch(self.services.rollback_version)
@@ -177,13 +180,18 @@ def build_retrain_tab(services: Any) -> gr.Tab:
         versions = gr.Dataframe(versions_frame([]), label="Judge versions", interactive=False)
         with gr.Row():
             version_id = gr.Number(value=None, label="Version id", precision=0)
+            force = gr.Checkbox(
+                False, label="Activate even if significantly worse", elem_id="grm-retrain-force"
+            )
             activate = gr.Button("Activate", elem_id="grm-retrain-activate")
             rollback = gr.Button("Roll back to parent", elem_id="grm-retrain-rollback")
         timer = gr.Timer(POLL_S)
     outputs = [status, loss, metrics, versions]
     start.click(h.start, [method, epochs, rank, lr, share], [message], api_name="start_training")
     cancel.click(h.cancel, None, [message], api_name="cancel_training")
-    activate.click(h.activate, [version_id], [message, versions], api_name="activate_version")
+    activate.click(
+        h.activate, [version_id, force], [message, versions], api_name="activate_version"
+    )
     rollback.click(h.rollback, None, [message, versions], api_name="rollback_version")
     timer.tick(h.poll, None, outputs, api_visibility="private", show_progress="hidden")
     tab.select(h.poll, None, outputs, api_visibility="private")
