@@ -74,5 +74,14 @@ class TrainingMethod(Name):
     DPO_SFT = "dpo+sft"
 
 
+class QueueOrder(Name):
+    """The order a person's label queue serves pairs in. "least sure" puts labels where the
+    judge learns most: pairs whose two orders disagreed, then the smallest margin."""
+
+    IN_ORDER = "in order"
+    RANDOM = "random"
+    LEAST_SURE = "judge least sure first"
+
+
 # New tokens a judge may write when nothing else is said (settings, options, backends).
 DEFAULT_MAX_NEW_TOKENS = 320

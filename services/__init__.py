@@ -29,6 +29,7 @@ from services.worker import run_training_worker
 from settings import Settings
 from storage.db import init_db, make_engine, make_session_factory
 from storage.faults import DatabaseBusy, SaveFailed, storage_fault
+from vocabulary import QueueOrder
 
 __all__ = [
     "ENDED_MESSAGE",
@@ -124,8 +125,8 @@ class Services:
 
     # --- labels (services.labeling) --------------------------------------------------------------
 
-    def next_item(self, annotator: str, dataset_id: int | None = None) -> Any:
-        return self.labels.next_item(annotator, dataset_id)
+    def next_item(self, annotator: str, dataset_id: int | None = None, order: str = "") -> Any:
+        return self.labels.next_item(annotator, dataset_id, order or QueueOrder.IN_ORDER)
 
     def save_label(self, pair_id: int, annotator: str, verdict: str, **details: Any) -> Any:
         return self.labels.save(pair_id, annotator, verdict, **details)

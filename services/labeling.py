@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.records import as_dict
 from storage import queries
 from storage.db import reading, writing
+from vocabulary import QueueOrder
 
 
 class Labeling:
@@ -23,7 +24,12 @@ class Labeling:
         self._frontier: dict[tuple[str, int | None], int] = {}
         self._frontier_lock = threading.Lock()
 
-    def next_item(self, annotator: str, dataset_id: int | None = None) -> queries.PairView | None:
+    def next_item(
+        self, annotator: str, dataset_id: int | None = None, order: str = QueueOrder.IN_ORDER
+    ) -> queries.PairView | None:
+        if order != QueueOrder.IN_ORDER:
+            with reading(self.sessions) as s:
+                return queries.next_pair(s, annotator, dataset_id=dataset_id, order=order)
         key = (annotator, dataset_id)
         with self._frontier_lock:
             start = self._frontier.get(key, 0)

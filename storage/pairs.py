@@ -6,15 +6,22 @@ out as PairView values (see storage.rows).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, exists, func, select
+from sqlalchemy import Select, case, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.models import Dataset, Judgment, Label, Pair
+from storage.models import Dataset, Judgment, JudgmentRun, Label, Pair
 from storage.rows import FAILED_JUDGMENT_STATUS, SKIP, NotFoundError, in_dataset
+from vocabulary import QueueOrder
+
+# A fixed permutation of pair ids per person (multiplying by a per-person factor modulo a prime):
+# "random" order, the same on every call, different for each annotator, cheap in SQL on SQLite
+# and PostgreSQL alike.
+SHUFFLE_MODULUS = 4294967291
 
 
 @dataclass(frozen=True)
@@ -157,15 +164,47 @@ def _unlabeled_by(annotator: str):
 
 
 def next_pair(
-    s: Session, annotator: str, dataset_id: int | None = None, from_id: int = 0
+    s: Session,
+    annotator: str,
+    dataset_id: int | None = None,
+    from_id: int = 0,
+    order: str = QueueOrder.IN_ORDER,
 ) -> PairView | None:
-    """The lowest-id pair (from `from_id` on) this annotator has neither labeled nor skipped;
-    None when done. The walk costs one index probe per labeled pair it passes, so a caller that
-    knows every pair below some id is labeled passes that id (see services.labeling)."""
-    stmt = select(Pair).where(Pair.id >= from_id, _unlabeled_by(annotator))
-    stmt = stmt.order_by(Pair.id).limit(1)
-    views = pair_views(s, in_dataset(stmt, dataset_id))
+    """The next pair this annotator has neither labeled nor skipped, None when done: the lowest
+    id (from `from_id` on), or in the annotator's own shuffled order, or the pair its judge is
+    least sure about (`order`, a QueueOrder). The in-order walk costs one index probe per
+    labeled pair it passes, so a caller that knows every pair below some id is labeled passes
+    that id (see services.labeling)."""
+    stmt = select(Pair).where(_unlabeled_by(annotator))
+    if order == QueueOrder.LEAST_SURE:
+        stmt = _least_sure_first(stmt)
+    elif order == QueueOrder.RANDOM:
+        stmt = stmt.order_by((Pair.id * _shuffle_factor(annotator)) % SHUFFLE_MODULUS, Pair.id)
+    else:
+        stmt = stmt.where(Pair.id >= from_id).order_by(Pair.id)
+    views = pair_views(s, in_dataset(stmt.limit(1), dataset_id))
     return views[0] if views else None
+
+
+def _shuffle_factor(annotator: str) -> int:
+    """A factor in [1, SHUFFLE_MODULUS) drawn from the person's name (never 0 modulo the prime,
+    so multiplying by it permutes the ids)."""
+    seed = int.from_bytes(hashlib.sha256(annotator.encode()).digest()[:4], "big")
+    return seed % (SHUFFLE_MODULUS - 1) + 1
+
+
+def _least_sure_first(stmt: Select) -> Select:
+    """Pairs by how unsure their latest judgment run was: the two orders disagreed first, then
+    the smallest |margin| (mean log-odds), then a stated verdict's probability nearest 1/2;
+    pairs never judged come last, each group in id order."""
+    latest = select(func.max(JudgmentRun.id)).where(JudgmentRun.pair_id == Pair.id)
+    run = stmt.outerjoin(JudgmentRun, JudgmentRun.id == latest.correlate(Pair).scalar_subquery())
+    return run.order_by(
+        case((JudgmentRun.position_consistent.is_(False), 0), else_=1),
+        func.abs(JudgmentRun.margin).nulls_last(),
+        func.abs(JudgmentRun.verdict_probability - 0.5).nulls_last(),
+        Pair.id,
+    )
 
 
 def queue_counts(s: Session, annotator: str, dataset_id: int | None = None) -> QueueCounts:

@@ -248,3 +248,20 @@ def test_label_handlers_write_the_outputs_their_events_list(settings) -> None:
         ui.name_box,
         ui.dataset,
     }
+
+
+def test_each_session_keeps_its_own_queue_order() -> None:
+    asked: list[tuple[str, object, str]] = []
+
+    class Queue:
+        def next_item(self, annotator, dataset_id, order):
+            asked.append((annotator, dataset_id, order))
+            return None
+
+    handlers = label_handlers(Queue())
+    ana, ben = (SimpleNamespace(session_hash=h, username=None) for h in ("s-ana", "s-ben"))
+    handlers.set_order("judge least sure first", ana)
+    handlers.set_order("no such order", ben)  # ignored: ben keeps the default
+    handlers.open_next("ana", 0, ana)
+    handlers.open_next("ben", 0, ben)
+    assert asked == [("ana", None, "judge least sure first"), ("ben", None, "in order")]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from gradio.blocks import Block
 
-from vocabulary import LabelVerdict
+from vocabulary import LabelVerdict, QueueOrder
 from webui import history
 from webui.common import (
     Changes,
@@ -99,6 +99,8 @@ class LabelHandlers:
         # Which pair each browser session shows: a judgment still streaming for a pair the
         # person has left stops itself instead of painting over the next pair.
         self._showing: OrderedDict[str, int | None] = OrderedDict()
+        # Each browser session's queue order (QueueOrder), chosen in the top bar.
+        self._orders: dict[str, str] = {}
         # Sessions that have asked the judge: only their next pairs are read ahead, so people
         # who label without the judge cost it no CPU on every pair they open.
         self._judging: set[str] = set()
@@ -151,7 +153,7 @@ class LabelHandlers:
         annotator = annotator_of(request, name)
         if not annotator:
             return self._status_only("")
-        return self._show(request, self.services.next_item(annotator, dataset_id_of(dataset)), "")
+        return self._show(request, self._next(annotator, dataset, request), "")
 
     def save(
         self,
@@ -186,9 +188,16 @@ class LabelHandlers:
         except Exception as exc:  # the person keeps the pair and their text, and can retry
             return self._status_only(f"Not saved: {explain(exc)}. Your label is still here; retry.")
         saved = f"Saved #{pair_id}: {decision['verdict']}."
-        return self._show(
-            request, self.services.next_item(annotator, dataset_id_of(dataset)), saved
-        )
+        return self._show(request, self._next(annotator, dataset, request), saved)
+
+    def _next(self, annotator: str, dataset: Any, request: gr.Request | None) -> Any:
+        order = self._orders.get(_session(request), QueueOrder.IN_ORDER)
+        return self.services.next_item(annotator, dataset_id_of(dataset), order)
+
+    def set_order(self, order: str, request: gr.Request | None) -> None:
+        """The queue order for this session's next pairs (the pair on screen stays)."""
+        if order in QueueOrder.values():
+            self._orders[_session(request)] = order
 
     def _decision(self, kind: str, pair_id: int, judged: dict) -> dict | str:
         judge_ok = judged.get("pair_id") == pair_id and judged.get("verdict") not in (None, "none")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from vocabulary import LabelVerdict
+from vocabulary import LabelVerdict, QueueOrder
 from webui.common import ALL_DATASETS, dataset_choices, refresh_datasets
 from webui.label_handlers import HIDDEN, NO_JUDGE, NO_PAIR, PRIVATE, LabelHandlers, LabelScreen
 
@@ -115,6 +115,7 @@ def _wire_queue(h: LabelHandlers, controls: dict[str, Any], demo: gr.Blocks) -> 
     opened = started.then(h.open_next, [ui.name, ui.dataset], screen, api_visibility="private")
     chain(opened)
     chain(ui.dataset.input(h.open_next, [ui.name, ui.dataset], screen))
+    controls["queue_order"].input(h.set_order, [controls["queue_order"]], None, **PRIVATE)
     chain(controls["next"].click(h.open_next, [ui.name, ui.dataset], screen, api_name="next_pair"))
     inputs = [ui.name, ui.dataset, ui.current, ui.judged, ui.fix, ui.note]
     for _, elem_id, kind in BUTTONS:
@@ -226,6 +227,16 @@ def _topbar(services: Services) -> dict[str, Any]:
             scale=0,
             min_width=210,
             elem_id="grm-text-view",
+        )
+        ui["queue_order"] = gr.Dropdown(
+            QueueOrder.values(),
+            value=QueueOrder.IN_ORDER.value,
+            label="Queue",
+            show_label=False,
+            container=False,
+            scale=0,
+            min_width=190,
+            elem_id="grm-queue-order",
         )
         ui["next"] = gr.Button("↻ Reload", size="sm", scale=0, min_width=90, elem_id="grm-next")
     return ui
