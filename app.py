@@ -27,6 +27,7 @@ from webui.data_tab import build_data_tab  # noqa: E402
 from webui.judge_tab import build_judge_tab  # noqa: E402
 from webui.keys import shortcut_script  # noqa: E402
 from webui.label_tab import build_label_tab  # noqa: E402
+from webui.prompts_tab import build_prompts_tab  # noqa: E402
 from webui.retrain_tab import build_retrain_tab  # noqa: E402
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def build_app(services: Services) -> gr.Blocks:
             build_batch_tab(services, limit)
             build_agreement_tab(services)
             build_retrain_tab(services)
+            build_prompts_tab(services)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     return demo
 

@@ -30,7 +30,7 @@ from webui.common import (
 )
 from webui.judge_saw import judge_saw_html
 from webui.judge_view import JudgeDisplay, apply_update, attach_ids, display_from_rows
-from webui.render import panel, prompt_views, safe_text, text_views
+from webui.render import panel, prompt_views, safe_markdown, safe_text, text_views
 
 if TYPE_CHECKING:
     from services import Services
@@ -73,6 +73,7 @@ class LabelScreen:
     fix: gr.Textbox  # corrected critique
     note: gr.Textbox
     judge_saw: gr.HTML
+    guidelines: gr.HTML  # the dataset's guidelines, as the judge is given them
     status: gr.HTML
     history: gr.HTML
 
@@ -227,9 +228,25 @@ class LabelHandlers:
     def after_screen(
         self, name: str, dataset: Any, current: dict, request: gr.Request | None
     ) -> Changes:
-        """What may follow the pair by a moment: the progress line and the pair's history."""
-        progress = self.progress(name, dataset, request)
-        return {self.ui.progress: progress, self.ui.history: self.pair_history(current)}
+        """What may follow the pair by a moment: the progress line, the pair's history and its
+        dataset's guidelines."""
+        ui = self.ui
+        return {
+            ui.progress: self.progress(name, dataset, request),
+            ui.history: self.pair_history(current),
+            ui.guidelines: self.guidelines(current),
+        }
+
+    def guidelines(self, current: dict) -> str:
+        pair_id = (current or {}).get("pair_id")
+        text = (
+            self.services.dataset_guidelines(self.services.pair(pair_id).dataset_id)
+            if pair_id
+            else ""
+        )
+        if not text.strip():
+            return '<div class="grm-empty">No guidelines for this dataset.</div>'
+        return safe_markdown(text)
 
     def progress(self, name: str, dataset: Any, request: gr.Request | None) -> str:
         """Labeled / remaining in the chosen dataset and agreement with the judge so far."""

@@ -105,7 +105,8 @@ def _wire_queue(h: LabelHandlers, controls: dict[str, Any], demo: gr.Blocks) -> 
 
     def chain(event: Any) -> None:
         # The pair is on screen already; progress and history follow, then auto-judge.
-        after_inputs, after = [ui.name, ui.dataset, ui.current], [ui.progress, ui.history]
+        after_inputs = [ui.name, ui.dataset, ui.current]
+        after = [ui.progress, ui.history, ui.guidelines]
         event = event.then(h.after_screen, after_inputs, after, show_progress="hidden", **PRIVATE)
         event.then(None, [controls["auto"]], None, js=auto_js)
 
@@ -165,6 +166,9 @@ def _desk_components(services: Services) -> dict[str, Any]:
     """The labeling desk: progress, prompt, A | B, judge panels, decision buttons, history."""
     ui = _topbar(services)
     ui["meta"] = gr.HTML(elem_id="grm-meta", js_on_load=None)
+    # The team's guidelines for this dataset: the same text the judge is given as principles.
+    with gr.Accordion("Guidelines for this dataset", open=False, elem_id="grm-guidelines-box"):
+        ui["guidelines"] = gr.HTML(elem_id="grm-guidelines", js_on_load=None)
     with gr.Row(elem_id="grm-main"):
         with gr.Column(scale=3, min_width=480):
             ui["prompt"] = gr.HTML(elem_id="grm-prompt", js_on_load=None)

@@ -1,0 +1,186 @@
+"""The Guidelines & prompts tab: a dataset's guidelines (shown to annotators, given to the judge
+as its first principles) and judge prompts as versions: pick one to judge with, or save an edited
+copy as a new version (a template that cannot judge is refused with its reasons)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from webui.common import Changes, dataset_choices, dataset_id_of, explain, refresh_datasets
+from webui.render import safe_text
+
+if TYPE_CHECKING:
+    from services import Services
+
+PRIVATE = {"api_visibility": "private"}
+
+
+@dataclass(frozen=True)
+class PromptsView:
+    dataset: gr.Dropdown
+    guidelines: gr.Textbox
+    guidelines_msg: gr.HTML
+    version: gr.Dropdown
+    system: gr.Textbox
+    user: gr.Textbox
+    answer_prefix: gr.Textbox
+    new_name: gr.Textbox
+    note: gr.Textbox
+    version_msg: gr.HTML
+
+
+class PromptsHandlers:
+    def __init__(self, services: Services, ui: PromptsView) -> None:
+        self.services = services
+        self.ui = ui
+
+    def show_guidelines(self, dataset: Any) -> Changes:
+        dataset_id = dataset_id_of(dataset)
+        text = self.services.dataset_guidelines(dataset_id) if dataset_id else ""
+        return {self.ui.guidelines: text, self.ui.guidelines_msg: ""}
+
+    def save_guidelines(self, dataset: Any, text: str) -> Changes:
+        dataset_id = dataset_id_of(dataset)
+        if not dataset_id:
+            return {self.ui.guidelines_msg: _box("error", "Choose a dataset first.")}
+        try:
+            self.services.set_dataset_guidelines(dataset_id, text)
+        except Exception as exc:  # refused: the reason, and the text stays in the box
+            return {self.ui.guidelines_msg: _box("error", f"Not saved: {explain(exc)}")}
+        said = "Saved." if (text or "").strip() else "Cleared."
+        return {self.ui.guidelines_msg: _box("ok", said)}
+
+    def show_version(self, version: str) -> Changes:
+        ui = self.ui
+        try:
+            row = self.services.prompt_version(version)
+        except Exception as exc:
+            return {ui.version_msg: _box("error", explain(exc))}
+        return {
+            ui.system: row["system"],
+            ui.user: row["user"],
+            ui.answer_prefix: row["answer_prefix"] or "",
+            ui.version_msg: "",
+        }
+
+    def save_version(
+        self, parent: str, name: str, system: str, user: str, prefix: str, note: str
+    ) -> Changes:
+        ui = self.ui
+        try:
+            row = self.services.new_prompt_version(
+                (name or "").strip(),
+                parent,
+                system=system,
+                user=user,
+                answer_prefix=prefix,
+                note=(note or "").strip() or None,
+            )
+        except Exception as exc:  # refused with every reason; nothing was stored
+            return {ui.version_msg: _box("error", f"Not saved: {explain(exc)}")}
+        choices = version_choices(self.services)
+        return {
+            ui.version: gr.update(choices=choices, value=row["version"]),
+            ui.version_msg: _box("ok", f"Saved {row['version']} (a copy of {parent})."),
+        }
+
+    def use_version(self, version: str) -> Changes:
+        """Judge with this version from now on (the Judge tab's other settings stay)."""
+        judge = self.services.judge
+        try:
+            row = self.services.prompt_version(version)
+            options = judge.options.model_copy(
+                update={"prompt_version": version, "protocol": row["protocol"]}
+            )
+            self.services.configure_judge(judge.backend, judge.model, options)
+        except Exception as exc:
+            return {self.ui.version_msg: _box("error", f"Not changed: {explain(exc)}")}
+        return {self.ui.version_msg: _box("ok", f"The judge now uses {version}.")}
+
+    def opened(self, dataset: Any, version: str) -> Changes:
+        ui = self.ui
+        return {
+            ui.dataset: refresh_datasets(self.services, dataset),
+            ui.version: gr.update(choices=version_choices(self.services), value=version),
+        }
+
+
+def version_choices(services: Services) -> list[tuple[str, str]]:
+    rows = services.prompt_versions()
+    return [(_label(r), r["version"]) for r in rows]
+
+
+def _label(row: dict[str, Any]) -> str:
+    kind = "built in" if row.get("read_only") else f"from {row.get('parent_version') or '?'}"
+    return f"{row['version']} ({kind})"
+
+
+def _box(kind: str, text: str) -> str:
+    return f'<div class="grm-msg grm-msg-{kind}">{safe_text(text)}</div>'
+
+
+def build_prompts_tab(services: Services) -> gr.Tab:
+    with gr.Tab("Guidelines & prompts", id="prompts", elem_id="grm-tab-prompts") as tab:
+        ui, controls = _layout(services)
+    h = PromptsHandlers(services, ui)
+    ui.dataset.input(h.show_guidelines, [ui.dataset], [ui.guidelines, ui.guidelines_msg], **PRIVATE)
+    controls["save_guidelines"].click(
+        h.save_guidelines, [ui.dataset, ui.guidelines], [ui.guidelines_msg], api_name="guidelines"
+    )
+    shown = [ui.system, ui.user, ui.answer_prefix, ui.version_msg]
+    ui.version.input(h.show_version, [ui.version], shown, **PRIVATE)
+    edits = [ui.version, ui.new_name, ui.system, ui.user, ui.answer_prefix, ui.note]
+    controls["save_version"].click(
+        h.save_version, edits, [ui.version, ui.version_msg], api_name="new_prompt_version"
+    )
+    controls["use_version"].click(h.use_version, [ui.version], [ui.version_msg], **PRIVATE)
+    tab.select(h.opened, [ui.dataset, ui.version], [ui.dataset, ui.version], **PRIVATE)
+    return tab
+
+
+def _layout(services: Services) -> tuple[PromptsView, dict[str, Any]]:
+    controls: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=1):
+            gr.Markdown(
+                "#### Guidelines\nMarkdown, per dataset: annotators see them beside the pair, "
+                "and the judge is given them as its first principles."
+            )
+            dataset = gr.Dropdown(dataset_choices(services), label="Dataset", elem_id="grm-g-ds")
+            guidelines = gr.Textbox(label="Guidelines", lines=10, elem_id="grm-guidelines-text")
+            controls["save_guidelines"] = gr.Button("Save guidelines", elem_id="grm-g-save")
+            guidelines_msg = gr.HTML(js_on_load=None, elem_id="grm-g-msg")
+        with gr.Column(scale=2):
+            gr.Markdown(
+                "#### Judge prompts\nVersions are never edited in place: edit the texts and save "
+                "them as a new version. Placeholders: {prompt}, {response_a}, {response_b} "
+                "(the verifier: {response}), {reference_block}, and optionally "
+                "{guidelines_block}; write a literal brace as {{ or }}."
+            )
+            version = gr.Dropdown(label="Version", elem_id="grm-p-version")
+            system = gr.Textbox(label="System message", lines=2, elem_id="grm-p-system")
+            user = gr.Textbox(label="User message", lines=12, elem_id="grm-p-user")
+            answer_prefix = gr.Textbox(label="Answer starts with", elem_id="grm-p-prefix")
+            with gr.Row():
+                new_name = gr.Textbox(label="New version name", elem_id="grm-p-name")
+                note = gr.Textbox(label="Note", elem_id="grm-p-note")
+            with gr.Row():
+                controls["save_version"] = gr.Button("Save as new version", elem_id="grm-p-save")
+                controls["use_version"] = gr.Button("Judge with this version", elem_id="grm-p-use")
+            version_msg = gr.HTML(js_on_load=None, elem_id="grm-p-msg")
+    view = PromptsView(
+        dataset,
+        guidelines,
+        guidelines_msg,
+        version,
+        system,
+        user,
+        answer_prefix,
+        new_name,
+        note,
+        version_msg,
+    )
+    return view, controls
