@@ -313,9 +313,11 @@ class PairwiseProtocol(Protocol):
                 probs = choice_probabilities(distribution, _VERDICT_TOKENS, ignore_case=ignore_case)
                 letter = {Verdict.A: "A", Verdict.B: "B", Verdict.TIE: "C"}[state.verdict]
                 judgment.verdict_probability = verdict_share(probs, letter) if probs else None
+                judgment.p_a = verdict_share(probs, "A") if probs else None
         elif result:
             probs = choice_probabilities(result, _VERDICT_TOKENS)
             if probs:
+                judgment.p_a = verdict_share(probs, "A")
                 letter = max(probs, key=lambda c: probs[c])
                 draw = sum(1 for p in probs.values() if p == probs[letter]) > 1
                 # An exact draw is no reason to prefer A (listed first): a tie, no probability.

@@ -74,7 +74,10 @@ def unswap(judgment: Judgment) -> Judgment:
     if judgment.swapped:
         raise ValueError("unswap: this judgment is already in the original order (swapped=True)")
     scores = (judgment.scores[1], judgment.scores[0]) if judgment.scores is not None else None
-    return replace(judgment, verdict=judgment.verdict.swapped(), scores=scores, swapped=True)
+    p_a = 1.0 - judgment.p_a if judgment.p_a is not None else None  # A shown second was "B"
+    return replace(
+        judgment, verdict=judgment.verdict.swapped(), scores=scores, p_a=p_a, swapped=True
+    )
 
 
 def majority(verdicts: Sequence[Verdict]) -> Verdict:
@@ -162,11 +165,15 @@ def verdict_from_margin(margin: float | None, tie_band: float = 0.0) -> Verdict:
 def pairwise_evidence(judgments: Sequence[Judgment]) -> list[float] | None:
     """Each voting sample's log-odds of A over B; None when a stated A or B has no probability.
 
-    A stated tie gives 0; a sample without a verdict gives nothing (it is left out).
+    The judge's own P(A) against P(B) at the verdict position (`p_a`) is the evidence where it
+    was read, whatever letter the sample stated; otherwise a stated tie gives 0 and a stated A
+    or B its probability. A sample without a verdict gives nothing (it is left out).
     """
     evidence: list[float] = []
     for judgment in judgments:
-        if judgment.verdict is Verdict.TIE:
+        if judgment.verdict is not Verdict.NONE and judgment.p_a is not None:
+            evidence.append(log_odds(judgment.p_a))
+        elif judgment.verdict is Verdict.TIE:
             evidence.append(0.0)
         elif judgment.verdict in (Verdict.A, Verdict.B):
             p = judgment.verdict_probability

@@ -60,55 +60,54 @@ def fit_adapter(
     on_progress: ProgressCallback | None,
 ) -> dict[str, Any]:
     """Run the TRL trainer and write the adapter; returns the training figures."""
+
+    def make(work: Path, bf16: bool) -> Any:
+        from datasets import Dataset
+
+        model = _load_trainable_model(base_model_path, parent_adapter_path)
+        return _make_trainer(config, model, tokenizer, Dataset.from_list(rows), work, bf16)
+
+    return train_and_save(config, make, on_progress)
+
+
+def train_and_save(
+    config: TrainConfig,
+    make_trainer: Callable[[Path, bool], Any],
+    on_progress: ProgressCallback | None,
+) -> dict[str, Any]:
+    """Build a trainer (`make_trainer(work_dir, bf16)`) in a temporary directory beside the
+    output, train it, and rename the adapter into place: it appears whole or not at all.
+    Returns the training figures."""
+    from transformers.trainer_callback import PrinterCallback
+
     bf16 = use_bf16(config.bf16)
     output_dir = Path(config.output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    examples_per_step = config.batch_size * config.gradient_accumulation_steps
     try:
-        trainer, output, runtime = _fit(
-            config, rows, tokenizer, base_model_path, parent_adapter_path, on_progress, work, bf16
-        )
+        with warnings.catch_warnings():
+            # TRL 1.16 calls a transformers 5 property deprecated for a new name; not ours.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")
+            trainer = make_trainer(work, bf16)
+            trainer.add_callback(ProgressReporter(on_progress, examples_per_step).callback())
+            trainer.remove_callback(PrinterCallback)  # progress is logged and reported instead
+            started = time.perf_counter()
+            output = trainer.train()
+            runtime = time.perf_counter() - started
         save_adapter(trainer.model, work / "adapter")
-        os.replace(work / "adapter", output_dir)  # atomic: the adapter appears whole or not at all
+        os.replace(work / "adapter", output_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     steps = trainer.state.global_step
-    examples = steps * config.batch_size * config.gradient_accumulation_steps
     return {
         "steps": steps,
         "train_loss": _finite(output.training_loss),
         "runtime_s": runtime,
-        "examples_per_s": examples / runtime if runtime > 0 else 0.0,
+        "examples_per_s": steps * examples_per_step / runtime if runtime > 0 else 0.0,
         "bf16": bf16,
         "log_history": list(trainer.state.log_history),
     }
-
-
-def _fit(
-    config: TrainConfig,
-    rows: list[dict[str, Any]],
-    tokenizer: Any,
-    base_model_path: Path,
-    parent_adapter_path: str | Path | None,
-    on_progress: ProgressCallback | None,
-    work: Path,
-    bf16: bool,
-) -> tuple[Any, Any, float]:
-    """Build the TRL trainer and train; returns (trainer, its output, seconds spent training)."""
-    from datasets import Dataset
-    from transformers.trainer_callback import PrinterCallback
-
-    with warnings.catch_warnings():
-        # TRL 1.16 calls a transformers 5 property deprecated in favour of a new name; not ours.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")
-        model = _load_trainable_model(base_model_path, parent_adapter_path)
-        examples_per_step = config.batch_size * config.gradient_accumulation_steps
-        trainer = _make_trainer(config, model, tokenizer, Dataset.from_list(rows), work, bf16)
-        trainer.add_callback(ProgressReporter(on_progress, examples_per_step).callback())
-        trainer.remove_callback(PrinterCallback)  # progress is logged and reported instead
-        started = time.perf_counter()
-        output = trainer.train()
-    return trainer, output, time.perf_counter() - started
 
 
 def _finite(value: float | None) -> float | None:

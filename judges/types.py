@@ -102,6 +102,9 @@ class Judgment:
     pair_id: int | None = None
     # The chat messages the judge was given, answer prefill included: what the judge saw.
     prompt_messages: list[dict[str, str]] | None = None
+    # Pairwise: P(A) / (P(A) + P(B)) at the verdict position, in this judgment's order, whatever
+    # letter was stated (a stated tie still weighs A against B); None without log-probabilities.
+    p_a: float | None = None
 
 
 @dataclass

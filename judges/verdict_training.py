@@ -11,18 +11,13 @@ by the judge's own protocol, so training reads exactly the text inference reads.
 from __future__ import annotations
 
 import logging
-import math
-import os
-import shutil
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from judges.protocols import get_protocol
 from judges.train_config import TrainConfig, TrainingRefused
-from judges.trainer import ProgressCallback, ProgressReporter, save_adapter, use_bf16
+from judges.trainer import ProgressCallback, train_and_save
 from judges.training_data import TrainingRecord
 from judges.types import PairInput, Verdict
 from vocabulary import ProtocolName
@@ -81,36 +76,12 @@ def fit_verdict_adapter(
     on_progress: ProgressCallback | None,
 ) -> dict[str, Any]:
     """Train the LoRA adapter on the rows and write it whole or not at all; the figures."""
-    bf16 = use_bf16(config.bf16)
-    output_dir = Path(config.output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
+
+    def make(work: Path, bf16: bool) -> Any:
         model = _model(config, base_model_path, parent_adapter_path, bf16)
-        trainer = _trainer(config, rows, tokenizer, model, work)
-        trainer.add_callback(ProgressReporter(on_progress, config.batch_size).callback())
-        started = time.perf_counter()
-        output = trainer.train()
-        runtime = time.perf_counter() - started
-        save_adapter(trainer.model, work / "adapter")
-        os.replace(work / "adapter", output_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    loss = output.training_loss
-    return {
-        "steps": trainer.state.global_step,
-        "train_loss": loss if loss is not None and math.isfinite(loss) else None,
-        "runtime_s": runtime,
-        "examples_per_s": len(rows) * _epochs_done(trainer, rows, config) / runtime,
-        "bf16": bf16,
-        "log_history": list(trainer.state.log_history),
-    }
+        return _trainer(config, rows, tokenizer, model, work)
 
-
-def _epochs_done(trainer: Any, rows: list[dict[str, Any]], config: TrainConfig) -> float:
-    """Examples seen as a multiple of the data (max_steps may stop inside an epoch)."""
-    seen = trainer.state.global_step * config.batch_size * config.gradient_accumulation_steps
-    return min(seen, math.ceil(config.epochs * len(rows))) / len(rows) if rows else 0.0
+    return train_and_save(config, make, on_progress)
 
 
 def _trainer(
@@ -119,7 +90,6 @@ def _trainer(
     import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
 
     class VerdictTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -151,7 +121,6 @@ def _trainer(
         train_dataset=Dataset.from_list(rows),
         data_collator=_LeftPadding(tokenizer.pad_token_id),
     )
-    trainer.remove_callback(PrinterCallback)
     return trainer
 
 

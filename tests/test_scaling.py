@@ -358,3 +358,16 @@ def test_a_lone_judgment_keeps_its_stated_verdict(samples, verdict, probability)
 def test_an_unknown_rule_is_refused() -> None:
     with pytest.raises(ValueError):
         aggregate([judgment(A, p=0.9)], "median")
+
+
+def test_a_stated_tie_still_weighs_a_against_b_when_the_probabilities_were_read() -> None:
+    # Both orders say [[C]], but the judge's P(A) vs P(B) leans to the same response twice:
+    # 0.8 for A shown first, 0.3 for A shown second (so 0.7 for the original A).
+    first = Judgment("pairwise", "v", verdict=Verdict.TIE, verdict_probability=0.6, p_a=0.8)
+    second = Judgment("pairwise", "v", verdict=Verdict.TIE, verdict_probability=0.6, p_a=0.3)
+    result = aggregate([first, unswap(second)], Aggregation.MEAN)
+    expected = (math.log(0.8 / 0.2) + math.log(0.7 / 0.3)) / 2
+    assert result.margin == pytest.approx(expected) and result.verdict is Verdict.A
+    # Without read probabilities a stated tie stays evidence of nothing.
+    bare = [Judgment("pairwise", "v", verdict=Verdict.TIE, verdict_probability=0.6)] * 2
+    assert aggregate(bare, Aggregation.MEAN).verdict is Verdict.TIE
