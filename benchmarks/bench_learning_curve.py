@@ -96,6 +96,17 @@ def right(verdicts: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[bo
     return [v["verdict"] == r["label"] for v, r in zip(verdicts, rows, strict=True)]
 
 
+def forced(verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same judgments forced to choose: the sign of the margin, no tie band. The shared
+    sets have no tie labels, and a bf16 judge's margins come in steps of about 0.06, so the
+    product's tie band (0.1) makes a judge with a small lean say "tie": both figures are kept."""
+
+    def choice(margin: float | None) -> str:
+        return "none" if margin is None else "A" if margin > 0 else "B" if margin < 0 else "tie"
+
+    return [{**v, "verdict": choice(v["margin"])} for v in verdicts]
+
+
 def label_order(train_pool: list[dict], base_verdicts: list[dict], order: str, seed: int) -> list:
     rng = random.Random(seed)
     indices = list(range(len(train_pool)))
@@ -155,10 +166,16 @@ def train_and_judge(args, base_model: Path, rows: list[dict], seed: int, evals: 
 
 
 def figures(verdicts: dict, evals: dict, base: dict) -> dict:
+    """Per evaluation set: the product's rule, and the same judgments forced to choose."""
     out = {}
     for name, (rows, _) in evals.items():
-        comparison = paired_comparison(right(base[name], rows), right(verdicts[name], rows))
-        out[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in comparison.items()}
+        for suffix, pick in (("", lambda v: v), ("_forced", forced)):
+            comparison = paired_comparison(
+                right(pick(base[name]), rows), right(pick(verdicts[name]), rows)
+            )
+            out[name + suffix] = {
+                k: (round(v, 4) if isinstance(v, float) else v) for k, v in comparison.items()
+            }
     return out
 
 
@@ -168,23 +185,31 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    base = report["base"]["heldout"]
-    ax.axhline(base, color="grey", linestyle="--", label=f"base judge ({base:.3f})")
-    for order in report["orders"]:
-        runs = [r for r in report["runs"] if r["order"] == order]
-        sizes = sorted({r["labels"] for r in runs})
-        accs = [
-            [r["figures"]["heldout"]["second_accuracy"] for r in runs if r["labels"] == n]
-            for n in sizes
-        ]
-        means = [statistics.mean(a) for a in accs]
-        spread = [(max(a) - min(a)) / 2 for a in accs]
-        ax.errorbar(sizes, means, yerr=spread, marker="o", capsize=3, label=f"verdict, {order}")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for suffix, style, what in (("", "-", "tie band 0.1"), ("_forced", ":", "forced choice")):
+        base = report["base"]["heldout" + suffix]
+        ax.axhline(base, color="grey", linestyle=style, label=f"base judge, {what} ({base:.3f})")
+        for order in report["orders"]:
+            runs = [r for r in report["runs"] if r["order"] == order]
+            sizes = sorted({r["labels"] for r in runs})
+            accs = [
+                [
+                    r["figures"]["heldout" + suffix]["second_accuracy"]
+                    for r in runs
+                    if r["labels"] == n
+                ]
+                for n in sizes
+            ]
+            means = [statistics.mean(a) for a in accs]
+            spread = [(max(a) - min(a)) / 2 for a in accs]
+            label = f"verdict, {order}, {what}"
+            ax.errorbar(
+                sizes, means, yerr=spread, marker="o", capsize=3, linestyle=style, label=label
+            )
     ax.set_xlabel("human labels trained on")
     ax.set_ylabel(f"held-out accuracy ({report['heldout_pairs']} pairs)")
     ax.set_title("Embedded judge retrained on human labels (bars: min-max over seeds)")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -198,23 +223,31 @@ def summary(report: dict) -> dict:
         if best is None or acc > best[0]:
             best = (acc, order, runs)
     acc, order, runs = best
+    return {
+        "product_rule": _summary_of(report, "", order, largest, runs),
+        # The conservative figure: both judges forced to choose (no tie band, see `forced`).
+        "forced_choice": _summary_of(report, "_forced", order, largest, runs),
+    }
+
+
+def _summary_of(report: dict, suffix: str, order: str, largest: int, runs: list) -> dict:
+    key, guard = "heldout" + suffix, GUARD + suffix
+    acc = statistics.mean(r["figures"][key]["second_accuracy"] for r in runs)
     first = runs[0]["figures"]  # the first seed's judge: a paired test is per trained judge
     return {
         "method": "verdict",
         "order": order,
         "labels": largest,
         "seeds": len(runs),
-        "base_accuracy": report["base"]["heldout"],
+        "base_accuracy": round(report["base"][key], 4),
         "accuracy": round(acc, 4),
-        "gain_points": round(100 * (acc - report["base"]["heldout"]), 2),
-        "p_value": first["heldout"]["p_value"],
-        "p_values_per_seed": [r["figures"]["heldout"]["p_value"] for r in runs],
-        "difference_ci": [
-            first["heldout"]["difference_ci_low"],
-            first["heldout"]["difference_ci_high"],
-        ],
+        "gain_points": round(100 * (acc - report["base"][key]), 2),
+        "p_value": first[key]["p_value"],
+        "p_values_per_seed": [r["figures"][key]["p_value"] for r in runs],
+        "difference_ci": [first[key]["difference_ci_low"], first[key]["difference_ci_high"]],
+        "llmbar_natural_base": round(report["base"][guard], 4),
         "llmbar_natural_delta_points": round(
-            100 * statistics.mean(r["figures"][GUARD]["difference"] for r in runs), 2
+            100 * statistics.mean(r["figures"][guard]["difference"] for r in runs), 2
         ),
         "train_and_eval_seconds": round(
             statistics.mean(r["train_and_eval_seconds"] for r in runs), 1
@@ -256,6 +289,10 @@ def main() -> None:
     base_on_pool = judged(base_backend, train_pool)
     base_backend.close()
     base_acc = {n: sum(right(base[n], rows)) / len(rows) for n, (rows, _) in evals.items()}
+    base_acc |= {
+        f"{n}_forced": sum(right(forced(base[n]), rows)) / len(rows)
+        for n, (rows, _) in evals.items()
+    }
     print(f"base judge: {base_acc} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     report: dict[str, Any] = {
@@ -289,11 +326,13 @@ def main() -> None:
                     **run,
                 }
                 report["runs"].append(entry)
-                held = entry["figures"]["heldout"]
+                held, fo = entry["figures"]["heldout"], entry["figures"]["heldout_forced"]
                 print(
                     f"{order:10s} seed {seed} N={size:3d}: held-out {held['second_accuracy']:.3f} "
-                    f"(base {held['first_accuracy']:.3f}, p={held['p_value']:.3g}), "
-                    f"{GUARD} {entry['figures'][GUARD]['second_accuracy']:.3f}, "
+                    f"(base {held['first_accuracy']:.3f}, p={held['p_value']:.3g}); forced "
+                    f"{fo['second_accuracy']:.3f} (base {fo['first_accuracy']:.3f}, "
+                    f"p={fo['p_value']:.3g}); "
+                    f"{GUARD} forced {entry['figures'][GUARD + '_forced']['second_accuracy']:.3f}, "
                     f"{run['examples_per_s']} ex/s, {run['train_and_eval_seconds']} s",
                     flush=True,
                 )
