@@ -106,10 +106,15 @@ def test_k_samples_in_both_orders_combine_by_the_chosen_rule(embedded, rule) -> 
         assert result.verdict is (leaders[0] if len(leaders) == 1 else Verdict.TIE)
         return
 
-    # Mean: the sign of the mean log-odds of A over B, each sample's P(A) in the pair's order.
+    # Mean: the sign of the mean log-odds of A over B, each sample's P(A) in the pair's order:
+    # the P(A) read at its verdict position, else its stated verdict's probability.
     def log_odds(s) -> float:
-        p = min(max(s.verdict_probability, 1e-6), 1 - 1e-6)
-        p_a = {Verdict.A: p, Verdict.B: 1 - p}.get(s.verdict, 0.5)
+        if s.p_a is not None:
+            p_a = s.p_a
+        else:
+            p = s.verdict_probability
+            p_a = {Verdict.A: p, Verdict.B: 1 - p}.get(s.verdict, 0.5)
+        p_a = min(max(p_a, 1e-6), 1 - 1e-6)
         return math.log(p_a / (1 - p_a))
 
     decided = [s for s in samples if s.verdict is not Verdict.NONE]
