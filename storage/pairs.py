@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, case, exists, func, select
+from sqlalchemy import BigInteger, Select, case, cast, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -179,7 +179,8 @@ def next_pair(
     if order == QueueOrder.LEAST_SURE:
         stmt = _least_sure_first(stmt)
     elif order == QueueOrder.RANDOM:
-        stmt = stmt.order_by((Pair.id * _shuffle_factor(annotator)) % SHUFFLE_MODULUS, Pair.id)
+        wide_id = cast(Pair.id, BigInteger)  # PostgreSQL: id x factor overflows an integer
+        stmt = stmt.order_by((wide_id * _shuffle_factor(annotator)) % SHUFFLE_MODULUS, Pair.id)
     else:
         stmt = stmt.where(Pair.id >= from_id).order_by(Pair.id)
     views = pair_views(s, in_dataset(stmt.limit(1), dataset_id))

@@ -182,10 +182,12 @@ def test_export_downloads_every_format(running_app, fmt: str) -> None:
             }
         assert expected in records  # the person chose A
         return
-    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)
-    (mine,) = [r["messages"] for r in records if r["messages"][1]["content"].startswith(critique)]
-    assert mine[1]["content"] == f"{critique}\n\nVerdict: [[A]]"  # the person's critique
-    question = mine[0]["content"]
+    # The judge's own prompt (system, user) and the answer it should have given.
+    roles = ["system", "user", "assistant"]
+    assert all([m["role"] for m in r["messages"]] == roles for r in records)
+    (mine,) = [r["messages"] for r in records if r["messages"][2]["content"].startswith(critique)]
+    assert mine[2]["content"] == f"{critique}\n\nVerdict: [[A]]"  # the person's critique
+    question = mine[1]["content"]
     assert f"[Response A]\n{pair.response_a}" in question
     assert f"[Response B]\n{pair.response_b}" in question
 

@@ -5,6 +5,7 @@ malformed (with the reason), and once saved and chosen, it judges and its judgme
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -61,9 +62,18 @@ def wait_for_text(page, selector: str, text: str) -> None:
 
 
 def judge_pair_on_screen(page, services) -> list[dict]:
+    """Judge the pair on screen and return its new run's rows (an earlier test may have judged
+    the same pair: its stored run must not be taken for this one)."""
+    pair_id = pair_on_screen(page)
+    before = {row["id"] for row in services.latest_judgment_run(pair_id)}
     page.click("#grm-judge")
-    page.wait_for_selector('#grm-badge .grm-badge[data-state="done"]')
-    return services.latest_judgment_run(pair_on_screen(page))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        run = services.latest_judgment_run(pair_id)
+        if run and not {row["id"] for row in run} & before:
+            return run
+        page.wait_for_timeout(100)  # polling for the stored run, not a wait for nothing
+    raise AssertionError(f"no new judgment of pair {pair_id} was stored")
 
 
 def test_guidelines_are_shown_beside_the_pair_and_reach_the_judge(browser, team_app) -> None:

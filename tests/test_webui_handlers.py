@@ -104,7 +104,7 @@ class Recorder:
     def save_label(self, pair_id, annotator, verdict, **details):
         self.saved.append((pair_id, annotator, verdict, details))
 
-    def next_item(self, annotator, dataset_id=None):
+    def next_item(self, annotator, dataset_id=None, order=None):
         return None
 
 
@@ -237,6 +237,7 @@ def test_label_handlers_write_the_outputs_their_events_list(settings) -> None:
     assert set(handlers.after_screen("kim", None, screen[ui.current], kim)) == {
         ui.progress,
         ui.history,
+        ui.guidelines,
     }
     assert set(handlers.stopped()) == {ui.badge, ui.status}
     started = handlers.start("kim", kim)
