@@ -98,8 +98,9 @@ def right(verdicts: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[bo
 
 def forced(verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The same judgments forced to choose: the sign of the margin, no tie band. The shared
-    sets have no tie labels, and a bf16 judge's margins come in steps of about 0.06, so the
-    product's tie band (0.1) makes a judge with a small lean say "tie": both figures are kept."""
+    sets have no tie labels, and a bf16 judge's margins come in steps of about 0.06, so a tie
+    band of 0.1 (the product's default when these figures were taken; 0 since) makes a judge
+    with a small lean say "tie": both figures are kept."""
 
     def choice(margin: float | None) -> str:
         return "none" if margin is None else "A" if margin > 0 else "B" if margin < 0 else "tie"

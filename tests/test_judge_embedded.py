@@ -10,6 +10,7 @@ import pytest
 
 from judges.backends.base import Backend
 from judges.judge import JudgeOptions, judge_pairs, stream_judgment, warm_judgment
+from judges.scaling import TIE_BAND
 from judges.types import Aggregation, PairInput, Section, Status, Verdict
 
 pytestmark = pytest.mark.slow
@@ -120,5 +121,5 @@ def test_k_samples_in_both_orders_combine_by_the_chosen_rule(embedded, rule) -> 
     decided = [s for s in samples if s.verdict is not Verdict.NONE]
     margin = sum(log_odds(s) for s in decided) / len(decided)
     assert result.aggregation == "mean" and result.margin == pytest.approx(margin, abs=1e-6)
-    expected = Verdict.TIE if abs(margin) <= 0.1 else Verdict.A if margin > 0 else Verdict.B
+    expected = Verdict.TIE if abs(margin) <= TIE_BAND else Verdict.A if margin > 0 else Verdict.B
     assert result.verdict is expected

@@ -234,13 +234,14 @@ def test_a_biased_judge_is_a_tie_by_vote_but_keeps_its_evidence_by_mean() -> Non
 @pytest.mark.parametrize(
     ("margin", "tie_band", "verdict"),
     [
-        (0.0, TIE_BAND, TIE),
-        (0.05, TIE_BAND, TIE),
-        (-0.09, TIE_BAND, TIE),
-        (0.11, TIE_BAND, A),
-        (-0.11, TIE_BAND, B),
-        (0.05, 0.0, A),  # no band: any preference decides
-        (0.5, 1.0, TIE),  # a wider band, asked for
+        (0.0, TIE_BAND, TIE),  # exactly balanced evidence (pure position bias)
+        (0.05, TIE_BAND, A),  # the default band: any preference decides
+        (-0.06, TIE_BAND, B),
+        (0.05, 0.1, TIE),  # a band, asked for
+        (-0.09, 0.1, TIE),
+        (0.11, 0.1, A),
+        (-0.11, 0.1, B),
+        (0.5, 1.0, TIE),
     ],
 )
 def test_tie_band_around_zero(margin, tie_band, verdict) -> None:
@@ -252,8 +253,8 @@ def test_tie_band_around_zero(margin, tie_band, verdict) -> None:
 
 
 def test_the_tie_band_is_stated_in_log_odds() -> None:
-    assert TIE_BAND == 0.1  # P(A) between 0.475 and 0.525; the reason is in judges.scaling
-    assert sigmoid(TIE_BAND) == pytest.approx(0.525, abs=1e-3)
+    assert TIE_BAND == 0.0  # only balanced evidence is a tie; measured, see judges.scaling
+    assert sigmoid(0.1) == pytest.approx(0.525, abs=1e-3)  # what a band of 0.1 would mean
 
 
 @pytest.mark.parametrize(
