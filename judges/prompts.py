@@ -159,13 +159,8 @@ class PromptTemplate:
         return messages, cuts
 
 
-PAIRWISE_V1 = PromptTemplate(
-    name="pairwise",
-    version="pairwise-v1",
-    system="You are a fair judge. You compare two responses to a question and pick the better one.",
-    user="""Which response answers the question better?
-
-[Question]
+# The pair as every built-in template shows it (the versions differ in what they ask after it).
+TWO_RESPONSES = """[Question]
 {prompt}
 
 [Response A]
@@ -174,6 +169,24 @@ PAIRWISE_V1 = PromptTemplate(
 [Response B]
 {response_b}
 
+"""
+ONE_RESPONSE = """[Question]
+{prompt}
+
+[Response]
+{response}
+
+"""
+
+PAIRWISE_V1 = PromptTemplate(
+    name="pairwise",
+    version="pairwise-v1",
+    system="You are a fair judge. You compare two responses to a question and pick the better one.",
+    user="""Which response answers the question better?
+
+"""
+    + TWO_RESPONSES
+    + """\
 {reference_block}Judge by what the question asks for: following the instruction, correctness, \
 helpfulness. Ignore the order and the length of the responses.
 Write three short sections in this exact format:
@@ -193,15 +206,9 @@ POINTWISE_V1 = PromptTemplate(
     system="You are a fair judge. You rate responses to a question with scores from 1 to 10.",
     user="""Rate each response to the question.
 
-[Question]
-{prompt}
-
-[Response A]
-{response_a}
-
-[Response B]
-{response_b}
-
+"""
+    + TWO_RESPONSES
+    + """\
 {reference_block}First write the criteria that matter for this question, then analyse both \
 responses, then give each an integer score from 1 (bad) to 10 (excellent).
 Write three short sections in this exact format:
@@ -221,12 +228,9 @@ VERIFIER_V1 = PromptTemplate(
     system="You are a careful verifier. You check whether a response answers a question correctly.",
     user="""Is this response a correct and complete answer to the question?
 
-[Question]
-{prompt}
-
-[Response]
-{response}
-
+"""
+    + ONE_RESPONSE
+    + """\
 {reference_block}Write a short verification, then answer with Yes or No, in this exact format:
 Verification: check the response against the question, step by step, briefly.
 Is the answer correct (Yes/No)? Yes or No
@@ -253,15 +257,9 @@ PAIRWISE_V3 = PromptTemplate(
     system="You are a fair judge. You compare two responses to a question and pick the better one.",
     user="""Which response answers the question better?
 
-[Question]
-{prompt}
-
-[Response A]
-{response_a}
-
-[Response B]
-{response_b}
-
+"""
+    + TWO_RESPONSES
+    + """\
 {reference_block}Judge by what this question asks for, not by the order or the length of the \
 responses. Answer in three parts headed Principles, Critique and Verdict: first what matters \
 most for this question, then how each response does on it, then [[A]] if Response A is \
@@ -275,15 +273,9 @@ POINTWISE_V3 = PromptTemplate(
     system="You are a fair judge. You rate responses to a question with scores from 1 to 10.",
     user="""Rate each response to the question.
 
-[Question]
-{prompt}
-
-[Response A]
-{response_a}
-
-[Response B]
-{response_b}
-
+"""
+    + TWO_RESPONSES
+    + """\
 {reference_block}Answer in three parts headed Specific Criteria, Analysis and Scores: first \
 what matters for this question, then how each response meets it, then an integer score from \
 1 (bad) to 10 (excellent) for each, written as \\boxed{{A's score, B's score}}.""",
@@ -296,12 +288,9 @@ VERIFIER_V3 = PromptTemplate(
     system="You are a careful verifier. You check whether a response answers a question correctly.",
     user="""Is this response a correct and complete answer to the question?
 
-[Question]
-{prompt}
-
-[Response]
-{response}
-
+"""
+    + ONE_RESPONSE
+    + """\
 {reference_block}Check the response against the question step by step under the header \
 Verification, then end with the line "Is the answer correct (Yes/No)?" followed by Yes or No.""",
     answer_prefix="Verification:",
