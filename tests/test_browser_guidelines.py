@@ -80,6 +80,7 @@ def test_guidelines_are_shown_beside_the_pair_and_reach_the_judge(browser, team_
     page = open_desk(browser, team_app.url, "team-lead")
     page.get_by_role("tab", name="Guidelines & prompts").click()
     choose(page, "#grm-g-ds", "team")
+    wait_for_text(page, "#grm-g-msg", "team has no guidelines yet")  # loaded: typing is kept
     page.locator("#grm-guidelines-text textarea").fill(GUIDELINES)
     page.click("#grm-g-save")
     page.wait_for_function(

@@ -266,3 +266,17 @@ def test_each_session_keeps_its_own_queue_order() -> None:
     handlers.open_next("ana", 0, ana)
     handlers.open_next("ben", 0, ben)
     assert asked == [("ana", None, "judge least sure first"), ("ben", None, "in order")]
+
+
+def test_a_tab_opening_refresh_never_undoes_a_dataset_picked_meanwhile() -> None:
+    """The refresh is computed from the value seen when the tab opened; carrying that value
+    back would reset a pick the person made while it ran (a real race, seen in CI)."""
+    from webui.common import ALL_DATASETS, refresh_datasets
+
+    datasets = [SimpleNamespace(id=3, name="team", pair_count=4)]
+    services = SimpleNamespace(datasets=lambda: datasets)
+    kept = refresh_datasets(services, ALL_DATASETS)
+    assert "value" not in kept
+    assert kept["choices"] == [("All datasets (4 pairs)", ALL_DATASETS), ("team (4 pairs)", 3)]
+    gone = refresh_datasets(services, 9)  # the chosen dataset no longer exists
+    assert gone["value"] == ALL_DATASETS

@@ -10,7 +10,7 @@ import pandas as pd
 from gradio.blocks import Block
 
 from webui.common import ALL_DATASETS, Changes, dataset_choices, dataset_id_of, explain
-from webui.render import safe_text
+from webui.render import error_box, safe_text
 
 if TYPE_CHECKING:
     from services import Services
@@ -51,7 +51,7 @@ class AgreementHandlers:
         try:
             r = self.services.agreement(dataset_id_of(dataset))
         except Exception as exc:
-            failed = _box("error", f"Could not compute agreement: {explain(exc)}")
+            failed = error_box(f"Could not compute agreement: {explain(exc)}")
             empty = {output: pd.DataFrame() for output in ui.report_outputs()}
             return empty | {ui.cards: failed}
         by_category = _groups(r.get("by_category", {}))
@@ -116,10 +116,6 @@ def _plot_frame(by_category: pd.DataFrame) -> pd.DataFrame:
 def _inter_annotator(rows: list[dict[str, Any]]) -> pd.DataFrame:
     data = [[" & ".join(r["annotators"]), r["n_shared"], r["agreement"], r["kappa"]] for r in rows]
     return pd.DataFrame(data, columns=["annotators", "shared pairs", "agreement", "kappa"]).round(3)
-
-
-def _box(kind: str, text: str) -> str:
-    return f'<div class="grm-msg grm-msg-{kind}">{safe_text(text)}</div>'
 
 
 def build_agreement_tab(services: Services) -> gr.Tab:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from webui.common import ALL_DATASETS, Changes, dataset_choices, dataset_name_of, explain
-from webui.render import safe_text
+from webui.render import error_box, ok_box
 
 if TYPE_CHECKING:
     from services import Services
@@ -45,12 +45,11 @@ class BatchHandlers:
                 should_stop=stop.is_set,
             )
         except Exception as exc:
-            return _box("error", f"Batch judging failed: {explain(exc)}")
+            return error_box(f"Batch judging failed: {explain(exc)}")
         finally:
             self._stops.pop(_session(request), None)
         verb = "Cancelled after judging" if report.cancelled else "Judged"
-        return _box(
-            "ok",
+        return ok_box(
             f"{verb} {report.judged} pairs ({report.stored_judgments} judgments stored, "
             f"{report.no_verdict} without a verdict) in {report.seconds:.1f} s.",
         )
@@ -58,16 +57,16 @@ class BatchHandlers:
     def cancel(self, request: gr.Request) -> str:
         stop = self._stops.get(_session(request))
         if stop is None:
-            return _box("ok", "Nothing is running.")
+            return ok_box("Nothing is running.")
         stop.set()
-        return _box("ok", "Cancelling: the batch in flight finishes and is stored, then it stops.")
+        return ok_box("Cancelling: the batch in flight finishes and is stored, then it stops.")
 
     def pending(self, dataset: Any) -> str:
         datasets = self.services.datasets()
         chosen = [d for d in datasets if d.id == dataset] if dataset else datasets
         total = sum(d.pair_count for d in chosen)
         judged = sum(d.judged for d in chosen)
-        return _box("ok", f"{judged} of {total} pairs judged at least once.")
+        return ok_box(f"{judged} of {total} pairs judged at least once.")
 
 
 def _session(request: gr.Request | None) -> str:
@@ -79,10 +78,6 @@ def _eta(done: int, total: int, elapsed: float) -> str:
         return f"0 / {total} pairs"
     left = elapsed / done * (total - done)
     return f"{done} / {total} pairs · about {left:.0f} s left"
-
-
-def _box(kind: str, text: str) -> str:
-    return f'<div class="grm-msg grm-msg-{kind}">{safe_text(text)}</div>'
 
 
 def build_batch_tab(services: Services, judge_limit: int) -> gr.Tab:

@@ -67,11 +67,13 @@ def dataset_name_of(services: Services, value: Any) -> str | None:
 
 
 def refresh_datasets(services: Services, current: Any = None) -> Any:
-    """An update for a dataset dropdown with fresh counts, keeping the current choice if it
-    still exists."""
+    """An update for a dataset dropdown with fresh counts. The value is sent only when the
+    current choice is gone: the person may have picked another dataset while this ran, and an
+    update carrying the value seen when it started would undo their pick."""
     choices = dataset_choices(services)
-    values = {value for _, value in choices}
-    return gr.update(choices=choices, value=current if current in values else ALL_DATASETS)
+    if current in {value for _, value in choices}:
+        return gr.update(choices=choices)
+    return gr.update(choices=choices, value=ALL_DATASETS)
 
 
 # Database failures a person can act on, in their words (matched in the driver's message).

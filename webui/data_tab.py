@@ -20,7 +20,7 @@ from webui.common import (
     explain,
     refresh_datasets,
 )
-from webui.render import safe_text
+from webui.render import error_box, ok_box
 
 if TYPE_CHECKING:
     from services import Services
@@ -52,19 +52,19 @@ class DataHandlers:
     def import_upload(self, upload: Any, dataset: str, fmt: str) -> Changes:
         """Import the uploaded file; a bad file is refused whole with the line that failed."""
         if not upload:
-            return {self.ui.import_msg: _message("error", "Choose a file first.")}
+            return {self.ui.import_msg: error_box("Choose a file first.")}
         path = Path(upload if isinstance(upload, str) else upload.name)
         try:
             name = (dataset or "").strip() or None
             report = self.services.import_file(path, dataset=name, format=fmt)
         except Exception as exc:  # ImportFailed names the line; anything else is one line too
             failed = f"Import failed, nothing stored: {explain(exc)}"
-            return {self.ui.import_msg: _message("error", failed)}
+            return {self.ui.import_msg: error_box(failed)}
         text = (
             f"Imported into {report.dataset!r}: {report.new} new, "
             f"{report.duplicate} already there ({report.format})."
         )
-        return {self.ui.import_msg: _message("ok", text), self.ui.table: self.table()}
+        return {self.ui.import_msg: ok_box(text), self.ui.table: self.table()}
 
     def table(self) -> pd.DataFrame:
         return dataset_table(self.services)
@@ -79,11 +79,11 @@ class DataHandlers:
             rows = self.services.export(out, fmt, dataset=name)
         except Exception as exc:
             return {
-                ui.export_msg: _message("error", f"Export failed: {explain(exc)}"),
+                ui.export_msg: error_box(f"Export failed: {explain(exc)}"),
                 ui.download: None,
             }
         return {
-            ui.export_msg: _message("ok", f"Exported {rows} labeled rows as {fmt}."),
+            ui.export_msg: ok_box(f"Exported {rows} labeled rows as {fmt}."),
             ui.download: str(out),
         }
 
@@ -111,10 +111,6 @@ def dataset_table(services: Services) -> pd.DataFrame:
         for d in services.datasets()
     ]
     return pd.DataFrame(rows, columns=DATASET_COLUMNS)
-
-
-def _message(kind: str, text: str) -> str:
-    return f'<div class="grm-msg grm-msg-{kind}">{safe_text(text)}</div>'
 
 
 def build_data_tab(services: Services, max_upload_mb: int) -> gr.Tab:

@@ -9,8 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from webui.common import Changes, dataset_choices, dataset_id_of, explain, refresh_datasets
-from webui.render import safe_text
+from webui.common import (
+    Changes,
+    dataset_choices,
+    dataset_id_of,
+    dataset_name_of,
+    explain,
+    refresh_datasets,
+)
+from webui.render import error_box, ok_box
 
 if TYPE_CHECKING:
     from services import Services
@@ -39,26 +46,30 @@ class PromptsHandlers:
 
     def show_guidelines(self, dataset: Any) -> Changes:
         dataset_id = dataset_id_of(dataset)
-        text = self.services.dataset_guidelines(dataset_id) if dataset_id else ""
-        return {self.ui.guidelines: text, self.ui.guidelines_msg: ""}
+        if not dataset_id:
+            return {self.ui.guidelines: "", self.ui.guidelines_msg: ""}
+        text = self.services.dataset_guidelines(dataset_id)
+        name = dataset_name_of(self.services, dataset)
+        said = f"The guidelines of {name}." if text.strip() else f"{name} has no guidelines yet."
+        return {self.ui.guidelines: text, self.ui.guidelines_msg: ok_box(said)}
 
     def save_guidelines(self, dataset: Any, text: str) -> Changes:
         dataset_id = dataset_id_of(dataset)
         if not dataset_id:
-            return {self.ui.guidelines_msg: _box("error", "Choose a dataset first.")}
+            return {self.ui.guidelines_msg: error_box("Choose a dataset first.")}
         try:
             self.services.set_dataset_guidelines(dataset_id, text)
         except Exception as exc:  # refused: the reason, and the text stays in the box
-            return {self.ui.guidelines_msg: _box("error", f"Not saved: {explain(exc)}")}
+            return {self.ui.guidelines_msg: error_box(f"Not saved: {explain(exc)}")}
         said = "Saved." if (text or "").strip() else "Cleared."
-        return {self.ui.guidelines_msg: _box("ok", said)}
+        return {self.ui.guidelines_msg: ok_box(said)}
 
     def show_version(self, version: str) -> Changes:
         ui = self.ui
         try:
             row = self.services.prompt_version(version)
         except Exception as exc:
-            return {ui.version_msg: _box("error", explain(exc))}
+            return {ui.version_msg: error_box(explain(exc))}
         return {
             ui.system: row["system"],
             ui.user: row["user"],
@@ -80,11 +91,11 @@ class PromptsHandlers:
                 note=(note or "").strip() or None,
             )
         except Exception as exc:  # refused with every reason; nothing was stored
-            return {ui.version_msg: _box("error", f"Not saved: {explain(exc)}")}
+            return {ui.version_msg: error_box(f"Not saved: {explain(exc)}")}
         choices = version_choices(self.services)
         return {
             ui.version: gr.update(choices=choices, value=row["version"]),
-            ui.version_msg: _box("ok", f"Saved {row['version']} (a copy of {parent})."),
+            ui.version_msg: ok_box(f"Saved {row['version']} (a copy of {parent})."),
         }
 
     def use_version(self, version: str) -> Changes:
@@ -97,14 +108,14 @@ class PromptsHandlers:
             )
             self.services.configure_judge(judge.backend, judge.model, options)
         except Exception as exc:
-            return {self.ui.version_msg: _box("error", f"Not changed: {explain(exc)}")}
-        return {self.ui.version_msg: _box("ok", f"The judge now uses {version}.")}
+            return {self.ui.version_msg: error_box(f"Not changed: {explain(exc)}")}
+        return {self.ui.version_msg: ok_box(f"The judge now uses {version}.")}
 
-    def opened(self, dataset: Any, version: str) -> Changes:
-        ui = self.ui
+    def opened(self, dataset: Any) -> Changes:
+        # Choices only for the versions: a value here would undo a pick made while this ran.
         return {
-            ui.dataset: refresh_datasets(self.services, dataset),
-            ui.version: gr.update(choices=version_choices(self.services), value=version),
+            self.ui.dataset: refresh_datasets(self.services, dataset),
+            self.ui.version: gr.update(choices=version_choices(self.services)),
         }
 
 
@@ -116,10 +127,6 @@ def version_choices(services: Services) -> list[tuple[str, str]]:
 def _label(row: dict[str, Any]) -> str:
     kind = "built in" if row.get("read_only") else f"from {row.get('parent_version') or '?'}"
     return f"{row['version']} ({kind})"
-
-
-def _box(kind: str, text: str) -> str:
-    return f'<div class="grm-msg grm-msg-{kind}">{safe_text(text)}</div>'
 
 
 def build_prompts_tab(services: Services) -> gr.Tab:
@@ -137,7 +144,7 @@ def build_prompts_tab(services: Services) -> gr.Tab:
         h.save_version, edits, [ui.version, ui.version_msg], api_name="new_prompt_version"
     )
     controls["use_version"].click(h.use_version, [ui.version], [ui.version_msg], **PRIVATE)
-    tab.select(h.opened, [ui.dataset, ui.version], [ui.dataset, ui.version], **PRIVATE)
+    tab.select(h.opened, [ui.dataset], [ui.dataset, ui.version], **PRIVATE)
     return tab
 
 

@@ -244,6 +244,16 @@ def safe_text(text: str | None) -> str:
     return _show_hidden(html.escape(clean_text(text)))
 
 
+def ok_box(text: str) -> str:
+    """A tab's message that something was done (escaped: it may quote a person's input)."""
+    return f'<div class="grm-msg grm-msg-ok">{safe_text(text)}</div>'
+
+
+def error_box(text: str) -> str:
+    """A tab's message that something was refused or failed, and why."""
+    return f'<div class="grm-msg grm-msg-error">{safe_text(text)}</div>'
+
+
 def chat_html(prompt: str, turns: Sequence[dict[str, Any]] | None) -> str:
     """The prompt in both views: one block per chat turn with its role, or one for a text."""
     return prompt_views(prompt, turns)[0]

@@ -10,7 +10,7 @@ import pandas as pd
 from judges.train_config import TrainConfig, config_choices, config_default
 from vocabulary import UNFINISHED_RUN_STATUSES, RunStatus
 from webui.common import explain
-from webui.render import safe_text
+from webui.render import error_box, ok_box
 
 POLL_S = 2.0
 VERSION_COLUMNS = ["id", "name", "active", "parent", "run", "accuracy", "kappa", "adapter"]
@@ -98,23 +98,23 @@ class RetrainHandlers:
             )
             run_id = self.services.start_training_run(config)
         except Exception as exc:
-            return _box("error", f"Not started: {explain(exc)}")
-        return _box("ok", f"Run {run_id} started.")
+            return error_box(f"Not started: {explain(exc)}")
+        return ok_box(f"Run {run_id} started.")
 
     def cancel(self) -> str:
         run = self._latest()
         if run is None or run["status"] not in UNFINISHED_RUN_STATUSES:
-            return _box("ok", "Nothing is running.")
+            return ok_box("Nothing is running.")
         try:
             run = self.services.cancel_training_run(run["id"])
         except Exception as exc:
-            return _box("error", f"Not cancelled: {explain(exc)}")
-        return _box("ok", f"Run {run['id']} {run['status']}.")
+            return error_box(f"Not cancelled: {explain(exc)}")
+        return ok_box(f"Run {run['id']} {run['status']}.")
 
     def poll(self) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         run = self._latest()
         return (
-            _box("ok", progress_text(run)),
+            ok_box(progress_text(run)),
             loss_frame(run),
             metrics_frame(run),
             versions_frame(self.services.versions()),
@@ -122,7 +122,7 @@ class RetrainHandlers:
 
     def activate(self, version_id: float | None, force: bool = False) -> tuple[str, pd.DataFrame]:
         if not version_id:
-            return _box("error", "Give the id of the version to activate."), self._versions()
+            return error_box("Give the id of the version to activate."), self._versions()
         return self._switch(lambda: self.services.activate_version(int(version_id), bool(force)))
 
     def rollback(self) -> tuple[str, pd.DataFrame]:
@@ -132,9 +132,9 @@ class RetrainHandlers:
         try:
             active = action()
         except Exception as exc:
-            return _box("error", f"Not changed: {explain(exc)}"), self._versions()
+            return error_box(f"Not changed: {explain(exc)}"), self._versions()
         message = f"Active judge: {active['name']}. The Label tab judges with it from now on."
-        return _box("ok", message), self._versions()
+        return ok_box(message), self._versions()
 
     def _latest(self) -> dict[str, Any] | None:
         runs = self.services.training_runs(limit=1)
@@ -142,10 +142,6 @@ class RetrainHandlers:
 
     def _versions(self) -> pd.DataFrame:
         return versions_frame(self.services.versions())
-
-
-def _box(kind: str, text: str) -> str:
-    return f'<div class="grm-msg grm-msg-{kind}">{safe_text(text)}</div>'
 
 
 def build_retrain_tab(services: Any) -> gr.Tab:
