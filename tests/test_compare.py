@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 
 import pytest
+from seeding import add_pairs, label_pairs, numbered_pair
 
 import cli
 from judges.judge import JudgeOptions
 from services import Services, parse_setup
-from storage import queries
-from storage.models import Pair
 from tests.fakes import FakeBackend, user_text
 
 B_SYSTEM = "You are the second judge."
@@ -46,23 +44,8 @@ def services(db, settings, judge) -> Services:
     """Dataset "cmp" with the HUMAN labels, a stored version "pairwise-b" (B's system)."""
     opened = Services(settings, db.factory)
     opened.use_backend(judge)
-    with opened.sessions.begin() as s:
-        dataset_id = queries.get_or_create_dataset(s, "cmp")
-        pairs = [
-            Pair(
-                dataset_id=dataset_id,
-                prompt=f"question {i}",
-                response_a=f"answer a {i}",
-                response_b=f"answer b {i}",
-                content_hash=uuid.uuid4().hex,
-            )
-            for i in range(len(HUMAN))
-        ]
-        s.add_all(pairs)
-        s.flush()
-        ids = [p.id for p in pairs]
-    for pair_id, verdict in zip(ids, HUMAN, strict=True):
-        opened.save_label(pair_id, "alice", verdict)
+    ids = add_pairs(opened.sessions, "cmp", len(HUMAN), numbered_pair)
+    label_pairs(opened, ids, HUMAN, annotator="alice")
     opened.new_prompt_version("pairwise-b", "pairwise-v3", system=B_SYSTEM)
     return opened
 

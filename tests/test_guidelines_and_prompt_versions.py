@@ -5,16 +5,15 @@ its judgments carry its name, and whatever is refused says why and leaves nothin
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
+from seeding import add_pairs
 
 from judges.judge import JudgeOptions
 from judges.prompts import PROMPTS
 from services import PromptRefused, Services
 from services.prompts import MAX_GUIDELINES_CHARS
 from storage import queries
-from storage.models import Pair
 from tests.fakes import FakeBackend, user_text
 
 GUIDELINES = "# Support team\n\n- **Cite the docs** for every claim.\n- Never promise dates {soon}."
@@ -24,21 +23,16 @@ ANSWER = " Be right.\nCritique: A cites the docs.\nVerdict: [[A]]"
 
 def add_dataset(services: Services, name: str, count: int) -> list[int]:
     """A dataset of `count` pairs ("question i": A is right); the pair ids."""
-    with services.sessions.begin() as s:
-        dataset_id = queries.get_or_create_dataset(s, name)
-        pairs = [
-            Pair(
-                dataset_id=dataset_id,
-                prompt=f"{name} question {i}",
-                response_a=f"right answer {i}",
-                response_b=f"wrong answer {i}",
-                content_hash=uuid.uuid4().hex,
-            )
-            for i in range(count)
-        ]
-        s.add_all(pairs)
-        s.flush()
-        return [p.id for p in pairs]
+    return add_pairs(
+        services.sessions,
+        name,
+        count,
+        lambda i: {
+            "prompt": f"{name} question {i}",
+            "response_a": f"right answer {i}",
+            "response_b": f"wrong answer {i}",
+        },
+    )
 
 
 @pytest.fixture

@@ -19,13 +19,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import seeding
 from fake_openai_server import (
     GOOD_ANSWER,
     NO_VERDICT_ANSWER,
@@ -41,7 +41,6 @@ from judges.judge import JudgeOptions, StreamUpdate
 from judges.types import Judgment, Status, Verdict
 from services import Services
 from storage import queries
-from storage.models import Pair
 from webui.label_handlers import LabelHandlers, LabelScreen
 
 pytestmark = pytest.mark.timeout(300)  # a hang here is the bug being tested: fail, don't wait
@@ -79,21 +78,16 @@ def services(settings, server: FakeJudgeServer) -> Iterator[Services]:
 
 
 def add_pairs(services: Services, count: int, response_b: str | None = None) -> list[int]:
-    with services.sessions.begin() as s:
-        dataset_id = queries.get_or_create_dataset(s, "faults")
-        rows = [
-            Pair(
-                dataset_id=dataset_id,
-                prompt=f"What is {i} times 3?",
-                response_a=f"{3 * i}",
-                response_b=response_b or f"{3 * i + 1}",
-                content_hash=uuid.uuid4().hex,
-            )
-            for i in range(count)
-        ]
-        s.add_all(rows)
-        s.flush()
-        return [p.id for p in rows]
+    return seeding.add_pairs(
+        services.sessions,
+        "faults",
+        count,
+        lambda i: {
+            "prompt": f"What is {i} times 3?",
+            "response_a": f"{3 * i}",
+            "response_b": response_b or f"{3 * i + 1}",
+        },
+    )
 
 
 def first_pair(services: Services) -> int:

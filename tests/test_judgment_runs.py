@@ -3,13 +3,11 @@ the newest one (a judgment stored without a run, when newer, stands alone)."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
+from seeding import add_pairs
 
 from storage import judgment_runs
 from storage import queries as q
-from storage.models import Pair
 
 
 def _sample(pair_id: int, verdict: str, swapped: bool = False, index: int = 0) -> dict:
@@ -25,21 +23,9 @@ def _run(pair_id: int, verdict: str, **more) -> dict:
 
 @pytest.fixture
 def pair_ids(db) -> list[int]:
-    with db.factory.begin() as s:
-        dataset_id = q.get_or_create_dataset(s, "runs")
-        pairs = [
-            Pair(
-                dataset_id=dataset_id,
-                prompt="q",
-                response_a="a",
-                response_b="b",
-                content_hash=uuid.uuid4().hex,
-            )  # fmt: skip
-            for _ in range(2)
-        ]
-        s.add_all(pairs)
-        s.flush()
-        return [p.id for p in pairs]
+    return add_pairs(
+        db.factory, "runs", 2, lambda _: {"prompt": "q", "response_a": "a", "response_b": "b"}
+    )
 
 
 def test_a_run_is_stored_with_its_samples_and_read_back_newest_first(db, pair_ids) -> None:

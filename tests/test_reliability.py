@@ -19,19 +19,19 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from seeding import add_pairs, numbered_pair
 from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, InternalError, OperationalError, ProgrammingError
 
 from services import DatabaseBusy, SaveFailed, Services, storage_fault
 from storage import queries as q
-from storage.models import Label, LabelEvent, Pair
+from storage.models import Label, LabelEvent
 
 ANNOTATOR = "alice"
 VERDICT_CYCLE = ("A", "B", "tie")
@@ -52,21 +52,7 @@ def pairs(db) -> list[int]:
 
 
 def seed_pairs(factory, count: int) -> list[int]:
-    with factory.begin() as s:
-        dataset_id = q.get_or_create_dataset(s, "reliability", source="test", format="pairs")
-        rows = [
-            Pair(
-                dataset_id=dataset_id,
-                prompt=f"question {i}",
-                response_a=f"answer a {i}",
-                response_b=f"answer b {i}",
-                content_hash=uuid.uuid4().hex,
-            )
-            for i in range(count)
-        ]
-        s.add_all(rows)
-        s.flush()
-        return [p.id for p in rows]
+    return add_pairs(factory, "reliability", count, numbered_pair, source="test", format="pairs")
 
 
 def current_verdict(services: Services, pair_id: int) -> str | None:

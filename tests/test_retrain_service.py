@@ -6,10 +6,10 @@ import json
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 
 import pytest
+from seeding import add_pairs, label_pairs
 
 import cli
 from judges.judge import JudgeOptions
@@ -18,7 +18,6 @@ from judges.types import Verdict
 from services import ENDED_MESSAGE, Services
 from services.training_runs import TrainingRuns
 from storage import queries
-from storage.models import Pair
 
 WAIT_S = 300  # generous: the worker loads torch and the model on a shared 2-core machine
 
@@ -30,26 +29,19 @@ def services(settings) -> Services:
 
 def add_labeled_pairs(services: Services, labels: list[str]) -> list[int]:
     """Pairs labeled with `labels` (one each), in a dataset called "retrain"."""
-    with services.sessions.begin() as s:
-        dataset_id = queries.get_or_create_dataset(s, "retrain")
-        pairs = [
-            Pair(
-                dataset_id=dataset_id,
-                external_id=f"r{i}",
-                prompt=f"What is {i} plus {i}?",
-                response_a=f"{i} plus {i} is {2 * i}.",
-                response_b=f"{i} plus {i} is {2 * i + 1}.",
-                category="math",
-                content_hash=uuid.uuid4().hex,
-            )
-            for i in range(len(labels))
-        ]
-        s.add_all(pairs)
-        s.flush()
-        ids = [p.id for p in pairs]
-    for pair_id, label in zip(ids, labels, strict=True):
-        services.save_label(pair_id, "ann", label)
+    ids = add_pairs(services.sessions, "retrain", len(labels), sum_pair)
+    label_pairs(services, ids, labels)
     return ids
+
+
+def sum_pair(i: int) -> dict[str, str]:
+    return {
+        "external_id": f"r{i}",
+        "prompt": f"What is {i} plus {i}?",
+        "response_a": f"{i} plus {i} is {2 * i}.",
+        "response_b": f"{i} plus {i} is {2 * i + 1}.",
+        "category": "math",
+    }
 
 
 def tiny_config(**overrides) -> TrainConfig:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import uuid
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from seeding import numbered_pair, put_pairs
 from sqlalchemy import func, inspect, select, text
 
 from storage import queries as q
@@ -40,22 +40,17 @@ TABLES = {
 
 def add_pairs(s, dataset_id: int, count: int, start: int = 0) -> list[int]:
     """Insert simple generated pairs straight through the ORM (the importer is tested elsewhere)."""
-    pairs = [
-        Pair(
-            dataset_id=dataset_id,
-            external_id=f"p{start + i}",
-            prompt=f"question {start + i}",
-            response_a=f"answer a {start + i}",
-            response_b=f"answer b {start + i}",
-            gold_label="A",
-            category="chat",
-            content_hash=uuid.uuid4().hex,
-        )
-        for i in range(count)
-    ]
-    s.add_all(pairs)
-    s.flush()
-    return [p.id for p in pairs]
+    return put_pairs(
+        s,
+        dataset_id,
+        count,
+        lambda i: {
+            **numbered_pair(start + i),
+            "external_id": f"p{start + i}",
+            "gold_label": "A",
+            "category": "chat",
+        },
+    )
 
 
 @pytest.fixture

@@ -21,11 +21,11 @@ import pickle
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import seeding
 from stand_ins import stand_ins
 from test_training import build_tiny_model
 
@@ -44,7 +44,6 @@ from services import (
     worker,
 )
 from storage import queries
-from storage.models import Pair
 from webui.label_handlers import LabelHandlers, LabelScreen
 from webui.retrain_tab import RetrainHandlers
 
@@ -160,24 +159,17 @@ def services(settings, models) -> Services:
 
 def add_pairs(services: Services, labels: list[str | None]) -> list[int]:
     """One pair per entry, labeled with it (None: left unlabeled)."""
-    with services.sessions.begin() as s:
-        dataset_id = queries.get_or_create_dataset(s, "training-faults")
-        pairs = [
-            Pair(
-                dataset_id=dataset_id,
-                prompt=f"What is {i} plus {i}?",
-                response_a=f"{2 * i}",
-                response_b=f"{2 * i + 1}",
-                content_hash=uuid.uuid4().hex,
-            )
-            for i in range(len(labels))
-        ]
-        s.add_all(pairs)
-        s.flush()
-        ids = [p.id for p in pairs]
-    for pair_id, label in zip(ids, labels, strict=True):
-        if label is not None:
-            services.save_label(pair_id, "ann", label)
+    ids = seeding.add_pairs(
+        services.sessions,
+        "training-faults",
+        len(labels),
+        lambda i: {
+            "prompt": f"What is {i} plus {i}?",
+            "response_a": f"{2 * i}",
+            "response_b": f"{2 * i + 1}",
+        },
+    )
+    seeding.label_pairs(services, ids, labels)
     return ids
 
 

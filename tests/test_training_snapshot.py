@@ -6,15 +6,14 @@ import hashlib
 import json
 import threading
 import time
-import uuid
 
 import pytest
+from seeding import add_pairs
 
 from judges.train import TrainConfig
 from services import Services
 from services.training_runs import TrainingRuns
 from storage import queries
-from storage.models import Pair
 
 PAIRS = 12
 ROUNDS = 6
@@ -30,22 +29,17 @@ def services(settings, db, monkeypatch: pytest.MonkeyPatch) -> Services:
 
 
 def labeled_pairs(services: Services) -> list[int]:
-    with services.sessions.begin() as s:
-        dataset_id = queries.get_or_create_dataset(s, "snapshot")
-        pairs = [
-            Pair(
-                dataset_id=dataset_id,
-                external_id=f"s{i}",
-                prompt=f"Question {i}?",
-                response_a=f"Answer {i}.",
-                response_b=f"Other {i}.",
-                content_hash=uuid.uuid4().hex,
-            )
-            for i in range(PAIRS)
-        ]
-        s.add_all(pairs)
-        s.flush()
-        ids = [p.id for p in pairs]
+    ids = add_pairs(
+        services.sessions,
+        "snapshot",
+        PAIRS,
+        lambda i: {
+            "external_id": f"s{i}",
+            "prompt": f"Question {i}?",
+            "response_a": f"Answer {i}.",
+            "response_b": f"Other {i}.",
+        },
+    )
     flip_all(services, ids, "A")
     return ids
 
