@@ -23,7 +23,6 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 
 from judges.backends.base import Backend, Generation, Messages, TokenLogprob
 from judges.parsing import PAIRWISE as PAIRWISE_GRAMMAR
@@ -35,6 +34,8 @@ from vocabulary import ProtocolName
 
 Probe = tuple[Messages, str]  # (conversation, assistant prefix) for Backend.next_token_logprobs
 ProbeResult = Mapping[str, float] | None  # token -> log-probability, None when unavailable
+Generations = Sequence[Generation]  # one sample's calls, in the order `rendered` gives them
+ProbeResults = Sequence[ProbeResult]  # in the order `probes` asked them
 
 VERDICT_PREFIX = "Verdict: [["
 VERIFIER_QUESTION = "Is the answer correct (Yes/No)?"
@@ -192,40 +193,19 @@ class Protocol(ABC):
         """Next-token requests that would add a probability or a missing verdict."""
         return []
 
-    @abstractmethod
     def judgment(
         self,
         pair: PairInput,
-        generations: Sequence[Generation],
-        probe_results: Sequence[ProbeResult] = (),
+        generations: Generations,
+        probe_results: ProbeResults = (),
         *,
         sample_index: int = 0,
         judge_version: str = "",
         latency_s: float = 0.0,
     ) -> Judgment:
         """The judgment of `pair` as presented (the caller un-swaps); results in probe order."""
-
-    def judge(
-        self, backend: Backend, pair: PairInput, generations: Sequence[Generation], **meta: object
-    ) -> Judgment:
-        """`judgment` after running this protocol's probes on `backend`, where it can."""
-        probes = self.probes(pair, generations) if backend.supports_logprobs else []
-        results: Sequence[ProbeResult] = ()
-        if probes:
-            results = backend.next_token_logprobs(probes, top_k=PROBE_TOP_K) or ()
-        return self.judgment(pair, generations, results, **meta)  # type: ignore[arg-type]
-
-    def _base(
-        self,
-        pair: PairInput,
-        generations: Sequence[Generation],
-        *,
-        sample_index: int,
-        judge_version: str,
-        latency_s: float,
-    ) -> Judgment:
         errors = [g.error or "generation failed" for g in generations if g.finish_reason == "error"]
-        return Judgment(
+        judgment = Judgment(
             protocol=self.name,
             prompt_version=self.prompt_version,
             raw_text=generations[0].text if len(generations) == 1 else "",
@@ -237,28 +217,33 @@ class Protocol(ABC):
             sample_index=sample_index,
             pair_id=pair.pair_id,
         )
+        self._read(judgment, pair, generations, probe_results)
+        return judgment
 
-    def _parsed(
-        self, pair: PairInput, generations: Sequence[Generation], **meta: Any
-    ) -> tuple[ParseState, Judgment]:
-        """Parse a one-call protocol's text into the sections and status of a new judgment."""
-        (generation,) = generations
-        state = self.parse(generation)
-        judgment = self._base(pair, generations, **meta)
-        judgment.principles, judgment.critique = state.principles, state.critique
-        judgment.status = state.status or Status.NO_VERDICT
-        return state, judgment
+    @abstractmethod
+    def _read(
+        self, judgment: Judgment, pair: PairInput, generations: Generations, results: ProbeResults
+    ) -> None:
+        """Set what the texts and probe results say on `judgment`: sections, status, verdict."""
+
+    def judge(
+        self, backend: Backend, pair: PairInput, generations: Sequence[Generation], **meta: object
+    ) -> Judgment:
+        """`judgment` after running this protocol's probes on `backend`, where it can."""
+        probes = self.probes(pair, generations) if backend.supports_logprobs else []
+        results: Sequence[ProbeResult] = ()
+        if probes:
+            results = backend.next_token_logprobs(probes, top_k=PROBE_TOP_K) or ()
+        return self.judgment(pair, generations, results, **meta)  # type: ignore[arg-type]
 
 
 def _result(results: Sequence[ProbeResult], index: int) -> ProbeResult:
     return results[index] if index < len(results) else None
 
 
-class PairwiseProtocol(Protocol):
-    """MT-Bench / Skywork-Critic: principles, a critique of both answers, then [[A]]/[[B]]/[[C]]."""
-
-    name = ProtocolName.PAIRWISE.value
-    grammar = PAIRWISE_GRAMMAR
+class OneCallProtocol(Protocol):
+    """A protocol whose sample is one call that shows the judge both responses; its parsed text
+    gives the judgment's sections and status, and `_read_verdict` the rest."""
 
     def rendered(self, pair: PairInput) -> list[tuple[Messages, list[Cut]]]:
         return [
@@ -270,6 +255,30 @@ class PairwiseProtocol(Protocol):
                 response_b=pair.response_b,
             )
         ]
+
+    def _read(
+        self, judgment: Judgment, pair: PairInput, generations: Generations, results: ProbeResults
+    ) -> None:
+        (generation,) = generations
+        state = self.parse(generation)
+        judgment.principles, judgment.critique = state.principles, state.critique
+        judgment.status = state.status or Status.NO_VERDICT
+        probed = _result(results, 0) if self.probes(pair, generations) else None
+        self._read_verdict(judgment, state, generation, probed)
+
+    @abstractmethod
+    def _read_verdict(
+        self, judgment: Judgment, state: ParseState, generation: Generation, probed: ProbeResult
+    ) -> None:
+        """Set `judgment`'s verdict (and scores or probabilities) from the parsed `state` and the
+        probe's result (None where none was asked or answered)."""
+
+
+class PairwiseProtocol(OneCallProtocol):
+    """MT-Bench / Skywork-Critic: principles, a critique of both answers, then [[A]]/[[B]]/[[C]]."""
+
+    name = ProtocolName.PAIRWISE.value
+    grammar = PAIRWISE_GRAMMAR
 
     def probes(self, pair: PairInput, generations: Sequence[Generation]) -> list[Probe]:
         (generation,) = generations
@@ -284,38 +293,21 @@ class PairwiseProtocol(Protocol):
             return [(messages, generation.text[: state.decision_offset])]
         return [(messages, verdict_prefix(generation.text))]
 
-    def judgment(
-        self,
-        pair: PairInput,
-        generations: Sequence[Generation],
-        probe_results: Sequence[ProbeResult] = (),
-        *,
-        sample_index: int = 0,
-        judge_version: str = "",
-        latency_s: float = 0.0,
-    ) -> Judgment:
-        state, judgment = self._parsed(
-            pair,
-            generations,
-            sample_index=sample_index,
-            judge_version=judge_version,
-            latency_s=latency_s,
-        )
-        (generation,) = generations
-        wanted = self.probes(pair, generations)
-        result = _result(probe_results, 0) if wanted else None
+    def _read_verdict(
+        self, judgment: Judgment, state: ParseState, generation: Generation, probed: ProbeResult
+    ) -> None:
         if state.verdict is not Verdict.NONE:
             offset = state.decision_offset or 0
             judgment.verdict, judgment.verdict_source = state.verdict, "text"
-            distribution = distribution_at(generation, offset) or result
+            distribution = distribution_at(generation, offset) or probed
             if distribution:
                 ignore_case = _in_brackets(generation.text, offset)
                 probs = choice_probabilities(distribution, _VERDICT_TOKENS, ignore_case=ignore_case)
                 letter = {Verdict.A: "A", Verdict.B: "B", Verdict.TIE: "C"}[state.verdict]
                 judgment.verdict_probability = verdict_share(probs, letter) if probs else None
                 judgment.p_a = verdict_share(probs, "A") if probs else None
-        elif result:
-            probs = choice_probabilities(result, _VERDICT_TOKENS)
+        elif probed:
+            probs = choice_probabilities(probed, _VERDICT_TOKENS)
             if probs:
                 judgment.p_a = verdict_share(probs, "A")
                 letter = max(probs, key=lambda c: probs[c])
@@ -326,7 +318,6 @@ class PairwiseProtocol(Protocol):
                 judgment.verdict_source = "logprobs"
                 if judgment.status is Status.NO_VERDICT:
                     judgment.status = Status.COMPLETE
-        return judgment
 
 
 def verdict_prefix(text: str) -> str:
@@ -344,7 +335,7 @@ def verdict_prefix(text: str) -> str:
     return f"{stripped}\n\n{VERDICT_PREFIX}"
 
 
-class PointwiseProtocol(Protocol):
+class PointwiseProtocol(OneCallProtocol):
     """DeepSeek-GRM / SPCT: specific criteria, an analysis, then integer scores 1-10 per response.
 
     The verdict follows from the stated scores (higher wins, equal is a tie); no probe is made.
@@ -353,38 +344,12 @@ class PointwiseProtocol(Protocol):
     name = ProtocolName.POINTWISE.value
     grammar = POINTWISE
 
-    def rendered(self, pair: PairInput) -> list[tuple[Messages, list[Cut]]]:
-        return [
-            self.template.render_with_cuts(
-                pair.prompt_text(),
-                pair.reference,
-                guidelines=self.guidelines,
-                response_a=pair.response_a,
-                response_b=pair.response_b,
-            )
-        ]
-
-    def judgment(
-        self,
-        pair: PairInput,
-        generations: Sequence[Generation],
-        probe_results: Sequence[ProbeResult] = (),
-        *,
-        sample_index: int = 0,
-        judge_version: str = "",
-        latency_s: float = 0.0,
-    ) -> Judgment:
-        state, judgment = self._parsed(
-            pair,
-            generations,
-            sample_index=sample_index,
-            judge_version=judge_version,
-            latency_s=latency_s,
-        )
+    def _read_verdict(
+        self, judgment: Judgment, state: ParseState, generation: Generation, probed: ProbeResult
+    ) -> None:
         if state.scores is not None:
             judgment.scores = (float(state.scores[0]), float(state.scores[1]))
             judgment.verdict, judgment.verdict_source = state.verdict, "scores"
-        return judgment
 
 
 class VerifierProtocol(Protocol):
@@ -441,30 +406,16 @@ class VerifierProtocol(Protocol):
                 wanted.append((index, (messages, question_prefix(generation.text))))
         return wanted
 
-    def judgment(
-        self,
-        pair: PairInput,
-        generations: Sequence[Generation],
-        probe_results: Sequence[ProbeResult] = (),
-        *,
-        sample_index: int = 0,
-        judge_version: str = "",
-        latency_s: float = 0.0,
-    ) -> Judgment:
+    def _read(
+        self, judgment: Judgment, pair: PairInput, generations: Generations, results: ProbeResults
+    ) -> None:
         states = [self.parse(g) for g in generations]
-        judgment = self._base(
-            pair,
-            generations,
-            sample_index=sample_index,
-            judge_version=judge_version,
-            latency_s=latency_s,
-        )
         shown = self.display(states)
         judgment.critique = shown.critique
         judgment.raw_text = "\n\n".join(
             f"[Response {label}]\n{g.text}" for label, g in zip("AB", generations, strict=False)
         )
-        rewards = self._rewards(pair, generations, states, probe_results)
+        rewards = self._rewards(pair, generations, states, results)
         stated = [s.answer for s in states]
         if None not in rewards:
             judgment.scores, judgment.verdict_source = (rewards[0], rewards[1]), "logprobs"
@@ -479,7 +430,6 @@ class VerifierProtocol(Protocol):
             if judgment.verdict is Verdict.TIE:
                 judgment.verdict_probability = None
         judgment.status = _combined_status(generations, judgment.verdict)
-        return judgment
 
     def _rewards(
         self,
