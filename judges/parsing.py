@@ -220,41 +220,36 @@ def _record_answer(state: ParseState, value: object) -> ParseState:
     return replace(state, answer=bool(value))
 
 
+def _keywords(**by_section: tuple[str, ...]) -> tuple[tuple[str, Section], ...]:
+    """(keyword, section) pairs from the keywords of each section, named in lower case."""
+    return tuple((k, Section(s)) for s, words in by_section.items() for k in words)
+
+
 PAIRWISE = Grammar(
     name=ProtocolName.PAIRWISE.value,
-    keywords=(
-        ("principles", Section.PRINCIPLES),
-        ("principle", Section.PRINCIPLES),
-        ("critique", Section.CRITIQUE),
-        ("final verdict", Section.VERDICT),
-        ("verdict", Section.VERDICT),
+    keywords=_keywords(
+        principles=("principles", "principle"),
+        critique=("critique",),
+        verdict=("final verdict", "verdict"),
     ),
     find_decisions=_pairwise_decisions,
     record=_record_verdict,
 )
 POINTWISE = Grammar(
     name=ProtocolName.POINTWISE.value,
-    keywords=(
-        ("specific criteria", Section.PRINCIPLES),
-        ("criteria", Section.PRINCIPLES),
-        ("principles", Section.PRINCIPLES),
-        ("analysis", Section.CRITIQUE),
-        ("critique", Section.CRITIQUE),
-        ("final scores", Section.VERDICT),
-        ("scores", Section.VERDICT),
-        ("score", Section.VERDICT),
+    keywords=_keywords(
+        principles=("specific criteria", "criteria", "principles"),
+        critique=("analysis", "critique"),
+        verdict=("final scores", "scores", "score"),
     ),
     find_decisions=_pointwise_decisions,
     record=_record_scores,
 )
 VERIFIER = Grammar(
     name=ProtocolName.VERIFIER.value,
-    keywords=(
-        ("verification", Section.CRITIQUE),
-        ("critique", Section.CRITIQUE),
-        ("is the answer correct (yes/no)?", Section.VERDICT),
-        ("final answer", Section.VERDICT),
-        ("answer", Section.VERDICT),
+    keywords=_keywords(
+        critique=("verification", "critique"),
+        verdict=("is the answer correct (yes/no)?", "final answer", "answer"),
     ),
     find_decisions=_verifier_decisions,
     record=_record_answer,
