@@ -178,16 +178,40 @@ ONE_RESPONSE = """[Question]
 
 """
 
-PAIRWISE_V1 = PromptTemplate(
-    name="pairwise",
-    version="pairwise-v1",
-    system="You are a fair judge. You compare two responses to a question and pick the better one.",
-    user="""Which response answers the question better?
 
-"""
-    + TWO_RESPONSES
-    + """\
-{reference_block}Judge by what the question asks for: following the instruction, correctness, \
+# What every version of a protocol's prompt opens with: (system message, the question put to
+# the judge, the pair as shown). The versions differ in how they ask to be answered.
+_OPENINGS = {
+    "pairwise": (
+        "You are a fair judge. You compare two responses to a question and pick the better one.",
+        "Which response answers the question better?",
+        TWO_RESPONSES,
+    ),
+    "pointwise": (
+        "You are a fair judge. You rate responses to a question with scores from 1 to 10.",
+        "Rate each response to the question.",
+        TWO_RESPONSES,
+    ),
+    "verifier": (
+        "You are a careful verifier. You check whether a response answers a question correctly.",
+        "Is this response a correct and complete answer to the question?",
+        ONE_RESPONSE,
+    ),
+}
+
+
+def _template(name: str, version: str, instructions: str, **more: Any) -> PromptTemplate:
+    """Protocol `name`'s opening, the reference (where there is one), then `instructions`."""
+    system, question, pair_block = _OPENINGS[name]
+    user = f"{question}\n\n{pair_block}{{reference_block}}{instructions}"
+    return PromptTemplate(name=name, version=version, system=system, user=user, **more)
+
+
+PAIRWISE_V1 = _template(
+    "pairwise",
+    "pairwise-v1",
+    """\
+Judge by what the question asks for: following the instruction, correctness, \
 helpfulness. Ignore the order and the length of the responses.
 Write three short sections in this exact format:
 Principles: the 2 or 3 things that matter most for this question.
@@ -200,16 +224,11 @@ Critique: Response A is correct but ignores the word limit. Response B is correc
 Verdict: [[B]]""",
 )
 
-POINTWISE_V1 = PromptTemplate(
-    name="pointwise",
-    version="pointwise-v1",
-    system="You are a fair judge. You rate responses to a question with scores from 1 to 10.",
-    user="""Rate each response to the question.
-
-"""
-    + TWO_RESPONSES
-    + """\
-{reference_block}First write the criteria that matter for this question, then analyse both \
+POINTWISE_V1 = _template(
+    "pointwise",
+    "pointwise-v1",
+    """\
+First write the criteria that matter for this question, then analyse both \
 responses, then give each an integer score from 1 (bad) to 10 (excellent).
 Write three short sections in this exact format:
 Specific Criteria: the 2 or 3 criteria for this question.
@@ -222,16 +241,11 @@ Analysis: Response A is correct but vague. Response B has a factual error.
 Scores: \\boxed{{7, 3}}""",
 )
 
-VERIFIER_V1 = PromptTemplate(
-    name="verifier",
-    version="verifier-v1",
-    system="You are a careful verifier. You check whether a response answers a question correctly.",
-    user="""Is this response a correct and complete answer to the question?
-
-"""
-    + ONE_RESPONSE
-    + """\
-{reference_block}Write a short verification, then answer with Yes or No, in this exact format:
+VERIFIER_V1 = _template(
+    "verifier",
+    "verifier-v1",
+    """\
+Write a short verification, then answer with Yes or No, in this exact format:
 Verification: check the response against the question, step by step, briefly.
 Is the answer correct (Yes/No)? Yes or No
 
@@ -251,47 +265,32 @@ VERIFIER_V2 = replace(VERIFIER_V1, version="verifier-v2", answer_prefix="Verific
 # section descriptions word for word ("Follow the instruction exactly. Be correct."), so its
 # principles and critique were the prompt's, not its own. The format is said once in prose;
 # the prefilled first header starts the answer, and the headers are all the judge sees of it.
-PAIRWISE_V3 = PromptTemplate(
-    name="pairwise",
-    version="pairwise-v3",
-    system="You are a fair judge. You compare two responses to a question and pick the better one.",
-    user="""Which response answers the question better?
-
-"""
-    + TWO_RESPONSES
-    + """\
-{reference_block}Judge by what this question asks for, not by the order or the length of the \
+PAIRWISE_V3 = _template(
+    "pairwise",
+    "pairwise-v3",
+    """\
+Judge by what this question asks for, not by the order or the length of the \
 responses. Answer in three parts headed Principles, Critique and Verdict: first what matters \
 most for this question, then how each response does on it, then [[A]] if Response A is \
 better, [[B]] if Response B is better, or [[C]] for a tie.""",
     answer_prefix="Principles:",
 )
 
-POINTWISE_V3 = PromptTemplate(
-    name="pointwise",
-    version="pointwise-v3",
-    system="You are a fair judge. You rate responses to a question with scores from 1 to 10.",
-    user="""Rate each response to the question.
-
-"""
-    + TWO_RESPONSES
-    + """\
-{reference_block}Answer in three parts headed Specific Criteria, Analysis and Scores: first \
+POINTWISE_V3 = _template(
+    "pointwise",
+    "pointwise-v3",
+    """\
+Answer in three parts headed Specific Criteria, Analysis and Scores: first \
 what matters for this question, then how each response meets it, then an integer score from \
 1 (bad) to 10 (excellent) for each, written as \\boxed{{A's score, B's score}}.""",
     answer_prefix="Specific Criteria:",
 )
 
-VERIFIER_V3 = PromptTemplate(
-    name="verifier",
-    version="verifier-v3",
-    system="You are a careful verifier. You check whether a response answers a question correctly.",
-    user="""Is this response a correct and complete answer to the question?
-
-"""
-    + ONE_RESPONSE
-    + """\
-{reference_block}Check the response against the question step by step under the header \
+VERIFIER_V3 = _template(
+    "verifier",
+    "verifier-v3",
+    """\
+Check the response against the question step by step under the header \
 Verification, then end with the line "Is the answer correct (Yes/No)?" followed by Yes or No.""",
     answer_prefix="Verification:",
 )
