@@ -85,11 +85,23 @@ def pending_pairs(
     protocol: str,
     dataset_id: int | None = None,
     limit: int | None = None,
+    *,
+    through_pair_id: int | None = None,
+    judging_job_id: int | None = None,
 ) -> list[PairView]:
     """Pairs this judge version has not judged with this protocol (failed attempts count as
-    not judged, so they are retried), lowest id first."""
+    not judged, so they are retried), lowest id first. A judging job's pairs left: ids up to
+    `through_pair_id`, and none that job already stored a run for (failed or not)."""
     stmt = select(Pair).where(~_judged_by(judge_version_id, protocol)).order_by(Pair.id)
     stmt = in_dataset(stmt, dataset_id)
+    if through_pair_id is not None:
+        stmt = stmt.where(Pair.id <= through_pair_id)
+    if judging_job_id is not None:
+        stmt = stmt.where(
+            ~exists().where(
+                JudgmentRun.judging_job_id == judging_job_id, JudgmentRun.pair_id == Pair.id
+            )
+        )
     return pair_views(s, stmt if limit is None else stmt.limit(limit))
 
 

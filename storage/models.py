@@ -126,7 +126,10 @@ class JudgmentRun(Base):
     """
 
     __tablename__ = "judgment_run"
-    __table_args__ = (Index("ix_judgment_run_pair", "pair_id", "id"),)
+    __table_args__ = (
+        Index("ix_judgment_run_pair", "pair_id", "id"),
+        Index("ix_judgment_run_job", "judging_job_id", "pair_id"),  # a job's pairs judged
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     pair_id: Mapped[int] = mapped_column(ForeignKey("pair.id", ondelete="CASCADE"))
     judge_version_id: Mapped[int | None] = mapped_column(ForeignKey("judge_version.id"))
@@ -142,6 +145,10 @@ class JudgmentRun(Base):
     position_consistent: Mapped[bool | None] = mapped_column(Boolean)
     score_a: Mapped[float | None] = mapped_column(Float)
     score_b: Mapped[float | None] = mapped_column(Float)
+    # The batch judging job that made it (NULL: judged live, or before jobs were recorded).
+    judging_job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("judging_job.id", ondelete="SET NULL")
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -242,4 +249,39 @@ class TrainingRun(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JudgingJob(Base):
+    """One batch judging of a dataset's pending pairs (or of every dataset's): the judge and
+    options it uses, how far it got, and which process is running it.
+
+    Each batch's judgment runs (pointing here) and the advance of `done` are written in one
+    transaction, so a killed job loses at most the batch in flight and is continued from the
+    pairs it has left. `owner` says which process runs it ("host:pid:token"; NULL: none), and
+    `heartbeat_at` when that process last showed it was alive (see storage.judging_jobs).
+    """
+
+    __tablename__ = "judging_job"
+    __table_args__ = (Index("ix_judging_job_status", "status", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"))
+    judge_version_id: Mapped[int] = mapped_column(ForeignKey("judge_version.id"))
+    protocol: Mapped[str] = mapped_column(String(40))
+    prompt_version: Mapped[str | None] = mapped_column(String(40))  # None: protocol's latest
+    k: Mapped[int] = mapped_column(Integer, default=1)
+    swap: Mapped[bool] = mapped_column(Boolean, default=False)
+    aggregate: Mapped[str] = mapped_column(String(20))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # every JudgeOptions field
+    # The job's pairs: those pending when it started, up to this id (pairs come in id order).
+    last_pair_id: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    busy_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # judging time, all runs
+    owner: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

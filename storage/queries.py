@@ -2,12 +2,26 @@
 
 The queries live by job: storage.pairs (datasets, pairs, the label queue), storage.labels
 (save, undo, history), storage.judgments (judgments, judge versions), storage.records (labels
-with the verdict to compare, stats) and storage.training_runs. Each takes the session first
-and leaves the transaction to the caller; what comes out is plain values, never ORM objects.
+with the verdict to compare, stats), storage.training_runs and storage.judging_jobs. Each
+takes the session first and leaves the transaction to the caller; what comes out is plain
+values, never ORM objects.
 """
 
 from __future__ import annotations
 
+from storage.judging_jobs import (
+    advance_judging_job,
+    cancel_judging_job,
+    claim_judging_job,
+    create_judging_job,
+    end_judging_job,
+    fail_judging_job,
+    get_judging_job,
+    heartbeat_judging_job,
+    job_pending_pairs,
+    list_judging_jobs,
+    unfinished_judging_jobs,
+)
 from storage.judgments import (
     JUDGMENT_COLUMNS,
     active_judge_version,
@@ -89,4 +103,15 @@ __all__ = [
     "undo_last_label",
     "update_training_run",
     "version_judgments",
+    "advance_judging_job",
+    "cancel_judging_job",
+    "claim_judging_job",
+    "create_judging_job",
+    "end_judging_job",
+    "fail_judging_job",
+    "get_judging_job",
+    "heartbeat_judging_job",
+    "job_pending_pairs",
+    "list_judging_jobs",
+    "unfinished_judging_jobs",
 ]

@@ -29,6 +29,7 @@ TABLES = {
     "dataset",
     "pair",
     "judge_version",
+    "judging_job",
     "judgment",
     "judgment_run",
     "label",
@@ -70,7 +71,7 @@ def test_upgrade_from_empty_database_creates_every_table_and_is_idempotent(tmp_p
     assert current_revision(engine) is None
     init_db(engine)
     assert TABLES | {"alembic_version"} == set(inspect(engine).get_table_names())
-    assert current_revision(engine) == head_revision() == "0004_guidelines_and_prompts"
+    assert current_revision(engine) == head_revision() == "0005_judging_job"
 
     factory = make_session_factory(engine)
     with factory.begin() as s:
