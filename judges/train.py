@@ -28,7 +28,13 @@ from judges.train_config import (
     add_dataclass_arguments,
     dataclass_from_args,
 )
-from judges.trainer import ProgressCallback, fit_adapter, load_tokenizer
+from judges.trainer import (
+    AdapterInputs,
+    ProgressCallback,
+    load_tokenizer,
+    train_and_save,
+    trl_trainer,
+)
 from judges.training_data import (
     DataConfig,
     MessageBuilder,
@@ -42,7 +48,7 @@ from judges.training_data import (
 )
 from judges.truncation import token_length
 from judges.types import PairInput
-from judges.verdict_training import VERDICT_PROMPT, fit_verdict_adapter, verdict_rows
+from judges.verdict_training import VERDICT_PROMPT, verdict_rows, verdict_trainer
 from vocabulary import TrainingMethod
 
 __all__ = [
@@ -202,19 +208,20 @@ def main(
     if config.method == TrainingMethod.VERDICT:
         rows = verdict_rows(plan.training_side(), tokenizer, config)
         stats = {"pairs": len(plan.split.train), "verdict_examples": len(rows)}
-        fit = fit_verdict_adapter
+        make_trainer = verdict_trainer
     else:
         build_messages = build_messages or protocol_messages(config.protocol)
         data = prepare_data(plan, tokenizer, build_messages, sample_more)
         rows = data.sft_rows() if config.method == "sft" else data.preference_rows()
-        stats, fit = data.stats, fit_adapter
+        stats, make_trainer = data.stats, trl_trainer
     if not rows:
         raise TrainingRefused(
             f"no {config.method} examples could be built from {len(plan.split.train)} "
             "training pairs"
         )
     log.info("training %s on %d examples: %s", config.method, len(rows), stats)
-    figures = fit(config, rows, tokenizer, Path(base_model_path), parent_adapter_path, on_progress)
+    inputs = AdapterInputs(config, rows, tokenizer, Path(base_model_path), parent_adapter_path)
+    figures = train_and_save(inputs, make_trainer, on_progress)
     return TrainResult(
         adapter_path=Path(config.output_dir),
         method=config.method,

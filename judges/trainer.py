@@ -15,6 +15,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,35 +52,40 @@ def use_bf16(setting: str) -> bool:
     return cpu_has_native_bf16()
 
 
-def fit_adapter(
-    config: TrainConfig,
-    rows: list[dict[str, Any]],
-    tokenizer: Any,
-    base_model_path: Path,
-    parent_adapter_path: str | Path | None,
-    on_progress: ProgressCallback | None,
-) -> dict[str, Any]:
-    """Run the TRL trainer and write the adapter; returns the training figures."""
+@dataclass(frozen=True)
+class AdapterInputs:
+    """What an adapter is trained from: the run's config and example rows, the tokenizer, the
+    base model, and the adapter it continues (None: a new one on the base model)."""
 
-    def make(work: Path, bf16: bool) -> Any:
-        from datasets import Dataset
+    config: TrainConfig
+    rows: list[dict[str, Any]]
+    tokenizer: Any
+    base_model_path: Path
+    parent_adapter_path: str | Path | None
 
-        model = _load_trainable_model(base_model_path, parent_adapter_path)
-        return _make_trainer(config, model, tokenizer, Dataset.from_list(rows), work, bf16)
 
-    return train_and_save(config, make, on_progress)
+# Builds a method's trainer for the inputs, working in a directory, in bf16 or not.
+TrainerMaker = Callable[[AdapterInputs, Path, bool], Any]
+
+
+def trl_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
+    """TRL's trainer (SFT or DPO, as the config says) for the inputs."""
+    from datasets import Dataset
+
+    model = _load_trainable_model(inputs.base_model_path, inputs.parent_adapter_path)
+    dataset = Dataset.from_list(inputs.rows)
+    return _make_trainer(inputs.config, model, inputs.tokenizer, dataset, work, bf16)
 
 
 def train_and_save(
-    config: TrainConfig,
-    make_trainer: Callable[[Path, bool], Any],
-    on_progress: ProgressCallback | None,
+    inputs: AdapterInputs, make_trainer: TrainerMaker, on_progress: ProgressCallback | None
 ) -> dict[str, Any]:
-    """Build a trainer (`make_trainer(work_dir, bf16)`) in a temporary directory beside the
-    output, train it, and rename the adapter into place: it appears whole or not at all.
+    """Build a trainer (`make_trainer(inputs, work_dir, bf16)`) in a temporary directory beside
+    the output, train it, and rename the adapter into place: it appears whole or not at all.
     Returns the training figures."""
     from transformers.trainer_callback import PrinterCallback
 
+    config = inputs.config
     bf16 = use_bf16(config.bf16)
     output_dir = Path(config.output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +95,7 @@ def train_and_save(
         with warnings.catch_warnings():
             # TRL 1.16 calls a transformers 5 property deprecated for a new name; not ours.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")
-            trainer = make_trainer(work, bf16)
+            trainer = make_trainer(inputs, work, bf16)
             trainer.add_callback(ProgressReporter(on_progress, examples_per_step).callback())
             trainer.remove_callback(PrinterCallback)  # progress is logged and reported instead
             started = time.perf_counter()

@@ -17,7 +17,7 @@ from typing import Any
 
 from judges.protocols import get_protocol
 from judges.train_config import TrainConfig, TrainingRefused
-from judges.trainer import ProgressCallback, train_and_save
+from judges.trainer import AdapterInputs
 from judges.training_data import TrainingRecord
 from judges.types import PairInput, Verdict
 from vocabulary import ProtocolName
@@ -67,21 +67,10 @@ def verdict_rows(
     return rows
 
 
-def fit_verdict_adapter(
-    config: TrainConfig,
-    rows: list[dict[str, Any]],
-    tokenizer: Any,
-    base_model_path: Path,
-    parent_adapter_path: str | Path | None,
-    on_progress: ProgressCallback | None,
-) -> dict[str, Any]:
-    """Train the LoRA adapter on the rows and write it whole or not at all; the figures."""
-
-    def make(work: Path, bf16: bool) -> Any:
-        model = _model(config, base_model_path, parent_adapter_path, bf16)
-        return _trainer(config, rows, tokenizer, model, work)
-
-    return train_and_save(config, make, on_progress)
+def verdict_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
+    """The verdict-letter trainer for the inputs (a LoRA adapter on the base model)."""
+    model = _model(inputs.config, inputs.base_model_path, inputs.parent_adapter_path, bf16)
+    return _trainer(inputs.config, inputs.rows, inputs.tokenizer, model, work)
 
 
 def _trainer(
