@@ -23,16 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.desk import CHROMIUM, CHROMIUM_ARGS, open_desk, pair_on_screen  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "bench_ui.json"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 # In-page probes: t0 = the event's own timestamp; t1 = first frame after the DOM changed.
 WATCH_JUDGE = """() => {
@@ -95,20 +88,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def open_desk(browser, url: str, name: str):
-    page = browser.new_context(viewport={"width": 1366, "height": 768}).new_page()
-    page.set_default_timeout(300_000)
-    page.goto(url)
-    page.locator("#grm-name textarea, #grm-name input").first.fill(name)
-    page.click("#grm-start")
-    page.wait_for_selector("#grm-meta [data-pair-id]")
-    return page
-
-
-def pair_on_screen(page) -> int:
-    return int(page.get_attribute("#grm-meta [data-pair-id]", "data-pair-id"))
-
-
 def time_judge(page, read_ms: int = 0) -> dict:
     """One Judge click: ms to the first principles text, to any reasoning, to the verdict.
     `read_ms` first: the time a person looks at the pair before asking the judge (the app
@@ -162,9 +141,9 @@ def main() -> None:
     url, services, threads = start_app(args.max_new_tokens, judged_pairs=args.runs + 2)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
-        page = open_desk(browser, url, "bench")
+        page = open_desk(browser, url, "bench", wait_ms=300_000)
         time_judge(page)  # warm-up: one judgment and one save before measuring
         time_key(page, "s")
         keys, judge = [], []

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from desk import CHROMIUM, CHROMIUM_ARGS
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -214,16 +215,6 @@ def postgres_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAp
 
 
 # -- the real browser (Debian's Chromium driven by Playwright) ------------------------------
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="session")
