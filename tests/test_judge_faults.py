@@ -139,6 +139,20 @@ def assert_retry_works(services: Services, server: FakeJudgeServer, pair_id: int
     assert stored(services, pair_id)["verdict"] == "A"
 
 
+def judged_in_mode(
+    services: Services, server: FakeJudgeServer, mode: str, status: Status
+) -> Judgment:
+    """The first pair judged with the server in `mode`: marked `status`, another person's
+    labeling unaffected, and a retry in "verdict" mode judges it. The failed judgment."""
+    server.set_mode(mode)
+    pair_id = first_pair(services)
+    _, judgment = judge(services, pair_id)
+    assert_marked(services, pair_id, judgment, status)
+    assert_others_unaffected(services, pair_id)
+    assert_retry_works(services, server, pair_id)
+    return judgment
+
+
 @contextmanager
 def server_process(mode: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """The fake server as its own process (so it can be SIGKILLed); (process, base url)."""
@@ -221,51 +235,31 @@ def test_a_server_killed_mid_stream_keeps_what_it_sent(services, server):
 
 
 def test_endless_repetition_stops_at_max_new_tokens_as_truncated(services, server):
-    server.set_mode("repeat")
-    pair_id = first_pair(services)
-    _, judgment = judge(services, pair_id)
-    assert_marked(services, pair_id, judgment, Status.TRUNCATED)
+    judgment = judged_in_mode(services, server, "repeat", Status.TRUNCATED)
     assert judgment.raw_text == REPEATED * MAX_NEW_TOKENS
     assert judgment.completion_tokens == MAX_NEW_TOKENS
-    assert_others_unaffected(services, pair_id)
-    assert_retry_works(services, server, pair_id)
 
 
 def test_a_server_that_ignores_max_tokens_is_cut_off_with_the_reason(services, server):
     """A server that streams forever must not hold the judge (and its slot) forever: the
     client cuts it off a little past max_new_tokens and says the server overran it."""
-    server.set_mode("repeat_forever")
-    pair_id = first_pair(services)
-    _, judgment = judge(services, pair_id)
-    assert_marked(services, pair_id, judgment, Status.ERROR)
+    judgment = judged_in_mode(services, server, "repeat_forever", Status.ERROR)
     assert judgment.raw_text.startswith(REPEATED * MAX_NEW_TOKENS)
     assert len(judgment.raw_text) < len(REPEATED) * MAX_NEW_TOKENS * 10
     assert f"kept streaming past max_new_tokens={MAX_NEW_TOKENS}" in judgment.error
-    assert_others_unaffected(services, pair_id)
-    assert_retry_works(services, server, pair_id)
 
 
 def test_a_missing_verdict_is_no_verdict(services, server):
-    server.set_mode("no_verdict")
-    pair_id = first_pair(services)
-    _, judgment = judge(services, pair_id)
-    assert_marked(services, pair_id, judgment, Status.NO_VERDICT)
+    judgment = judged_in_mode(services, server, "no_verdict", Status.NO_VERDICT)
     assert judgment.raw_text == NO_VERDICT_ANSWER
     assert "hard to say" in judgment.critique
-    assert_others_unaffected(services, pair_id)
-    assert_retry_works(services, server, pair_id)
 
 
 def test_two_contradicting_verdicts_are_no_verdict_never_the_first(services, server):
     """ "[[A]] ... [[B]]": a person expects no verdict (the judge contradicted itself), never A
     because it came first nor B because it came last."""
-    server.set_mode("twice")
-    pair_id = first_pair(services)
-    _, judgment = judge(services, pair_id)
-    assert_marked(services, pair_id, judgment, Status.NO_VERDICT)
+    judgment = judged_in_mode(services, server, "twice", Status.NO_VERDICT)
     assert "[[A]]" in judgment.raw_text and "[[B]]" in judgment.raw_text
-    assert_others_unaffected(services, pair_id)
-    assert_retry_works(services, server, pair_id)
 
 
 def test_batch_judging_marks_failed_pairs_and_a_retry_judges_them(services, server):

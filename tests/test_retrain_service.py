@@ -210,18 +210,24 @@ def test_a_short_run_registers_an_inactive_version_that_can_be_activated(service
 # ---------------------------------------------------------------- versions on the command line
 
 
-def test_cli_versions_and_activate(services, settings, capsys):
-    base_id = services.judge_version_id()
+def child_version(services: Services, name: str, metrics: dict) -> int:
+    """A version registered as the active one's child, with no adapter (an adapter that cannot
+    load is refused: test_training_faults.py)."""
     with services.sessions.begin() as s:
-        child = queries.ensure_judge_version(
+        return queries.ensure_judge_version(
             s,
-            name="run1-sft",
+            name=name,
             base_model="m",
             backend="transformers",
-            adapter_path=None,  # an adapter that cannot load is refused: test_training_faults.py
-            parent_id=base_id,
-            metrics={"accuracy": 0.75},
+            adapter_path=None,
+            parent_id=services.judge_version_id(),
+            metrics=metrics,
         )
+
+
+def test_cli_versions_and_activate(services, settings, capsys):
+    base_id = services.judge_version_id()
+    child = child_version(services, "run1-sft", {"accuracy": 0.75})
     assert cli.main(["versions"]) == 0
     out = capsys.readouterr().out
     assert "run1-sft" in out and "0.750" in out
@@ -299,16 +305,9 @@ def worse_paired(p_value: float) -> dict:
 @pytest.mark.parametrize(("p_value", "refused"), [(0.01, True), (0.2, False)])
 def test_a_significantly_worse_version_needs_confirmation(services, capsys, p_value, refused):
     base_id = services.judge_version_id()
-    with services.sessions.begin() as s:
-        worse = queries.ensure_judge_version(
-            s,
-            name="run2-verdict",
-            base_model="m",
-            backend="transformers",
-            adapter_path=None,
-            parent_id=base_id,
-            metrics={"accuracy": 0.5, "paired": worse_paired(p_value)},
-        )
+    worse = child_version(
+        services, "run2-verdict", {"accuracy": 0.5, "paired": worse_paired(p_value)}
+    )
     assert cli.main(["activate", str(worse)]) == (2 if refused else 0)
     if refused:
         err = capsys.readouterr().err
