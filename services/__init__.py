@@ -1,7 +1,8 @@
 """The workflows both front doors (web app and CLI) share, written once, behind one facade.
 
 `Services` holds the settings, the session factory and the rooms that do the work:
-`judging` (the loaded judge, live and batch judging), `labels` (queue, decisions, history),
+`judging` (the loaded judge, live judging), `jobs` (batch judging as recorded, resumable
+jobs), `labels` (queue, decisions, history),
 `data` (import, export, demo), `analysis` (agreement, evaluation), `training` (runs and judge
 versions), `prompts` (dataset guidelines, stored prompt versions) and `comparing` (two judge
 setups on the same labels); the training worker process lives in `services.worker`. The
@@ -19,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.analysis import Analysis
 from services.comparing import Comparing, JudgeSetup, parse_setup
 from services.data import DataIO
-from services.judging import JudgeRunReport, JudgeSettings, Judging
+from services.judging import JudgeSettings, Judging
+from services.judging_jobs import JobRefused, JudgeRunReport, JudgingJobs
 from services.labeling import Labeling
 from services.prompts import PromptRefused, Prompts
 from services.records import as_dict, judgment_row, pair_input
@@ -34,6 +36,7 @@ from vocabulary import QueueOrder
 __all__ = [
     "ENDED_MESSAGE",
     "DatabaseBusy",
+    "JobRefused",
     "JudgeRunReport",
     "JudgeSettings",
     "JudgeSetup",
@@ -58,6 +61,7 @@ class Services:
         self.settings = settings
         self.sessions = session_factory
         self.judging = Judging(settings, session_factory)
+        self.jobs = JudgingJobs(session_factory, self.judging)
         self.labels = Labeling(session_factory)
         self.data = DataIO(settings, session_factory)
         self.analysis = Analysis(session_factory, self.judging)
@@ -112,7 +116,25 @@ class Services:
         return self.judging.warm(pair)
 
     def judge_pending(self, *args: Any, **kwargs: Any) -> JudgeRunReport:
-        return self.judging.judge_pending(*args, **kwargs)
+        return self.jobs.judge_pending(*args, **kwargs)
+
+    def resume_judging_job(self, job_id: int, *args: Any, **kwargs: Any) -> JudgeRunReport:
+        return self.jobs.resume(job_id, *args, **kwargs)
+
+    def resume_judging_jobs(self) -> list[int]:
+        return self.jobs.resume_unfinished()
+
+    def stop_judging_jobs(self) -> None:
+        self.jobs.close()
+
+    def judging_job(self, job_id: int) -> dict[str, Any]:
+        return self.jobs.job(job_id)
+
+    def judging_jobs(self, limit: int | None = 20) -> list[dict[str, Any]]:
+        return self.jobs.jobs(limit)
+
+    def cancel_judging_job(self, job_id: int) -> dict[str, Any]:
+        return self.jobs.cancel(job_id)
 
     def latest_judgment_run(self, pair_id: int) -> list[dict[str, Any]]:
         return self.judging.latest_run(pair_id)

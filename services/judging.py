@@ -1,12 +1,13 @@
-"""The judge room: the one loaded judge (load, switch, reload), its read-ahead, live and batch
-judging of stored pairs, and the judgments it stores and hands back."""
+"""The judge room: the one loaded judge (load, switch, reload), its read-ahead, live judging of
+stored pairs, and the judgments it stores and hands back (batch judging jobs are in
+services.judging_jobs)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,10 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from judges.backends import make_backend
 from judges.backends.base import Backend
-from judges.judge import JudgeOptions, StreamUpdate, judge_pairs, stream_judgment, warm_judgment
+from judges.judge import JudgeOptions, StreamUpdate, stream_judgment, warm_judgment
 from judges.prompts import Cut
 from judges.protocols import prompt_cuts
-from judges.types import AggregateJudgment, Verdict
+from judges.types import AggregateJudgment
 from services.prompts import judge_protocol, resolve_template
 from services.records import judgment_row, pair_input
 from settings import Settings
@@ -29,17 +30,6 @@ log = logging.getLogger(__name__)
 
 MAX_WARM_WAITING = 2  # read-aheads queued at once; more are dropped, not queued
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded)"
-
-
-@dataclass
-class JudgeRunReport:
-    """What a batch judging run did."""
-
-    judged: int
-    stored_judgments: int
-    no_verdict: int
-    seconds: float
-    cancelled: bool = False
 
 
 @dataclass
@@ -201,82 +191,11 @@ class Judging:
             with self._warm_lock:
                 self._warm_waiting -= 1
 
-    def judge_pending(
-        self,
-        dataset: str | None = None,
-        options: JudgeOptions | None = None,
-        limit: int | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> JudgeRunReport:
-        """Judge every pair the active version has not judged with this protocol, in batches."""
-        options = options or self.judge.options
-        version_id = self.version_id()
-        started = time.perf_counter()
-        with reading(self.sessions) as s:
-            dataset_id = queries.dataset_id(s, dataset) if dataset else None
-            pending = queries.pending_pairs(
-                s, version_id, options.protocol, dataset_id=dataset_id, limit=limit
-            )
-        results = self._judge_by_dataset(pending, options, version_id, on_progress, should_stop)
-        stored = self.store(results, version_id)
-        return JudgeRunReport(
-            judged=len(results),
-            stored_judgments=stored,
-            no_verdict=sum(1 for r in results if r.verdict is Verdict.NONE),
-            seconds=time.perf_counter() - started,
-            cancelled=len(results) < len(pending),
-        )
-
-    def _judge_by_dataset(
-        self,
-        pending: list[queries.PairView],
-        options: JudgeOptions,
-        version_id: int,
-        on_progress: Callable[[int, int], None] | None,
-        should_stop: Callable[[], bool] | None,
-    ) -> list[AggregateJudgment]:
-        """judge_pairs over each dataset's pairs in turn (each with its guidelines), progress
-        counted over all of them; a stop ends the run after the pairs finished so far."""
-        groups: dict[int, list[queries.PairView]] = {}
-        for view in pending:
-            groups.setdefault(view.dataset_id, []).append(view)
-        results: list[AggregateJudgment] = []
-        for dataset_id, views in groups.items():
-            with reading(self.sessions) as s:
-                protocol = judge_protocol(s, options, dataset_id)
-            done = len(results)
-
-            def progress(n: int, _total: int, done: int = done) -> None:
-                if on_progress is not None:
-                    on_progress(done + n, len(pending))
-
-            found = judge_pairs(
-                self.backend(),
-                [pair_input(p) for p in views],
-                options,
-                str(version_id),
-                progress,
-                should_stop,
-                protocol,
-            )
-            results += found
-            if len(found) < len(views):
-                break
-        return results
-
     def store(self, results: list[AggregateJudgment], version_id: int) -> int:
         """Each result as a judgment run with its samples, all in one write; how many sample
-        rows were stored. The one place a run is written."""
-        stored = 0
+        rows were stored."""
         with writing(self.sessions) as s:
-            for result in results:
-                if not result.samples:
-                    continue  # nothing was judged: no run to record
-                samples = [judgment_row(j, version_id, result.aggregation) for j in result.samples]
-                judgment_runs.add_judgment_run(s, judgment_run_row(result, version_id), samples)
-                stored += len(samples)
-        return stored
+            return store_runs(s, results, version_id)
 
     # --- what was judged -----------------------------------------------------------------------
 
@@ -307,6 +226,26 @@ class Judging:
         except (queries.NotFoundError, ValueError):
             return None
         return prompt_cuts(pair_input(pair), shown["protocol"], template, sent, guidelines)
+
+
+def store_runs(
+    s: Session,
+    results: list[AggregateJudgment],
+    version_id: int,
+    judging_job_id: int | None = None,
+) -> int:
+    """Each result as a judgment run with its samples in the caller's transaction (a batch
+    judging job's, with the job's progress); how many sample rows were stored. The one place
+    a run is written."""
+    stored = 0
+    for result in results:
+        if not result.samples:
+            continue  # nothing was judged: no run to record
+        samples = [judgment_row(j, version_id, result.aggregation) for j in result.samples]
+        run = {**judgment_run_row(result, version_id), "judging_job_id": judging_job_id}
+        judgment_runs.add_judgment_run(s, run, samples)
+        stored += len(samples)
+    return stored
 
 
 def judgment_run_row(result: AggregateJudgment, version_id: int | None) -> dict[str, Any]:

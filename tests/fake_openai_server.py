@@ -4,6 +4,7 @@ Each request is answered according to the server's `mode` (one of MODES), so a t
 real HTTP server stall, repeat itself, forget the verdict, contradict itself or die:
 
 - "verdict": a well-formed judgment ending in "[[A]]" (the good case, used to retry)
+- "slow": the same judgment, each answer started after SLOW_DELAY_S (a judge to kill mid-batch)
 - "stall": a few chunks, then silence until the server is released or shut down
 - "repeat": the same phrase once per token until the request's max_tokens, finish_reason "length"
 - "repeat_forever": the same phrase without end, ignoring max_tokens (a misbehaving server)
@@ -26,7 +27,17 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MODES = ("verdict", "stall", "repeat", "repeat_forever", "no_verdict", "twice", "hang", "suicide")
+MODES = (
+    "verdict",
+    "slow",
+    "stall",
+    "repeat",
+    "repeat_forever",
+    "no_verdict",
+    "twice",
+    "hang",
+    "suicide",
+)
 GOOD_ANSWER = (
     "Principles: the better answer is correct and answers the question asked.\n"
     "Critique: Response A answers the question correctly; Response B does not.\n"
@@ -42,6 +53,7 @@ TWICE_ANSWER = (
     "Critique: Response A is accurate.\nVerdict: [[A]]\n"
     "On reflection Response B is more complete.\nVerdict: [[B]]"
 )
+SLOW_DELAY_S = 0.25
 STALL_LIMIT_S = 60.0  # a stalled handler gives up by itself, so no thread outlives a test run
 
 
@@ -113,6 +125,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(event(piece))
 
     def _verdict(self, max_tokens: int) -> None:
+        self._answer(GOOD_ANSWER)
+
+    def _slow(self, max_tokens: int) -> None:
+        self.server.released.wait(SLOW_DELAY_S)
         self._answer(GOOD_ANSWER)
 
     def _no_verdict(self, max_tokens: int) -> None:
