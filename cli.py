@@ -84,6 +84,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
         return _judge_one_off(services, args.pair_text, options)
     from tqdm import tqdm
 
+    from services import JobRefused
+
     with tqdm(total=0, unit="pair", desc="judging") as bar:
 
         def on_progress(done: int, total: int) -> None:
@@ -91,13 +93,21 @@ def cmd_judge(args: argparse.Namespace) -> int:
             bar.n = done
             bar.refresh()
 
-        report = services.judge_pending(
-            dataset=args.dataset, options=options, limit=args.limit, on_progress=on_progress
-        )
+        try:
+            report = services.judge_pending(
+                dataset=args.dataset, options=options, limit=args.limit, on_progress=on_progress
+            )
+        except JobRefused as exc:
+            print(f"judging refused: {exc}", file=sys.stderr)
+            return 2
+    if report.resumed:  # an unfinished job of the same dataset and options, left by a dead process
+        print(f"continued judging job {report.job_id} where it stopped")
     print(
         f"judged {report.judged} pairs ({report.stored_judgments} judgments stored, "
         f"{report.no_verdict} without a verdict) in {report.seconds:.1f} s"
     )
+    state = "cancelled" if report.cancelled else "done"
+    print(f"judging job {report.job_id}: {report.done} of {report.total} pairs, {state}")
     return 0
 
 
