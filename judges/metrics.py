@@ -163,13 +163,19 @@ def position_consistency(
     """
     first, second = _checked_pairs(original, swapped_unswapped)
     complete = [(x, y) for x, y in zip(first, second, strict=True) if NO_VERDICT not in (x, y)]
-    consistent = sum(1 for x, y in complete if x == y)
+    return consistency_figures(len(first), [x == y for x, y in complete])
+
+
+def consistency_figures(n: int, same: Sequence[bool]) -> dict[str, Any]:
+    """Position-consistency figures of `n` pairs, `same` holding whether both orders agreed for
+    each pair where both gave a verdict (the others are `incomplete`)."""
+    consistent = sum(1 for agreed in same if agreed)
     return {
-        "n": len(first),
-        "compared": len(complete),
+        "n": n,
+        "compared": len(same),
         "consistent": consistent,
-        "incomplete": len(first) - len(complete),
-        "rate": consistent / len(complete) if complete else None,
+        "incomplete": n - len(same),
+        "rate": consistent / len(same) if same else None,
     }
 
 

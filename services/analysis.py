@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from judges.judge import JudgeOptions
+from judges.metrics import consistency_figures
 from services.judging import Judging
 from services.training_records import training_records, version_row
 from storage import queries
@@ -102,11 +103,4 @@ def position_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
     swapped = [r for r in records if r.get("judge_swap")]
     complete = [r["judge_position_consistent"] for r in swapped]
     complete = [same for same in complete if same is not None]  # both orders gave a verdict
-    consistent = sum(1 for same in complete if same)
-    return {
-        "n": len(swapped),
-        "compared": len(complete),
-        "consistent": consistent,
-        "incomplete": len(swapped) - len(complete),
-        "rate": consistent / len(complete) if complete else None,
-    }
+    return consistency_figures(len(swapped), complete)

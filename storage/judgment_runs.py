@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from storage.models import JudgeVersion, Judgment, JudgmentRun, Pair
 from storage.queries import NotFoundError, _dicts, add_judgments
+from storage.rows import check_columns
 
 RUN_COLUMNS = frozenset(c.name for c in JudgmentRun.__table__.columns) - {"id", "created_at"}
 REQUIRED_RUN_COLUMNS = ("pair_id", "protocol", "prompt_version", "verdict")
@@ -22,12 +23,7 @@ REQUIRED_RUN_COLUMNS = ("pair_id", "protocol", "prompt_version", "verdict")
 def add_judgment_run(s: Session, run: dict[str, Any], samples: list[dict[str, Any]]) -> int:
     """Store one run (a dict keyed by judgment_run columns) and its samples (judgment rows, as
     for add_judgments) pointing at it; the run's id."""
-    unknown = set(run) - RUN_COLUMNS
-    if unknown:
-        raise ValueError(f"judgment run: unknown columns {sorted(unknown)}")
-    missing = [name for name in REQUIRED_RUN_COLUMNS if run.get(name) is None]
-    if missing:
-        raise ValueError(f"judgment run: missing {missing}")
+    check_columns("judgment run", run, RUN_COLUMNS, REQUIRED_RUN_COLUMNS)
     if not samples:
         raise ValueError("judgment run: no samples")
     others = {row.get("pair_id") for row in samples} - {run["pair_id"]}

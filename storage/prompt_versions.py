@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from storage.models import Dataset, Judgment, JudgmentRun, PromptVersion
 from storage.queries import FAILED_JUDGMENT_STATUS, ID_CHUNK, NotFoundError
+from storage.rows import check_columns
 
 VERSION_COLUMNS = frozenset(c.name for c in PromptVersion.__table__.columns) - {"id"}
 REQUIRED_VERSION_COLUMNS = ("version", "protocol", "system", "user")
@@ -62,12 +63,7 @@ def set_dataset_guidelines(s: Session, dataset_id: int, text: str | None) -> Non
 def add_prompt_version(s: Session, row: dict[str, Any]) -> int:
     """Store a new version (a dict keyed by prompt_version columns); its id. VersionExists
     when the name is taken, also by a writer that was first a moment ago."""
-    unknown = set(row) - VERSION_COLUMNS
-    if unknown:
-        raise ValueError(f"prompt version: unknown columns {sorted(unknown)}")
-    missing = [name for name in REQUIRED_VERSION_COLUMNS if row.get(name) is None]
-    if missing:
-        raise ValueError(f"prompt version: missing {missing}")
+    check_columns("prompt version", row, VERSION_COLUMNS, REQUIRED_VERSION_COLUMNS)
     if get_prompt_version(s, row["version"]) is not None:
         raise VersionExists(f"prompt version {row['version']!r} already exists")
     try:

@@ -49,6 +49,19 @@ def in_dataset(stmt: Select, dataset_id: int | None) -> Select:
     return stmt if dataset_id is None else stmt.where(Pair.dataset_id == dataset_id)
 
 
+def check_columns(
+    what: str, row: dict[str, Any], known: frozenset[str], required: tuple[str, ...]
+) -> None:
+    """ValueError, naming `what`, where `row` has a column not `known` or leaves a `required`
+    one empty."""
+    unknown = set(row) - known
+    if unknown:
+        raise ValueError(f"{what}: unknown columns {sorted(unknown)}")
+    missing = [name for name in required if row.get(name) is None]
+    if missing:
+        raise ValueError(f"{what}: missing {missing}")
+
+
 def chunks(ids: set[int] | list[int]) -> list[list[int]]:
     """Sorted ids in slices of ID_CHUNK, one IN (...) each."""
     ordered = sorted(set(ids))
