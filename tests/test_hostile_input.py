@@ -20,7 +20,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +28,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 import pytest
+from markup import elements
 from stand_ins import stand_ins
 
 from services import Services
@@ -59,22 +59,10 @@ def parquet_bytes(tmp_path: Path, frame: pd.DataFrame) -> bytes:
     return path.read_bytes()
 
 
-class _Elements(HTMLParser):
-    """Every element and attribute a browser would build from the HTML."""
-
-    def __init__(self, markup: str) -> None:
-        super().__init__()
-        self.found: list[tuple[str, dict[str, str | None]]] = []
-        self.feed(markup)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.found.append((tag, dict(attrs)))
-
-
 def assert_inert(markup: str) -> None:
     """Nothing that runs or fetches: no such element, no handler, src or style attribute, and
     links only to http(s)/mailto."""
-    for tag, attrs in _Elements(markup).found:
+    for tag, attrs in elements(markup):
         assert tag not in {
             "script",
             "img",

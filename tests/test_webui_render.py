@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
 from types import SimpleNamespace
 
 import pytest
 from exact_text_cases import EXACT_CASES, rendered_text, squashed
+from markup import elements
 
 from webui.common import annotator_of, check_name
 from webui.judge_view import JudgeDisplay, display_from_rows, majority
@@ -39,25 +39,13 @@ HOSTILE = [
 ]
 
 
-class _Elements(HTMLParser):
-    """Every real element and attribute the browser would build from the HTML."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__()
-        self.found: list[tuple[str, dict[str, str | None]]] = []
-        self.feed(html)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.found.append((tag, dict(attrs)))
-
-
 def _tags(html: str) -> list[str]:
-    return [tag for tag, _ in _Elements(html).found]
+    return [tag for tag, _ in elements(html)]
 
 
 def assert_inert(html: str) -> None:
     """No element that runs or fetches, no handler attribute, only http(s)/mailto links."""
-    for tag, attrs in _Elements(html).found:
+    for tag, attrs in elements(html):
         assert tag not in {"script", "img", "svg", "iframe", "style", "object", "embed", "link"}
         assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
         assert "src" not in attrs and "style" not in attrs
