@@ -140,7 +140,13 @@ def main(host: str | None = None, port: int | None = None) -> int:
     report = services.load_demo_if_empty()
     if report is not None:
         log.info("loaded %s demo pairs into dataset %r", report.new, report.dataset)
-    serve(build_app(services), settings)
+    # Batch judging jobs a killed process left go on by themselves, in the background; on the
+    # way out the running one stores its finished pairs and stays continuable.
+    services.resume_judging_jobs()
+    try:
+        serve(build_app(services), settings)
+    finally:
+        services.stop_judging_jobs()
     return 0
 
 

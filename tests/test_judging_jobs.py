@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 from seeding import add_pairs, numbered_pair
@@ -75,13 +76,14 @@ def set_owner(services: Services, job_id: int, owner: str | None) -> None:
         s.execute(update(JudgingJob).where(JudgingJob.id == job_id).values(owner=owner))
 
 
-def killed_job(services: Services) -> int:
-    """A job whose process died in its second batch (the first one stored): its row still
-    says running, owned by a process that is gone; its id."""
-    services.use_backend(judge_answering(kill_at_call=BATCH + 2))
+def killed_job(services: Services, kill_at_call: int = BATCH + 2) -> int:
+    """A job whose process died at the judge's call `kill_at_call` (by default in its second
+    batch, the first one stored): its row still says running, owned by a process that is
+    gone; its id."""
+    services.use_backend(judge_answering(kill_at_call))
     with pytest.raises(Killed):
         services.judge_pending(dataset="jobs", options=OPTIONS)
-    (job,) = services.judging_jobs()
+    job = services.judging_jobs(1)[0]
     set_owner(services, job["id"], dead_owner())  # what SIGKILL leaves behind
     services.use_backend(judge_answering())
     return job["id"]
@@ -221,3 +223,55 @@ def test_the_app_start_continues_stalled_jobs_in_the_background(services):
     assert services.judging_job(job_id)["status"] == "done"
     assert set(runs_per_pair(services).values()) == {1} and len(runs_per_pair(services)) == PAIRS
     services.stop_judging_jobs()
+
+
+# --- the Batch tab ----------------------------------------------------------------------------
+
+
+def test_the_batch_tab_lists_jobs_resumes_a_stopped_one_and_stops_one(services):
+    from webui.batch_tab import BatchHandlers
+
+    handler = BatchHandlers(services)
+    assert handler.jobs()[1:] == ([], False)
+    job_id = killed_job(services)
+    html, choices, unfinished = handler.jobs()
+    assert unfinished and choices == [(f"job {job_id}: jobs", job_id)]
+    assert f"job {job_id}: jobs (pairwise, k 1, swap off) · 4 / 10 pairs · " in html
+    assert "pairs/min" in html and "stopped: its process is gone" in html
+
+    request, progress = SimpleNamespace(session_hash="s1"), lambda *args, **kwargs: None
+    message = handler.resume(job_id, request, progress)
+    assert f"Continued job {job_id}. Judged 6 pairs" in message and "10 of 10" in message
+    assert "done" in handler.jobs()[0] and handler.jobs()[1:] == ([], False)
+
+    add_pairs(services.sessions, "jobs", 2, numbered_pair)
+    killed = killed_job(services, kill_at_call=2)
+    assert f"Job {killed} stopped with 0 of 2 pairs judged" in handler.stop_job(killed)
+    assert services.judging_job(killed)["status"] == "cancelled"
+    assert "No job to resume" in handler.resume(None, request, progress)
+
+
+def test_the_batch_api_judges_as_a_job_and_has_the_job_endpoints(settings):
+    from conftest import free_port
+    from gradio_client import Client
+
+    from app import build_app, serve
+
+    settings.port = free_port()
+    services = Services.open(settings)
+    services.use_backend(judge_answering())
+    add_pairs(services.sessions, "jobs", PAIRS, numbered_pair)
+    demo = build_app(services)
+    _, url = serve(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+        endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        assert {"/judge_pending", "/cancel_batch", "/resume_judging_job"} <= set(endpoints)
+        assert "/cancel_judging_job" in endpoints
+        dataset_id = services.datasets()[0].id
+        message = client.predict(dataset_id, None, api_name="/judge_pending")
+        assert "Judged 10 pairs" in message and "10 of 10 pairs" in message, message
+    finally:
+        demo.close()
+    (job,) = services.judging_jobs()
+    assert job["status"] == "done" and set(runs_per_pair(services).values()) == {1}
