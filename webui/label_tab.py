@@ -222,25 +222,23 @@ def _topbar(services: Services) -> dict[str, Any]:
             container=False,
         )
         ui["progress"] = gr.HTML(elem_id="grm-progress", js_on_load=None)
+        # Compact choices: no label shown, no frame, as wide as their options.
+        compact = {"show_label": False, "container": False, "scale": 0}
         ui["text_view"] = gr.Radio(
             TEXT_VIEWS,
             value="rendered",
             label="Text",
-            show_label=False,
-            container=False,
-            scale=0,
             min_width=210,
             elem_id="grm-text-view",
+            **compact,
         )
         ui["queue_order"] = gr.Dropdown(
             QueueOrder.values(),
             value=QueueOrder.IN_ORDER.value,
             label="Queue",
-            show_label=False,
-            container=False,
-            scale=0,
             min_width=190,
             elem_id="grm-queue-order",
+            **compact,
         )
         ui["next"] = gr.Button("↻ Reload", size="sm", scale=0, min_width=90, elem_id="grm-next")
     return ui
