@@ -131,32 +131,39 @@ class JudgingJobs:
     ) -> JudgeRunReport:
         """Judge the pairs the active version has not judged with this protocol, in batches,
         as a job. An unfinished job of the same dataset, judge version and options whose
-        process is gone is continued instead (its own scope: `limit` is not asked again)."""
+        process is gone is continued instead (its own scope: `limit` is not asked again); one
+        that a live process runs is refused (JobRefused)."""
         options = options or self.judging.judge.options
         version_id = self.judging.version_id()
-        with reading(self.sessions) as s:
-            dataset_id = queries.dataset_id(s, dataset) if dataset else None
-            jobs = queries.unfinished_judging_jobs(s)
         wanted = options.model_dump(mode="json")
-        for job in jobs:
-            same = (job["dataset_id"], job["judge_version_id"], job["options"])
-            if same == (dataset_id, version_id, wanted):
-                return self._continue(job, on_progress, should_stop)
         owner = process_owner()
-        with writing(self.sessions) as s:
+        with reading(self.sessions) as s:  # outside the write lock: it may be many pairs
+            dataset_id = queries.dataset_id(s, dataset) if dataset else None
             pending = queries.pending_pairs(
                 s, version_id, options.protocol, dataset_id=dataset_id, limit=limit
             )
-            job_id = queries.create_judging_job(
-                s,
-                dataset_id=dataset_id,
-                judge_version_id=version_id,
-                options=wanted,
-                total=len(pending),
-                last_pair_id=pending[-1].id if pending else None,
-                owner=owner,
-            )
-        log.info("judging job %s: %d pairs", job_id, len(pending))
+        # Looked for and made under one lock, so that two processes starting the same
+        # judging at once make one job, which the second then continues or is refused.
+        with writing(self.sessions) as s:
+            queries.lock_job_starts(s, version_id)
+            same = (dataset_id, version_id, wanted)
+            found = [
+                job
+                for job in queries.unfinished_judging_jobs(s)
+                if (job["dataset_id"], job["judge_version_id"], job["options"]) == same
+            ]
+            if not found:
+                job_id = queries.create_judging_job(
+                    s,
+                    dataset_id=dataset_id,
+                    judge_version_id=version_id,
+                    options=wanted,
+                    total=len(pending),
+                    last_pair_id=pending[-1].id if pending else None,
+                    owner=owner,
+                )
+        if found:
+            return self._continue(found[0], on_progress, should_stop)
         return self._run(job_id, owner, False, on_progress, should_stop)
 
     def resume(

@@ -20,7 +20,7 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from storage.judgments import pending_pairs
-from storage.models import JudgingJob, utcnow
+from storage.models import JudgeVersion, JudgingJob, utcnow
 from storage.pairs import PairView
 from storage.rows import NotFoundError, as_dicts
 from vocabulary import UNFINISHED_RUN_STATUSES, RunStatus
@@ -62,6 +62,13 @@ def create_judging_job(
     s.add(job)
     s.flush()
     return job.id
+
+
+def lock_job_starts(s: Session, judge_version_id: int) -> None:
+    """Make job starts for one judge version wait for each other until the caller's
+    transaction ends: on PostgreSQL a row lock on the judge version (so two processes cannot
+    both see no unfinished job and both make one); SQLite's write transaction already is one."""
+    s.execute(select(JudgeVersion.id).where(JudgeVersion.id == judge_version_id).with_for_update())
 
 
 def _job_stmt() -> Select:

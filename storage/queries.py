@@ -20,6 +20,7 @@ from storage.judging_jobs import (
     heartbeat_judging_job,
     job_pending_pairs,
     list_judging_jobs,
+    lock_job_starts,
     unfinished_judging_jobs,
 )
 from storage.judgments import (
@@ -92,6 +93,7 @@ __all__ = [
     "list_datasets",
     "list_judge_versions",
     "list_training_runs",
+    "lock_job_starts",
     "next_pair",
     "pair_judgments",
     "pending_pairs",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from collections import Counter
 from types import SimpleNamespace
@@ -223,6 +224,30 @@ def test_the_app_start_continues_stalled_jobs_in_the_background(services):
     assert services.judging_job(job_id)["status"] == "done"
     assert set(runs_per_pair(services).values()) == {1} and len(runs_per_pair(services)) == PAIRS
     services.stop_judging_jobs()
+
+
+def test_two_starts_at_once_make_one_job_and_judge_each_pair_once(services, db, settings):
+    others = [Services(settings, db.factory) for _ in range(2)]
+    for other in others:
+        other.use_backend(judge_answering())
+    services.judge_version_id()  # registered once, before the race
+    start, outcomes = threading.Barrier(len(others)), []
+
+    def judge(other: Services) -> None:
+        start.wait()
+        try:
+            outcomes.append(other.judge_pending(dataset="jobs", options=OPTIONS).judged)
+        except JobRefused:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=judge, args=(other,)) for other in others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes, key=str) in ([0, PAIRS], [PAIRS, "refused"]), outcomes
+    assert [job["total"] for job in services.judging_jobs()].count(PAIRS) == 1
+    assert set(runs_per_pair(services).values()) == {1} and len(runs_per_pair(services)) == PAIRS
 
 
 # --- the Batch tab ----------------------------------------------------------------------------
