@@ -399,29 +399,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def comparison_table(report: dict, shown: int = 20) -> str:
     """Two setups' figures side by side, McNemar's test and the pairs where they differ."""
-    a, b = report["a"], report["b"]
+    from webui.figures import comparison_rows, mcnemar_line
 
-    def figure(value, digits: int = 3) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    rows = [
-        ("accuracy", figure(a["accuracy"]), figure(b["accuracy"])),
-        ("  95% interval", *(f"{figure(x['ci_low'])}-{figure(x['ci_high'])}" for x in (a, b))),
-        ("cohen's kappa", figure(a["kappa"]), figure(b["kappa"])),
-        ("no verdict", str(a["no_verdict"]), str(b["no_verdict"])),
-        ("position consistency", *(figure(x["position_consistency"]["rate"]) for x in (a, b))),
-        ("judged now / reused", *(f"{x['judged_now']} / {x['reused']}" for x in (a, b))),
-    ]
-    test = report["mcnemar"]
     lines = [
         f"dataset {report['dataset']}: {report['pairs']} labeled pairs, {report['scored']} "
         "labeled A, B or tie",
-        f"A: {a['describe']}",
-        f"B: {b['describe']}",
+        f"A: {report['a']['describe']}",
+        f"B: {report['b']['describe']}",
         f"{'':24}{'A':>14}{'B':>14}",
-        *(f"{name:24}{x:>14}{y:>14}" for name, x, y in rows),
-        f"McNemar exact: only A right {test['only_first']}, only B right {test['only_second']}, "
-        f"p = {test['p_value']:.4g}",
+        *(f"{r['figure']:24}{r['A']:>14}{r['B']:>14}" for r in comparison_rows(report)),
+        mcnemar_line(report),
         f"pairs where they differ: {len(report['differ'])}",
     ]
     lines += [

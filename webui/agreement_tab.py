@@ -10,6 +10,7 @@ import pandas as pd
 from gradio.blocks import Block
 
 from webui.common import ALL_DATASETS, Changes, dataset_choices, dataset_id_of, explain
+from webui.compare_panel import build_compare_panel
 from webui.render import error_box, safe_text
 
 if TYPE_CHECKING:
@@ -121,11 +122,13 @@ def _inter_annotator(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def build_agreement_tab(services: Services) -> gr.Tab:
     with gr.Tab("Agreement", id="agreement", elem_id="grm-tab-agreement") as tab:
         ui, refresh = _layout(services)
+        compare = build_compare_panel(services, ui.dataset)
     h = AgreementHandlers(services, ui)
     outputs = ui.report_outputs()
     refresh.click(h.report, [ui.dataset], outputs, api_name="agreement")
     ui.dataset.input(h.report, [ui.dataset], outputs, api_visibility="private")
     tab.select(h.opened, [ui.dataset], [ui.dataset, *outputs], api_visibility="private")
+    tab.select(compare.choices, None, compare.choice_fields(), api_visibility="private")
     return tab
 
 

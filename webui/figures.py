@@ -53,6 +53,37 @@ def paired_rows(paired: dict[str, Any] | None) -> list[dict[str, str]]:
     return [{"figure": title, "before": "", "after": value} for title, value in rows]
 
 
+def comparison_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """Two judge setups' figures on the same labels (services.comparing), one row per figure,
+    columns "A" and "B"."""
+    a, b = report["a"], report["b"]
+
+    def both(format_one) -> dict[str, str]:
+        return {"A": format_one(a), "B": format_one(b)}
+
+    rows = [
+        ("accuracy", lambda x: _fixed(x["accuracy"])),
+        ("  95% interval", lambda x: f"{_fixed(x['ci_low'])}-{_fixed(x['ci_high'])}"),
+        ("cohen's kappa", lambda x: _fixed(x["kappa"])),
+        ("no verdict", lambda x: str(x["no_verdict"])),
+        ("position consistency", lambda x: _fixed(x["position_consistency"]["rate"])),
+        ("judged now / reused", lambda x: f"{x['judged_now']} / {x['reused']}"),
+    ]
+    return [{"figure": title, **both(format_one)} for title, format_one in rows]
+
+
+def mcnemar_line(report: dict[str, Any]) -> str:
+    test = report["mcnemar"]
+    return (
+        f"McNemar exact: only A right {test['only_first']}, only B right {test['only_second']}, "
+        f"p = {test['p_value']:.4g}"
+    )
+
+
+def _fixed(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def progress_line(run: dict) -> str:
     """One line for a run's progress: phase, step, loss, examples/s, time left."""
     p = run.get("progress") or {}

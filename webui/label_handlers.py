@@ -30,7 +30,7 @@ from webui.common import (
 )
 from webui.judge_saw import judge_saw_html
 from webui.judge_view import JudgeDisplay, apply_update, attach_ids, display_from_rows
-from webui.render import panel, prompt_views, safe_markdown, safe_text, text_views
+from webui.render import pair_panels, safe_markdown, safe_text
 
 if TYPE_CHECKING:
     from services import Services
@@ -371,13 +371,8 @@ class LabelHandlers:
         rows = stored["samples"]
         view = display_from_rows(rows, stored["run"])
         judged = {"pair_id": pair.id, "verdict": view.verdict, "judgment_id": view.judgment_id()}
-        prompt, prompt_differs = prompt_views(_text_prompt(pair), _turns(pair))
-        shown = {
-            ui.meta: _meta_html(pair),
-            ui.prompt: panel("Prompt", prompt, "grm-box-prompt", differs=prompt_differs),
-            ui.a: _response_html("A", pair.response_a),
-            ui.b: _response_html("B", pair.response_b),
-        }
+        prompt, a, b = pair_panels(pair.prompt, pair.response_a, pair.response_b)
+        shown = {ui.meta: _meta_html(pair), ui.prompt: prompt, ui.a: a, ui.b: b}
         states = {
             ui.current: {"pair_id": pair.id, "token": uuid.uuid4().hex},
             ui.judged: judged if rows else NO_JUDGE,
@@ -399,21 +394,8 @@ def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "default"
 
 
-def _text_prompt(pair: Any) -> str:
-    return pair.prompt if isinstance(pair.prompt, str) else ""
-
-
-def _turns(pair: Any) -> list[dict] | None:
-    return pair.prompt if isinstance(pair.prompt, list) else None
-
-
 def _meta_html(pair: Any) -> str:
     bits = [f"#{pair.id}", pair.dataset]
     if pair.category:
         bits.append(pair.category)
     return f'<div class="grm-meta" data-pair-id="{pair.id}">{safe_text(" · ".join(bits))}</div>'
-
-
-def _response_html(side: str, text: str) -> str:
-    views, differs = text_views(text)
-    return panel(f"Response {side}", views, "grm-box-response", differs=differs)

@@ -244,6 +244,17 @@ def safe_text(text: str | None) -> str:
     return _show_hidden(html.escape(clean_text(text)))
 
 
+def pair_panels(prompt: str | list[dict[str, Any]], response_a: str, response_b: str) -> list[str]:
+    """A pair as the Label tab shows it: the prompt (a text or chat turns), then A, then B."""
+    text, turns = (prompt, None) if isinstance(prompt, str) else ("", prompt)
+    views, differs = prompt_views(text, turns)
+    shown = [panel("Prompt", views, "grm-box-prompt", differs=differs)]
+    for side, response in (("A", response_a), ("B", response_b)):
+        views, differs = text_views(response)
+        shown.append(panel(f"Response {side}", views, "grm-box-response", differs=differs))
+    return shown
+
+
 def ok_box(text: str) -> str:
     """A tab's message that something was done (escaped: it may quote a person's input)."""
     return f'<div class="grm-msg grm-msg-ok">{safe_text(text)}</div>'
