@@ -161,19 +161,20 @@ def test_exports_stay_in_one_app_folder_and_old_ones_are_removed(settings) -> No
     from pathlib import Path
 
     from services import Services
-    from webui.data_tab import KEEP_EXPORTS, DataHandlers, DataView
+    from webui.data_tab import DataHandlers, DataView
 
     services = Services.open(settings)
     services.load_demo_if_empty()
     handlers = DataHandlers(services, stand_ins(DataView))
     download = handlers.ui.download
-    files = [Path(handlers.export("jsonl", None)[download]) for _ in range(KEEP_EXPORTS + 3)]
-    root = Path(handlers._exports.name)
+    keep = handlers.exports.keep
+    files = [Path(handlers.export("jsonl", None)[download]) for _ in range(keep + 3)]
+    root = files[0].parent.parent
     assert all(root in f.parents for f in files)
     assert files[-1].is_file() and files[-1].read_text().strip() == ""  # nothing labeled yet
-    assert len(list(root.iterdir())) == KEEP_EXPORTS + 1  # the kept ones and the newest
+    assert len(list(root.iterdir())) == keep + 1  # the kept ones and the newest
     assert not files[0].exists()
-    handlers._exports.cleanup()
+    handlers.exports._root.cleanup()
     assert not root.exists()
 
 

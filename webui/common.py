@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import tempfile
 import unicodedata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -93,3 +96,23 @@ def explain(exc: BaseException) -> str:
         if needle in message.lower():
             return reason
     return re.sub(r"^\([\w.]+\)\s*", "", message)[:500]  # drop "(sqlite3.OperationalError) "
+
+
+class ExportFolders:
+    """Fresh folders for files handed to the browser, inside this app's own temp folder:
+    Gradio copies a file for the download after the handler returns, so older ones are
+    removed here (the newest `keep` stay while their downloads may still be copied), and the
+    whole folder when the app's process ends."""
+
+    def __init__(self, prefix: str, keep: int = 8) -> None:
+        self.prefix = prefix
+        self.keep = keep
+        self._root: tempfile.TemporaryDirectory | None = None
+
+    def fresh(self) -> Path:
+        if self._root is None:
+            self._root = tempfile.TemporaryDirectory(prefix=self.prefix)
+        root = Path(self._root.name)
+        for old in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(dir=root))

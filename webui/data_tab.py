@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ import pandas as pd
 from webui.common import (
     ALL_DATASETS,
     Changes,
+    ExportFolders,
     dataset_choices,
     dataset_name_of,
     explain,
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
 IMPORT_FORMATS = ["auto", "pairs", "chosen-rejected", "llmbar"]
 EXPORT_FORMATS = ["jsonl", "csv", "parquet", "trl-preference", "trl-sft"]
 EXPORT_SUFFIX = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
-KEEP_EXPORTS = 8  # recent export files kept while their downloads may still be copied
 DATASET_COLUMNS = ["id", "name", "pairs", "labeled", "judged", "format", "source"]
 
 
@@ -47,7 +45,7 @@ class DataHandlers:
     def __init__(self, services: Services, ui: DataView) -> None:
         self.services = services
         self.ui = ui
-        self._exports: tempfile.TemporaryDirectory | None = None
+        self.exports = ExportFolders("grm-exports-")
 
     def import_upload(self, upload: Any, dataset: str, fmt: str) -> Changes:
         """Import the uploaded file; a bad file is refused whole with the line that failed."""
@@ -73,7 +71,7 @@ class DataHandlers:
         """Write the export to a fresh temp file and hand it to the browser for download."""
         ui = self.ui
         name = dataset_name_of(self.services, dataset)
-        out_dir = self._export_dir()
+        out_dir = self.exports.fresh()
         out = out_dir / f"grm-{name or 'all'}-{fmt}{EXPORT_SUFFIX.get(fmt, '.jsonl')}"
         try:
             rows = self.services.export(out, fmt, dataset=name)
@@ -86,17 +84,6 @@ class DataHandlers:
             ui.export_msg: ok_box(f"Exported {rows} labeled rows as {fmt}."),
             ui.download: str(out),
         }
-
-    def _export_dir(self) -> Path:
-        """A fresh folder for one export, inside this app's own temp folder: Gradio copies the
-        file for the download after the handler returns, so the previous exports are removed
-        here instead, and the whole folder when the app's process ends."""
-        if self._exports is None:
-            self._exports = tempfile.TemporaryDirectory(prefix="grm-exports-")
-        root = Path(self._exports.name)
-        for old in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_EXPORTS]:
-            shutil.rmtree(old, ignore_errors=True)
-        return Path(tempfile.mkdtemp(dir=root))
 
     def refresh(self, current: Any) -> Changes:
         """The tab was opened: fresh counts, and fresh choices for the export's dataset."""

@@ -5,12 +5,14 @@ copy as a new version (a template that cannot judge is refused with its reasons)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from webui.common import (
     Changes,
+    ExportFolders,
     dataset_choices,
     dataset_id_of,
     dataset_name_of,
@@ -37,12 +39,14 @@ class PromptsView:
     new_name: gr.Textbox
     note: gr.Textbox
     version_msg: gr.HTML
+    download: gr.File
 
 
 class PromptsHandlers:
     def __init__(self, services: Services, ui: PromptsView) -> None:
         self.services = services
         self.ui = ui
+        self.exports = ExportFolders("grm-prompts-")
 
     def show_guidelines(self, dataset: Any) -> Changes:
         dataset_id = dataset_id_of(dataset)
@@ -98,6 +102,33 @@ class PromptsHandlers:
             ui.version_msg: ok_box(f"Saved {row['version']} (a copy of {parent})."),
         }
 
+    def export_version(self, version: str) -> Changes:
+        """The version as the small JSON file `grm prompts export` writes, to download."""
+        ui = self.ui
+        if not version:
+            return {ui.version_msg: error_box("Choose a version first."), ui.download: None}
+        try:
+            out = self.services.export_prompt_version(
+                version, self.exports.fresh() / f"{version}.json"
+            )
+        except Exception as exc:
+            return {ui.version_msg: error_box(f"Not exported: {explain(exc)}"), ui.download: None}
+        return {ui.version_msg: ok_box(f"Exported {version}."), ui.download: str(out)}
+
+    def import_version(self, upload: Any) -> Changes:
+        """Store a version from an exported JSON file; a bad file is refused with the reason and
+        nothing is stored."""
+        ui = self.ui
+        path = Path(upload if isinstance(upload, str) else upload.name)
+        try:
+            row = self.services.import_prompt_version(path)
+        except Exception as exc:
+            return {ui.version_msg: error_box(f"Not imported: {explain(exc)}")}
+        return self.show_version(row["version"]) | {
+            ui.version: gr.update(choices=version_choices(self.services), value=row["version"]),
+            ui.version_msg: ok_box(f"Imported {row['version']}."),
+        }
+
     def use_version(self, version: str) -> Changes:
         """Judge with this version from now on (the Judge tab's other settings stay)."""
         judge = self.services.judge
@@ -144,6 +175,12 @@ def build_prompts_tab(services: Services) -> gr.Tab:
         h.save_version, edits, [ui.version, ui.version_msg], api_name="new_prompt_version"
     )
     controls["use_version"].click(h.use_version, [ui.version], [ui.version_msg], **PRIVATE)
+    controls["export"].click(
+        h.export_version, [ui.version], [ui.version_msg, ui.download], api_name="export_prompt"
+    )
+    controls["import"].upload(
+        h.import_version, [controls["import"]], [*shown, ui.version], api_name="import_prompt"
+    )
     tab.select(h.opened, [ui.dataset], [ui.dataset, ui.version], **PRIVATE)
     return tab
 
@@ -178,6 +215,12 @@ def _layout(services: Services) -> tuple[PromptsView, dict[str, Any]]:
                 controls["save_version"] = gr.Button("Save as new version", elem_id="grm-p-save")
                 controls["use_version"] = gr.Button("Judge with this version", elem_id="grm-p-use")
             version_msg = gr.HTML(js_on_load=None, elem_id="grm-p-msg")
+            with gr.Row():
+                controls["export"] = gr.Button("Export as JSON", elem_id="grm-p-export")
+                controls["import"] = gr.UploadButton(
+                    "Import a version (JSON)", file_types=[".json"], elem_id="grm-p-import"
+                )
+            download = gr.File(label="Download", interactive=False, elem_id="grm-p-file", height=90)
     view = PromptsView(
         dataset,
         guidelines,
@@ -189,5 +232,6 @@ def _layout(services: Services) -> tuple[PromptsView, dict[str, Any]]:
         new_name,
         note,
         version_msg,
+        download,
     )
     return view, controls
