@@ -11,6 +11,7 @@ pairs one setup got right and the other did not, and the pairs where the two ver
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -262,19 +263,8 @@ def latest_labels(s: Session, dataset_id: int) -> list[dict[str, Any]]:
 
 def record_pair(record: dict[str, Any]) -> PairInput:
     """A labeled record's pair as the judges see it."""
-    view = queries.PairView(
-        id=record["pair_id"],
-        dataset_id=record["dataset_id"],
-        dataset=record["dataset"],
-        external_id=record["external_id"],
-        prompt=record["prompt"],
-        response_a=record["response_a"],
-        response_b=record["response_b"],
-        reference=record["reference"],
-        category=record["category"],
-        gold_label=record["gold_label"],
-        meta=None,
-    )
+    fields = [f.name for f in dataclasses.fields(queries.PairView) if f.name not in ("id", "meta")]
+    view = queries.PairView(id=record["pair_id"], meta=None, **{f: record[f] for f in fields})
     return pair_input(view)
 
 

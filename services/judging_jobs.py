@@ -31,6 +31,7 @@ from judges.types import AggregateJudgment, Verdict
 from services.judging import Judging, store_runs
 from services.prompts import judge_protocol
 from services.records import pair_input
+from services.training_runs import pid_alive
 from storage import queries
 from storage.db import reading, writing
 from storage.faults import DatabaseBusy, SaveFailed
@@ -82,17 +83,7 @@ def owner_gone(owner: str | None, heartbeat_age: float | None) -> bool:
     if heartbeat_age is None or heartbeat_age > STALE_AFTER_S:
         return True
     host, pid, _token = owner.rsplit(":", 2)
-    return host == socket.gethostname() and not _pid_alive(int(pid))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process, alive
-    return True
+    return host == socket.gethostname() and not pid_alive(int(pid))
 
 
 def job_view(job: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from storage.judgments import pending_pairs
 from storage.models import JudgeVersion, JudgingJob, utcnow
 from storage.pairs import PairView
-from storage.rows import NotFoundError, as_dicts
+from storage.rows import as_dicts, newest_rows, row_by_id
 from vocabulary import UNFINISHED_RUN_STATUSES, RunStatus
 
 UNFINISHED = [status.value for status in UNFINISHED_RUN_STATUSES]
@@ -77,16 +77,12 @@ def _job_stmt() -> Select:
 
 def get_judging_job(s: Session, job_id: int) -> dict[str, Any]:
     """One job as a dict; NotFoundError when there is none."""
-    rows = as_dicts(s.execute(_job_stmt().where(JudgingJob.id == job_id)))
-    if not rows:
-        raise NotFoundError(f"judging job {job_id} not found")
-    return rows[0]
+    return row_by_id(s, JudgingJob, job_id, "judging job")
 
 
 def list_judging_jobs(s: Session, limit: int | None = None) -> list[dict[str, Any]]:
     """Jobs, newest first."""
-    stmt = _job_stmt().order_by(JudgingJob.id.desc())
-    return as_dicts(s.execute(stmt if limit is None else stmt.limit(limit)))
+    return newest_rows(s, JudgingJob, limit)
 
 
 def unfinished_judging_jobs(s: Session) -> list[dict[str, Any]]:

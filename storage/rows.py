@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Select
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
 
 from storage.models import Pair
 from vocabulary import LabelVerdict
@@ -66,3 +67,17 @@ def chunks(ids: set[int] | list[int]) -> list[list[int]]:
     """Sorted ids in slices of ID_CHUNK, one IN (...) each."""
     ordered = sorted(set(ids))
     return [ordered[start : start + ID_CHUNK] for start in range(0, len(ordered), ID_CHUNK)]
+
+
+def row_by_id(s: Session, model: type, row_id: int, what: str) -> dict[str, Any]:
+    """One row of `model`'s table as a dict; NotFoundError naming `what` when there is none."""
+    rows = as_dicts(s.execute(select(*model.__table__.columns).where(model.id == row_id)))
+    if not rows:
+        raise NotFoundError(f"{what} {row_id} not found")
+    return rows[0]
+
+
+def newest_rows(s: Session, model: type, limit: int | None = None) -> list[dict[str, Any]]:
+    """`model`'s rows as dicts, newest (highest id) first, at most `limit`."""
+    stmt = select(*model.__table__.columns).order_by(model.id.desc())
+    return as_dicts(s.execute(stmt if limit is None else stmt.limit(limit)))

@@ -12,7 +12,7 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import TrainingRun
-from storage.rows import NotFoundError, as_dicts
+from storage.rows import NotFoundError, as_dicts, newest_rows, row_by_id
 from vocabulary import UNFINISHED_RUN_STATUSES, RunStatus
 
 RUN_FIELDS = frozenset(
@@ -78,16 +78,12 @@ def _training_run_stmt() -> Select:
 
 def get_training_run(s: Session, run_id: int) -> dict[str, Any]:
     """One training run as a dict; NotFoundError when there is none."""
-    rows = as_dicts(s.execute(_training_run_stmt().where(TrainingRun.id == run_id)))
-    if not rows:
-        raise NotFoundError(f"training run {run_id} not found")
-    return rows[0]
+    return row_by_id(s, TrainingRun, run_id, "training run")
 
 
 def list_training_runs(s: Session, limit: int | None = None) -> list[dict[str, Any]]:
     """Training runs, newest first."""
-    stmt = _training_run_stmt().order_by(TrainingRun.id.desc())
-    return as_dicts(s.execute(stmt if limit is None else stmt.limit(limit)))
+    return newest_rows(s, TrainingRun, limit)
 
 
 def running_training_run(s: Session) -> dict[str, Any] | None:
