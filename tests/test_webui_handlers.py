@@ -158,24 +158,25 @@ def test_a_locked_database_reads_as_busy_without_sql_or_trace() -> None:
 
 
 def test_exports_stay_in_one_app_folder_and_old_ones_are_removed(settings) -> None:
+    import tempfile
     from pathlib import Path
 
     from services import Services
+    from webui.common import EXPORTS
     from webui.data_tab import DataHandlers, DataView
 
     services = Services.open(settings)
     services.load_demo_if_empty()
     handlers = DataHandlers(services, stand_ins(DataView))
     download = handlers.ui.download
-    keep = handlers.exports.keep
+    keep = EXPORTS.keep
     files = [Path(handlers.export("jsonl", None)[download]) for _ in range(keep + 3)]
     root = files[0].parent.parent
+    assert root.name.startswith("grm-exports-") and root.parent == Path(tempfile.gettempdir())
     assert all(root in f.parents for f in files)
     assert files[-1].is_file() and files[-1].read_text().strip() == ""  # nothing labeled yet
     assert len(list(root.iterdir())) == keep + 1  # the kept ones and the newest
     assert not files[0].exists()
-    handlers.exports._root.cleanup()
-    assert not root.exists()
 
 
 def test_a_served_local_judge_leaves_a_core_for_saves(monkeypatch) -> None:

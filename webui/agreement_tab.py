@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 from gradio.blocks import Block
 
-from webui.common import ALL_DATASETS, Changes, dataset_choices, dataset_id_of, explain
+from webui.common import ALL_DATASETS, Changes, TabHandlers, dataset_choices, dataset_id_of, explain
 from webui.compare_panel import build_compare_panel
 from webui.render import error_box, safe_text
 
@@ -41,11 +41,7 @@ class AgreementView:
         ]
 
 
-class AgreementHandlers:
-    def __init__(self, services: Services, ui: AgreementView) -> None:
-        self.services = services
-        self.ui = ui
-
+class AgreementHandlers(TabHandlers[AgreementView]):
     def report(self, dataset: Any) -> Changes:
         """Headline figures, confusion matrix, per-group tables and plots, inter-annotator."""
         ui = self.ui

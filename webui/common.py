@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import gradio as gr
 from gradio.blocks import Block
@@ -98,6 +98,18 @@ def explain(exc: BaseException) -> str:
     return re.sub(r"^\([\w.]+\)\s*", "", message)[:500]  # drop "(sqlite3.OperationalError) "
 
 
+View = TypeVar("View")
+
+
+class TabHandlers(Generic[View]):
+    """What a tab's handlers hold: the services they call and the tab's components (`ui`),
+    the keys of the {component: value} changes they return."""
+
+    def __init__(self, services: Services, ui: View) -> None:
+        self.services = services
+        self.ui = ui
+
+
 class ExportFolders:
     """Fresh folders for files handed to the browser, inside this app's own temp folder:
     Gradio copies a file for the download after the handler returns, so older ones are
@@ -116,3 +128,6 @@ class ExportFolders:
         for old in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(dir=root))
+
+
+EXPORTS = ExportFolders("grm-exports-")  # one per app process: Data tab and prompt exports

@@ -12,8 +12,9 @@ import pandas as pd
 
 from webui.common import (
     ALL_DATASETS,
+    EXPORTS,
     Changes,
-    ExportFolders,
+    TabHandlers,
     dataset_choices,
     dataset_name_of,
     explain,
@@ -41,12 +42,7 @@ class DataView:
     download: gr.File
 
 
-class DataHandlers:
-    def __init__(self, services: Services, ui: DataView) -> None:
-        self.services = services
-        self.ui = ui
-        self.exports = ExportFolders("grm-exports-")
-
+class DataHandlers(TabHandlers[DataView]):
     def import_upload(self, upload: Any, dataset: str, fmt: str) -> Changes:
         """Import the uploaded file; a bad file is refused whole with the line that failed."""
         if not upload:
@@ -71,7 +67,7 @@ class DataHandlers:
         """Write the export to a fresh temp file and hand it to the browser for download."""
         ui = self.ui
         name = dataset_name_of(self.services, dataset)
-        out_dir = self.exports.fresh()
+        out_dir = EXPORTS.fresh()
         out = out_dir / f"grm-{name or 'all'}-{fmt}{EXPORT_SUFFIX.get(fmt, '.jsonl')}"
         try:
             rows = self.services.export(out, fmt, dataset=name)

@@ -9,7 +9,7 @@ import gradio as gr
 from gradio.blocks import Block
 
 from vocabulary import BackendName, ProtocolName
-from webui.common import Changes, explain
+from webui.common import Changes, TabHandlers, explain
 from webui.render import safe_text
 
 if TYPE_CHECKING:
@@ -41,11 +41,7 @@ class JudgeFields:
         ]
 
 
-class JudgeHandlers:
-    def __init__(self, services: Services, ui: JudgeFields) -> None:
-        self.services = services
-        self.ui = ui
-
+class JudgeHandlers(TabHandlers[JudgeFields]):
     def status(self) -> str:
         """Backend, model, loaded or not (with load time), and the options in use."""
         return status_html(self.services)

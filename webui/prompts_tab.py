@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from webui.common import (
+    EXPORTS,
     Changes,
-    ExportFolders,
+    TabHandlers,
     dataset_choices,
     dataset_id_of,
     dataset_name_of,
@@ -42,12 +43,7 @@ class PromptsView:
     download: gr.File
 
 
-class PromptsHandlers:
-    def __init__(self, services: Services, ui: PromptsView) -> None:
-        self.services = services
-        self.ui = ui
-        self.exports = ExportFolders("grm-prompts-")
-
+class PromptsHandlers(TabHandlers[PromptsView]):
     def show_guidelines(self, dataset: Any) -> Changes:
         dataset_id = dataset_id_of(dataset)
         if not dataset_id:
@@ -108,9 +104,8 @@ class PromptsHandlers:
         if not version:
             return {ui.version_msg: error_box("Choose a version first."), ui.download: None}
         try:
-            out = self.services.export_prompt_version(
-                version, self.exports.fresh() / f"{version}.json"
-            )
+            out = EXPORTS.fresh() / f"{version}.json"
+            self.services.export_prompt_version(version, out)
         except Exception as exc:
             return {ui.version_msg: error_box(f"Not exported: {explain(exc)}"), ui.download: None}
         return {ui.version_msg: ok_box(f"Exported {version}."), ui.download: str(out)}
