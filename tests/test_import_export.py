@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from tiny_llama import tiny_llama
 
 from judges.protocols import get_protocol
 from judges.types import PairInput
@@ -712,24 +713,13 @@ def test_trl_preference_export_prepares_in_dpo_trainer(
     """TRL's own DPO dataset preparation accepts the export and finds the chosen text."""
     import copy
 
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl import DPOConfig, DPOTrainer
 
     labeled_pairs_for_trl(factory, tmp_path, with_chat=with_chat)
     out = tmp_path / "pref.jsonl"
     export_labels(factory, out, format="trl-preference")
     data = load_json_dataset(out, tmp_path)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(tiny_tokenizer, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
     args = DPOConfig(output_dir=str(tmp_path / "dpo"), report_to="none", use_cpu=True, bf16=False)
     trainer = DPOTrainer(
         model=model,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from fakes import FakeBackend
+from tiny_llama import tiny_llama
 
 from judges.judge import JudgeOptions
 from judges.train import (
@@ -42,7 +43,7 @@ def build_tiny_model(path: Path) -> Path:
     """A 2-layer, 32-wide Llama with a byte-level BPE tokenizer trained on a few judge phrases."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -63,19 +64,7 @@ def build_tiny_model(path: Path) -> Path:
     fast.chat_template = CHATML
     fast.save_pretrained(path)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=8192,
-        pad_token_id=fast.pad_token_id,
-        eos_token_id=fast.eos_token_id,
-        bos_token_id=fast.bos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
+    tiny_llama(fast).save_pretrained(path)
     return path
 
 
