@@ -387,7 +387,9 @@ def cmd_prompts_import(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     services = _services()
     try:
-        report = services.compare_setups(args.a, args.b, args.dataset, limit=args.limit)
+        report = services.compare_setups(
+            args.a, args.b, args.dataset, limit=args.limit, gold=args.gold
+        )
     except (ValueError, LookupError) as exc:
         return _refused("not compared", exc)
     if args.json:
@@ -402,8 +404,8 @@ def comparison_table(report: dict, shown: int = 20) -> str:
     from webui.figures import comparison_rows, mcnemar_line
 
     lines = [
-        f"dataset {report['dataset']}: {report['pairs']} labeled pairs, {report['scored']} "
-        "labeled A, B or tie",
+        f"dataset {report['dataset']}: {report['pairs']} {report['labels']}, {report['scored']} "
+        "of them A, B or tie",
         f"A: {report['a']['describe']}",
         f"B: {report['b']['describe']}",
         f"{'':24}{'A':>14}{'B':>14}",
@@ -470,6 +472,12 @@ def _add_prompt_commands(sub) -> None:
     compare.add_argument("--b", required=True, metavar="SETUP", help="the other setup, as --a")
     compare.add_argument("--dataset", required=True)
     compare.add_argument("--limit", type=int, help="compare on the first N labeled pairs")
+    compare.add_argument(
+        "--gold",
+        action="store_true",
+        help="score against the labels imported with the dataset (its gold_label, e.g. "
+        "LLMBar's human labels) instead of the labels people made in the app",
+    )
     compare.add_argument("--json", action="store_true", help="the whole report as JSON")
     compare.set_defaults(func=cmd_compare)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from judges import metrics
@@ -29,6 +30,8 @@ from services.prompts import dataset_key, judge_protocol, resolve_template
 from services.records import pair_input
 from storage import prompt_versions, queries
 from storage.db import reading
+from storage.models import Pair
+from storage.pairs import pair_views
 from vocabulary import COMPARING_VERDICTS, ProtocolName
 
 if TYPE_CHECKING:
@@ -134,15 +137,19 @@ class Comparing:
         dataset: str | int,
         limit: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        gold: bool = False,
     ) -> dict[str, Any]:
         """Judge the dataset's labeled pairs that either setup has not judged yet, then both
-        setups' figures side by side on the same labels (see the module docstring)."""
+        setups' figures side by side on the same labels (see the module docstring). With
+        `gold`, the labels are the ones imported with the dataset (its human labels, e.g.
+        LLMBar's), not the ones people made here."""
         setups = [x if isinstance(x, JudgeSetup) else self.setup(x) for x in (a, b)]
         with reading(self.sessions) as s:
             dataset_id = dataset_key(s, dataset)
-            records = latest_labels(s, dataset_id)[:limit]
+            records = (gold_labels if gold else latest_labels)(s, dataset_id)[:limit]
         if not records:
-            raise ValueError(f"no labeled pairs to compare on in dataset {dataset!r}")
+            kind = "imported labels (gold_label)" if gold else "labeled pairs"
+            raise ValueError(f"no {kind} to compare on in dataset {dataset!r}")
         pairs = [record_pair(r) for r in records]
         plans = [self._plan(setup, pairs, dataset_id) for setup in setups]
         total = sum(len(missing) for _, _, missing in plans)
@@ -156,7 +163,8 @@ class Comparing:
                 verdicts.append(fitting_verdicts(s, setup, protocol, pairs))
         judged_now = [len(missing) for _, _, missing in plans]
         report = comparison_report(records, setups, verdicts, judged_now)
-        return {"dataset": records[0]["dataset"], **report}
+        labels = "imported labels" if gold else "labeled pairs"
+        return {"dataset": records[0]["dataset"], "labels": labels, **report}
 
     def _plan(
         self, setup: JudgeSetup, pairs: list[PairInput], dataset_id: int
@@ -259,6 +267,14 @@ def latest_labels(s: Session, dataset_id: int) -> list[dict[str, Any]]:
         ):
             latest[record["pair_id"]] = record
     return [latest[pair_id] for pair_id in sorted(latest)]
+
+
+def gold_labels(s: Session, dataset_id: int) -> list[dict[str, Any]]:
+    """Each pair of the dataset imported with a label, as latest_labels' records (the label
+    is the imported one), by pair id."""
+    stmt = select(Pair).where(Pair.dataset_id == dataset_id, Pair.gold_label.is_not(None))
+    views = pair_views(s, stmt.order_by(Pair.id))
+    return [{**dataclasses.asdict(v), "pair_id": v.id, "label": v.gold_label} for v in views]
 
 
 def record_pair(record: dict[str, Any]) -> PairInput:

@@ -176,3 +176,35 @@ def test_grm_compare_prints_the_figures_side_by_side(services, monkeypatch, caps
     assert "not compared: k must be a whole number" in capsys.readouterr().err
     assert cli.main(["compare", "--a", A, "--b", B, "--dataset", "nope"]) == 2
     assert "dataset 'nope' not found" in capsys.readouterr().err
+
+
+def test_gold_compares_on_the_labels_imported_with_the_dataset(
+    services, tmp_path, monkeypatch, capsys
+):
+    """LLMBar-like data comes with its human labels: --gold scores against them, no one has
+    to label the pairs again in the app; a dataset imported without labels is refused."""
+    rows = [numbered_pair(i) | {"label": human} for i, human in enumerate(HUMAN[:7])]
+    rows.append(numbered_pair(7))  # imported without a label: left out
+    source = tmp_path / "gold.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    services.import_file(source, dataset="gold")
+
+    report = services.compare_setups(A, B, "gold", gold=True)
+    assert (report["dataset"], report["pairs"], report["scored"]) == ("gold", 7, 7)
+    assert report["a"]["accuracy"] == pytest.approx(5 / 7)
+    assert report["b"]["accuracy"] == pytest.approx(3 / 7)
+    assert report["mcnemar"] == {"only_first": 3, "only_second": 1, "p_value": 0.625}
+    assert [r["human"] for r in report["differ"]] == [HUMAN[i] for i in (1, 2, 5, 6)]
+    with pytest.raises(ValueError, match="no labeled pairs"):
+        services.compare_setups(A, B, "gold")  # nobody labeled these in the app
+    unlabeled = tmp_path / "plain.jsonl"
+    unlabeled.write_text(json.dumps(numbered_pair(0)) + "\n", encoding="utf-8")
+    services.import_file(unlabeled, dataset="plain")
+    with pytest.raises(ValueError, match=r"no imported labels \(gold_label\)"):
+        services.compare_setups(A, B, "plain", gold=True)
+
+    monkeypatch.setattr(cli, "_services", lambda: services)
+    assert cli.main(["compare", "--a", A, "--b", B, "--dataset", "gold", "--gold"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset gold: 7 imported labels" in out
+    assert re.search(r"^accuracy\s+0\.714\s+0\.429$", out, re.M), out
