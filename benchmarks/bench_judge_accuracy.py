@@ -183,11 +183,7 @@ def format_table(sets: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    from judges.backends import make_backend
-    from judges.judge import JudgeOptions, judge_pairs
-    from settings import load_settings
-
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", default="pairwise")
     parser.add_argument("--prompt-version", default=None, help="default: the protocol's latest")
@@ -198,8 +194,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--tie-band", type=float, default=TIE_BAND, help="swap-mean's tie band")
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    from judges.backends import make_backend
+    from judges.judge import JudgeOptions, judge_pairs
+    from settings import load_settings
+
+    args = parse_args()
     settings = load_settings()
     backend = make_backend(settings)
     temperature = args.temperature if args.temperature is not None else (0.7 if args.k > 1 else 0)

@@ -257,7 +257,7 @@ def _summary_of(report: dict, suffix: str, order: str, largest: int, runs: list)
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 300])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -276,15 +276,12 @@ def main() -> None:
     parser.add_argument("--pool-limit", type=int, default=None, help="a quick try: fewer pairs")
     parser.add_argument("--guard-limit", type=int, default=None, help="a quick try: fewer pairs")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_learning_curve.json")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    base_model = Path(str(resolve_model_path(load_settings())))
-    pool = [row for name in POOL for row in load(name)][: args.pool_limit]
-    train_pool, heldout = split_by_prompt(pool, args.heldout, seed=0)
-    evals = {"heldout": (heldout, None), GUARD: (load(GUARD)[: args.guard_limit], None)}
-    print(f"pool {len(pool)}, train {len(train_pool)}, held out {len(heldout)}", flush=True)
 
-    started = time.perf_counter()
+def judge_with_base(base_model: Path, evals: dict, train_pool: list) -> tuple[dict, list, dict]:
+    """The base judge's verdicts on the evaluation sets and on the training pool (for the
+    "least-sure" order), and its accuracies: the product's rule, and forced to choose."""
     base_backend = TransformersBackend(base_model, max_batch_size=8)
     base = {name: judged(base_backend, rows) for name, (rows, _) in evals.items()}
     base_on_pool = judged(base_backend, train_pool)
@@ -294,6 +291,53 @@ def main() -> None:
         f"{n}_forced": sum(right(forced(base[n]), rows)) / len(rows)
         for n, (rows, _) in evals.items()
     }
+    return base, base_on_pool, base_acc
+
+
+def run_point(
+    args,
+    base_model: Path,
+    ordered: list,
+    evals: dict,
+    base: dict,
+    *,
+    order: str,
+    seed: int,
+    size: int,
+) -> dict:
+    """Train on the first `size` labels of `ordered` and judge: the run's entry, printed."""
+    run = train_and_judge(args, base_model, ordered[:size], seed, evals)
+    entry = {
+        "method": "verdict",
+        "order": order,
+        "labels": size,
+        "seed": seed,
+        "figures": figures(run.pop("verdicts"), evals, base),
+        **run,
+    }
+    held, fo = entry["figures"]["heldout"], entry["figures"]["heldout_forced"]
+    print(
+        f"{order:10s} seed {seed} N={size:3d}: held-out {held['second_accuracy']:.3f} "
+        f"(base {held['first_accuracy']:.3f}, p={held['p_value']:.3g}); forced "
+        f"{fo['second_accuracy']:.3f} (base {fo['first_accuracy']:.3f}, "
+        f"p={fo['p_value']:.3g}); "
+        f"{GUARD} forced {entry['figures'][GUARD + '_forced']['second_accuracy']:.3f}, "
+        f"{run['examples_per_s']} ex/s, {run['train_and_eval_seconds']} s",
+        flush=True,
+    )
+    return entry
+
+
+def main() -> None:
+    args = parse_args()
+    base_model = Path(str(resolve_model_path(load_settings())))
+    pool = [row for name in POOL for row in load(name)][: args.pool_limit]
+    train_pool, heldout = split_by_prompt(pool, args.heldout, seed=0)
+    evals = {"heldout": (heldout, None), GUARD: (load(GUARD)[: args.guard_limit], None)}
+    print(f"pool {len(pool)}, train {len(train_pool)}, held out {len(heldout)}", flush=True)
+
+    started = time.perf_counter()
+    base, base_on_pool, base_acc = judge_with_base(base_model, evals, train_pool)
     print(f"base judge: {base_acc} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     report: dict[str, Any] = {
@@ -317,26 +361,10 @@ def main() -> None:
             if seed != args.seeds[0] and order not in args.replicate_orders:
                 continue
             for size in sizes:
-                run = train_and_judge(args, base_model, ordered[:size], seed, evals)
-                entry = {
-                    "method": "verdict",
-                    "order": order,
-                    "labels": size,
-                    "seed": seed,
-                    "figures": figures(run.pop("verdicts"), evals, base),
-                    **run,
-                }
-                report["runs"].append(entry)
-                held, fo = entry["figures"]["heldout"], entry["figures"]["heldout_forced"]
-                print(
-                    f"{order:10s} seed {seed} N={size:3d}: held-out {held['second_accuracy']:.3f} "
-                    f"(base {held['first_accuracy']:.3f}, p={held['p_value']:.3g}); forced "
-                    f"{fo['second_accuracy']:.3f} (base {fo['first_accuracy']:.3f}, "
-                    f"p={fo['p_value']:.3g}); "
-                    f"{GUARD} forced {entry['figures'][GUARD + '_forced']['second_accuracy']:.3f}, "
-                    f"{run['examples_per_s']} ex/s, {run['train_and_eval_seconds']} s",
-                    flush=True,
+                entry = run_point(
+                    args, base_model, ordered, evals, base, order=order, seed=seed, size=size
                 )
+                report["runs"].append(entry)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(report, indent=2))  # partial results survive
     report["summary"] = summary(report)

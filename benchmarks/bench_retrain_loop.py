@@ -132,6 +132,27 @@ def training_flops(result: dict, config: TrainConfig, n_params: int) -> float:
     return float(sequences * (config.max_prompt_tokens + config.max_target_tokens) * per_token)
 
 
+def training_figures(services: Services, config: TrainConfig, result: dict) -> dict:
+    """The run's training figures, with its estimated FLOP/s against this machine's peak."""
+    peaks = matmul_peak_flops()
+    flops = training_flops(result, config, n_params=_param_count(services))
+    achieved = flops / result["runtime_s"] if result["runtime_s"] else None
+    peak = peaks["bf16" if result["bf16"] else "fp32"]
+    return {
+        "method": config.method,
+        "steps": result["steps"],
+        "train_examples": result["train_examples"],
+        "examples_per_s": result["examples_per_s"],
+        "runtime_s": result["runtime_s"],
+        "bf16": result["bf16"],
+        "data_stats": result["data_stats"],
+        "estimated_flops": flops,
+        "flops_per_s": achieved,
+        "matmul_peak_flops_per_s": peaks,
+        "share_of_peak": achieved / peak if achieved else None,
+    }
+
+
 def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -170,29 +191,12 @@ def main() -> int:
     timings["evaluate_s"] = time.perf_counter() - mark
     timings["wall_s"] = time.perf_counter() - started
 
-    result = run["progress"]["result"]
-    peaks = matmul_peak_flops()
-    flops = training_flops(result, config, n_params=_param_count(services))
-    achieved = flops / result["runtime_s"] if result["runtime_s"] else None
-    peak = peaks["bf16" if result["bf16"] else "fp32"]
     summary = {
         "config": vars(args),
         "labels": labeled,
         "eval_pairs": len(eval_pairs),
         "timings": timings,
-        "training": {
-            "method": config.method,
-            "steps": result["steps"],
-            "train_examples": result["train_examples"],
-            "examples_per_s": result["examples_per_s"],
-            "runtime_s": result["runtime_s"],
-            "bf16": result["bf16"],
-            "data_stats": result["data_stats"],
-            "estimated_flops": flops,
-            "flops_per_s": achieved,
-            "matmul_peak_flops_per_s": peaks,
-            "share_of_peak": achieved / peak if achieved else None,
-        },
+        "training": training_figures(services, config, run["progress"]["result"]),
         "heldout_before": _short(run["metrics_before"]),
         "heldout_after": _short(run["metrics_after"]),
         "llmbar_natural_before": before,
