@@ -74,6 +74,12 @@ def db(
     engine.dispose()
 
 
+@pytest.fixture
+def factory(db: DatabaseFixture) -> sessionmaker[Session]:
+    """The `db` fixture's session factory, for tests that need nothing else of it."""
+    return db.factory
+
+
 def _postgres_url() -> str:
     """GRM_TEST_POSTGRES_URL if its server answers; otherwise skip, or fail where required."""
     url = os.environ.get(POSTGRES_URL_ENV)

@@ -1,5 +1,5 @@
 """Pairs written straight through the ORM, and labels on them, for tests that need a dataset to
-work on (the importer is tested on its own, in test_import_export)."""
+work on (the importer is tested on its own, in test_import)."""
 
 from __future__ import annotations
 
