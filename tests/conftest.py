@@ -6,7 +6,7 @@ import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 from desk import CHROMIUM, CHROMIUM_ARGS
@@ -15,6 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from settings import Settings, load_settings
 from storage.db import init_db, make_engine, make_session_factory
+
+if TYPE_CHECKING:
+    from services import Services  # imported where used: loading it is not free
 
 # Fixtures that load or build a model: a test that uses one trains or runs a model, and is
 # marked `slow` here, so `-m "not slow"` is the quick suite whatever its file forgot to mark.
@@ -78,6 +81,14 @@ def db(
 def factory(db: DatabaseFixture) -> sessionmaker[Session]:
     """The `db` fixture's session factory, for tests that need nothing else of it."""
     return db.factory
+
+
+@pytest.fixture
+def services(settings: Settings, db: DatabaseFixture) -> Services:
+    """The app's services on a fresh real database (SQLite; PostgreSQL too when configured)."""
+    from services import Services
+
+    return Services(settings, db.factory)
 
 
 def _postgres_url() -> str:
