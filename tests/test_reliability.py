@@ -42,11 +42,6 @@ READ_ONLY_MESSAGE = "not saved: the database is read-only"
 
 
 @pytest.fixture
-def services(settings, db) -> Services:
-    return Services(settings, db.factory)
-
-
-@pytest.fixture
 def pairs(db) -> list[int]:
     return seed_pairs(db.factory, 5)
 
