@@ -128,15 +128,17 @@ class JudgingJobs:
         version_id = self.judging.version_id()
         wanted = options.model_dump(mode="json")
         owner = process_owner()
-        with reading(self.sessions) as s:  # outside the write lock: it may be many pairs
+        with reading(self.sessions) as s:
             dataset_id = queries.dataset_id(s, dataset) if dataset else None
+        # Looked for and made under one lock, so that two processes starting the same
+        # judging at once make one job, which the second then continues or is refused. The
+        # pending pairs are read under it too: read before, a job that finished meanwhile
+        # would leave them stale, and a second job would count pairs already judged.
+        with writing(self.sessions) as s:
+            queries.lock_job_starts(s, version_id)
             pending = queries.pending_pairs(
                 s, version_id, options.protocol, dataset_id=dataset_id, limit=limit
             )
-        # Looked for and made under one lock, so that two processes starting the same
-        # judging at once make one job, which the second then continues or is refused.
-        with writing(self.sessions) as s:
-            queries.lock_job_starts(s, version_id)
             same = (dataset_id, version_id, wanted)
             found = [
                 job
