@@ -10,7 +10,10 @@ not trained on):
   state it already);
 - a pair with no positive gets up to N more sampled judgments through a hook, and those that
   agree are kept (rejective fine-tuning, as SPCT / STaR); those that disagree become negatives;
-- a pair still without a positive gets a verdict-only target (DJPO's "standard judgement");
+- a pair still without a positive gets a verdict-only target (DJPO's "standard judgement"),
+  unless the run trains on samples only (`rft`: such a pair contributes nothing);
+- a judge-written positive that mostly copies the prompt template's own words is left out
+  (judges.copying), whatever the method;
 - every example is also produced in the swapped order, with the verdict flipped in the target
   text (judges.swap_text), so response position carries no signal.
 Prompts are built by the protocol's own message builder (passed in, so training and inference
@@ -24,6 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from judges.copying import MOSTLY_COPIED, copied_share
+from judges.prompts import PromptTemplate
 from judges.swap_text import swap_labels_in_text, swap_scores_in_text
 from judges.truncation import CHARACTERS, Measure, truncate_pair
 from judges.types import ChatTurn, PairInput, Verdict
@@ -227,6 +232,12 @@ class DataConfig:
     max_per_pair: int = 2  # positives, negatives and DPO pairs kept per pair
     rft_samples: int = 4  # extra samples asked for a pair with no positive
     include_swapped: bool = True
+    # The template the judge is trained to read: judge-written positives that mostly copy its
+    # fixed text are left out (None: not checked).
+    copied_from: PromptTemplate | None = None
+    # A pair with no positive trains on its bare verdict (DJPO); rejective fine-tuning turns
+    # this off, so such a pair contributes nothing.
+    verdict_only_fallback: bool = True
 
 
 @dataclass(frozen=True)
@@ -328,8 +339,10 @@ def build_training_data(
     builder.reject_sample(trainable, pools, sample_more)
     for item in trainable:
         pool = pools[item.pair_id]
-        if not pool.positives:
+        if not pool.positives and config.verdict_only_fallback:
             pool.positives.append(_verdict_only(item.verdict, target_format))
+        elif not pool.positives:
+            data.stats["pairs_without_positive"] += 1
         _count(pool, data.stats)
         _add_examples(data, item, pool, build_messages, config, target_format, measure)
     return data
@@ -338,8 +351,9 @@ def build_training_data(
 def _empty_stats() -> dict[str, int]:
     keys = (
         "pairs labels_not_trainable positives_judgment positives_human_critique "
-        "positives_rejection_sample verdict_only negatives rft_pairs rft_samples "
-        "judgments_ignored targets_dropped sft_examples preference_examples"
+        "positives_rejection_sample positives_copied verdict_only pairs_without_positive "
+        "negatives rft_pairs rft_samples judgments_ignored targets_dropped sft_examples "
+        "preference_examples"
     )
     return dict.fromkeys(keys.split(), 0)
 
@@ -400,11 +414,22 @@ class _PoolBuilder:
         # The raw text was written for the order it was shown in; its verdict is stored un-swapped.
         shown = judgment.verdict.swapped() if judgment.swapped else judgment.verdict
         target = _Target(judgment.raw_text, shown, judgment.swapped, source, judgment.judgment_id)
-        if judgment.verdict == item.verdict:
-            if judgment.status == "complete":  # a truncated "right" answer is not a model answer
-                self._keep(target, pool.positives)
-        else:
+        if judgment.verdict != item.verdict:
             self._keep(target, pool.negatives, negative=True)
+        elif judgment.status != "complete":
+            return  # a truncated "right" answer is not a model answer
+        elif self._mostly_copied(judgment.raw_text):
+            self.stats["positives_copied"] += 1
+        else:
+            self._keep(target, pool.positives)
+
+    def _mostly_copied(self, text: str) -> bool:
+        """Every method that trains on judge-written positives (sft, rft, dpo, dpo+sft) passes
+        them here: a judgment that mostly repeats the template's words got its verdict right
+        without reasoning, and training on it would teach the judge to copy. A person's critique
+        is not checked; verdict and grpo train on no judgment text."""
+        template = self.config.copied_from
+        return template is not None and copied_share(text, template) > MOSTLY_COPIED
 
     def _keep(self, target: _Target, kept: list[_Target], negative: bool = False) -> None:
         if len(kept) >= self.config.max_per_pair or any(_same(target, k) for k in kept):
@@ -525,7 +550,9 @@ def _preference_pairs(
     verdict the judge gave (else the opposite one), so DPO still learns which verdict is right.
     """
     positives, negatives = pool.positives, pool.negatives
-    if positives and positives[0].source == "verdict_only":
+    if not positives:
+        return []  # nothing to prefer (a rejective run's pair whose samples all disagreed)
+    if positives[0].source == "verdict_only":
         given = [n.verdict.swapped() if n.swapped else n.verdict for n in negatives]
         wrong = next((v for v in given if v in TRAINABLE_LABELS), _other_verdict(item.verdict))
         return [(positives[0], _Target(fmt.render_verdict(wrong), wrong, False, "verdict_only"))]
