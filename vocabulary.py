@@ -64,14 +64,18 @@ UNFINISHED_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 class TrainingMethod(Name):
-    """Retraining objectives: cross-entropy on the verdict letter after the verdict-only prompt,
-    SFT on agreeing judgments (rejective fine-tuning), DPO of agreeing over disagreeing judgments
-    (Con-J), and DPO with an NLL term on the chosen one (DJPO)."""
+    """Retraining objectives: cross-entropy on the verdict letter after the verdict-only prompt;
+    SFT on agreeing judgments, stored or sampled where none agrees; rejective fine-tuning on
+    fresh samples only, k per pair, kept when they agree with the label (SPCT / STaR); DPO of
+    agreeing over disagreeing judgments (Con-J); DPO with an NLL term on the chosen one (DJPO);
+    and GRPO, online RL rewarded when a sampled verdict matches the label (SPCT)."""
 
     VERDICT = "verdict"
     SFT = "sft"
+    RFT = "rft"
     DPO = "dpo"
     DPO_SFT = "dpo+sft"
+    GRPO = "grpo"
 
 
 class QueueOrder(Name):

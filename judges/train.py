@@ -1,4 +1,5 @@
-"""The retraining job: labels in, a LoRA adapter out (TRL SFT / DPO / DPO+SFT), in TRL's shape.
+"""The retraining job: labels in, a LoRA adapter out (verdict, SFT, RFT, DPO, DPO+SFT, GRPO),
+in TRL's shape.
 
 A `TrainConfig` dataclass with help text (judges.train_config), `make_parser` that turns its
 fields into the `grm train` options, and `main(plan, ...)`. `plan_run` makes every check a run
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from judges.train_config import (
 from judges.trainer import (
     AdapterInputs,
     ProgressCallback,
+    TrainerMaker,
     load_tokenizer,
     train_and_save,
     trl_trainer,
@@ -199,21 +201,16 @@ def main(
     """Train a LoRA adapter on the plan's training side; return where it is and how it went.
 
     `parent_adapter_path`: the active judge's adapter, trained further (so the new adapter stands
-    alone on the base model); None starts a new adapter. `sample_more`: the rejective
-    fine-tuning hook (see training_data).
+    alone on the base model); None starts a new adapter. `sample_more`: the judge's sampler
+    (see training_data), which the rft method needs and sft / dpo use for pairs lacking a
+    positive.
     """
     config = plan.config
     refuse_existing_output(config)
+    if config.method == TrainingMethod.RFT and sample_more is None:
+        raise TrainingRefused("the rft method trains on the judge's own samples: give a sampler")
     tokenizer = load_tokenizer(base_model_path)
-    if config.method == TrainingMethod.VERDICT:
-        rows = verdict_rows(plan.training_side(), tokenizer, config)
-        stats = {"pairs": len(plan.split.train), "verdict_examples": len(rows)}
-        make_trainer = verdict_trainer
-    else:
-        build_messages = build_messages or protocol_messages(config.protocol)
-        data = prepare_data(plan, tokenizer, build_messages, sample_more)
-        rows = data.sft_rows() if config.method == "sft" else data.preference_rows()
-        stats, make_trainer = data.stats, trl_trainer
+    rows, stats, make_trainer = method_rows(plan, tokenizer, build_messages, sample_more)
     if not rows:
         raise TrainingRefused(
             f"no {config.method} examples could be built from {len(plan.split.train)} "
@@ -232,14 +229,46 @@ def main(
     )
 
 
+def method_rows(
+    plan: RunPlan,
+    tokenizer: Any,
+    build_messages: MessageBuilder | None,
+    sample_more: SampleMore | None,
+) -> tuple[list[dict[str, Any]], dict[str, int], TrainerMaker]:
+    """The run's method as trainer rows, counts of where they came from, and its trainer."""
+    config = plan.config
+    if config.method == TrainingMethod.VERDICT:
+        rows = verdict_rows(plan.training_side(), tokenizer, config)
+        stats = {"pairs": len(plan.split.train), "verdict_examples": len(rows)}
+        return rows, stats, verdict_trainer
+    build_messages = build_messages or protocol_messages(config.protocol)
+    if config.method == TrainingMethod.GRPO:
+        from judges.grpo_training import grpo_rows, grpo_trainer
+
+        budget = content_budget(tokenizer, build_messages, config.max_prompt_tokens)
+        side = plan.training_side()
+        rows = grpo_rows(side, build_messages, config, budget, token_length(tokenizer))
+        return rows, {"pairs": len(side), "grpo_prompts": len(rows)}, grpo_trainer
+    data = prepare_data(plan, tokenizer, build_messages, sample_more)
+    sft = config.method in (TrainingMethod.SFT, TrainingMethod.RFT)
+    return (data.sft_rows() if sft else data.preference_rows()), data.stats, trl_trainer
+
+
 def prepare_data(
     plan: RunPlan,
     tokenizer: Any,
     build_messages: MessageBuilder,
     sample_more: SampleMore | None = None,
 ) -> TrainingData:
-    """The run's examples: training-side pairs only, prompts cut to the token budget."""
+    """The run's examples: training-side pairs only, prompts cut to the token budget.
+
+    For rft the stored judgments and critiques are set aside, so every pair is sampled afresh and
+    trains only on its samples that agree with the label (none agrees: the pair adds nothing).
+    """
+    from judges.protocols import get_protocol
+
     config = plan.config
+    rejective = config.method == TrainingMethod.RFT
     budget = content_budget(tokenizer, build_messages, config.max_prompt_tokens)
     data_config = DataConfig(
         protocol=config.protocol,
@@ -247,9 +276,14 @@ def prepare_data(
         max_per_pair=config.max_per_pair,
         rft_samples=config.rft_samples,
         include_swapped=config.include_swapped,
+        copied_from=get_protocol(config.protocol).template,
+        verdict_only_fallback=not rejective,
     )
+    records = plan.training_side()
+    if rejective:
+        records = [replace(r, judgments=(), corrected_critique=None) for r in records]
     return build_training_data(
-        plan.training_side(),
+        records,
         build_messages,
         data_config,
         target_format(config.protocol),

@@ -32,9 +32,11 @@ class TrainConfig:
         default=TrainingMethod.DPO.value,
         metadata={
             "help": "verdict: cross-entropy on the verdict right after the verdict-only prompt "
-            "(both orders; fast); sft: rejective fine-tuning on positive judgments; dpo: prefer "
-            "positive over negative judgments (Con-J); dpo+sft: DPO plus an NLL term on the "
-            "positive (DJPO).",
+            "(both orders; fast); sft: fine-tuning on positive judgments, stored or sampled; "
+            "rft: rejective fine-tuning on rft_samples fresh samples per pair, those that agree "
+            "with the label (SPCT); dpo: prefer positive over negative judgments (Con-J); "
+            "dpo+sft: DPO plus an NLL term on the positive (DJPO); grpo: online RL, reward +1 "
+            "when a sampled verdict matches the label, 0 when not, -1 for none (SPCT).",
             "choices": tuple(TrainingMethod.values()),
         },
     )
@@ -46,7 +48,9 @@ class TrainConfig:
     max_steps: int | None = field(
         default=None, metadata={"help": "Stop after this many optimizer steps (overrides epochs)."}
     )
-    batch_size: int = field(default=2, metadata={"help": "Examples (DPO: pairs) per step."})
+    batch_size: int = field(
+        default=2, metadata={"help": "Examples (DPO: pairs; GRPO: prompts) per step."}
+    )
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Batches accumulated per optimizer step."}
     )
@@ -72,7 +76,14 @@ class TrainConfig:
     )
     rft_samples: int = field(
         default=2,
-        metadata={"help": "Extra judge samples for a pair with no agreeing judgment (0: none)."},
+        metadata={
+            "help": "Judge samples per pair: rft, all it trains on; sft and dpo, extra samples for "
+            "a pair with no agreeing judgment (0: none)."
+        },
+    )
+    grpo_generations: int = field(
+        default=4,
+        metadata={"help": "grpo: judgments sampled per prompt, compared with each other."},
     )
     include_swapped: bool = field(
         default=True, metadata={"help": "Also train on every example with the responses swapped."}
@@ -113,6 +124,12 @@ class TrainConfig:
             (self.max_prompt_tokens >= 64, "max_prompt_tokens must be at least 64"),
             (self.max_target_tokens >= 8, "max_target_tokens must be at least 8"),
             (self.min_labels >= 2, "min_labels must be at least 2"),
+            (
+                self.method != TrainingMethod.RFT or self.rft_samples >= 1,
+                "the rft method trains on sampled judgments only; rft_samples must be at least 1",
+            ),
+            # GRPO's advantage is a sample's reward against its group's: one alone learns nothing.
+            (self.grpo_generations >= 2, "grpo_generations must be at least 2"),
             (
                 self.method != TrainingMethod.VERDICT or self.protocol == "pairwise",
                 "the verdict method trains the pairwise judge's verdict; use protocol pairwise",

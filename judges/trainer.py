@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from judges.train_config import TrainConfig, TrainingRefused
+from vocabulary import TrainingMethod
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,10 @@ TrainerMaker = Callable[[AdapterInputs, Path, bool], Any]
 
 
 def trl_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
-    """TRL's trainer (SFT or DPO, as the config says) for the inputs."""
+    """TRL's trainer for the inputs: SFT for sft and rft, DPO for dpo and dpo+sft."""
     from datasets import Dataset
 
-    model = _load_trainable_model(inputs.base_model_path, inputs.parent_adapter_path)
+    model = load_trainable_model(inputs.base_model_path, inputs.parent_adapter_path)
     dataset = Dataset.from_list(inputs.rows)
     return _make_trainer(inputs.config, model, inputs.tokenizer, dataset, work, bf16)
 
@@ -120,7 +121,8 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _load_trainable_model(base_model_path: Path, parent_adapter_path: str | Path | None) -> Any:
+def load_trainable_model(base_model_path: Path, parent_adapter_path: str | Path | None) -> Any:
+    """The base model in fp32, with the adapter it continues (trainable) when there is one."""
     from transformers import AutoModelForCausalLM
 
     # fp32 weights; bf16 (when chosen) runs as autocast, which keeps the LoRA master weights exact.
@@ -135,7 +137,8 @@ def _load_trainable_model(base_model_path: Path, parent_adapter_path: str | Path
     return PeftModel.from_pretrained(model, str(parent_adapter_path), is_trainable=True)
 
 
-def _lora_config(config: TrainConfig) -> Any:
+def lora_config(config: TrainConfig) -> Any:
+    """The LoRA of a new adapter: every linear layer, at the run's rank."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -147,7 +150,8 @@ def _lora_config(config: TrainConfig) -> Any:
     )
 
 
-def _common_args(config: TrainConfig, work: Path, bf16: bool) -> dict[str, Any]:
+def common_args(config: TrainConfig, work: Path, bf16: bool) -> dict[str, Any]:
+    """The TRL trainer settings every method shares (SFT, DPO, GRPO)."""
     import torch
 
     return {
@@ -174,11 +178,11 @@ def _common_args(config: TrainConfig, work: Path, bf16: bool) -> dict[str, Any]:
 def _make_trainer(
     config: TrainConfig, model: Any, tokenizer: Any, dataset: Any, work: Path, bf16: bool
 ) -> Any:
-    peft_config = None if _is_peft(model) else _lora_config(config)
-    if config.method == "sft":
+    peft_config = None if is_peft(model) else lora_config(config)
+    if config.method in (TrainingMethod.SFT, TrainingMethod.RFT):
         from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(**_common_args(config, work, bf16), completion_only_loss=True)
+        args = SFTConfig(**common_args(config, work, bf16), completion_only_loss=True)
         return SFTTrainer(
             model=model,
             args=args,
@@ -191,7 +195,7 @@ def _make_trainer(
     losses = ["sigmoid", "sft"] if config.method == "dpo+sft" else ["sigmoid"]
     weights = [1.0, config.sft_weight] if config.method == "dpo+sft" else [1.0]
     args = DPOConfig(
-        **_common_args(config, work, bf16),
+        **common_args(config, work, bf16),
         beta=config.beta,
         loss_type=losses,
         loss_weights=weights,
@@ -205,7 +209,7 @@ def _make_trainer(
     )
 
 
-def _is_peft(model: Any) -> bool:
+def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
 
 

@@ -237,7 +237,7 @@ class TrainingRun(Base):
 
     __tablename__ = "training_run"
     id: Mapped[int] = mapped_column(primary_key=True)
-    method: Mapped[str] = mapped_column(String(20))  # "sft" | "dpo" | "dpo+sft"
+    method: Mapped[str] = mapped_column(String(20))  # a vocabulary.TrainingMethod value
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     base_version_id: Mapped[int | None] = mapped_column(ForeignKey("judge_version.id"))
     label_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # ids + split
