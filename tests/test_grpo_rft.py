@@ -270,3 +270,41 @@ def test_grm_train_and_the_retrain_tab_offer_the_method(method, capsys) -> None:
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--help"])
     assert f"{method}:" in " ".join(capsys.readouterr().out.split())
+
+
+def test_run_job_samples_every_training_pair_for_rft(tiny_model, tmp_path) -> None:
+    """The job as the worker runs it: the active judge's sampler feeds rejective fine-tuning."""
+    from judges.train import run_job
+
+    def make_backend(adapter):
+        return FakeBackend(script=lambda messages: "Critique: fine.\nVerdict: [[A]]")
+
+    config = tiny_config(tmp_path, method="rft", rft_samples=2, max_steps=1, max_prompt_tokens=700)
+    options = JudgeOptions(protocol="pairwise", logprobs=False)
+    updates: list[dict] = []
+    result = run_job(
+        plan_run(config, make_records()), tiny_model, make_backend, options, updates.append
+    )
+    train = [r for r in make_records() if r["pair_id"] in result.split.train]
+    assert result.data_stats["rft_pairs"] == len(train)  # stored judgments set aside: all sampled
+    # Two samples of one text: one positive for each pair labeled A, none for the others.
+    assert result.data_stats["positives_rejection_sample"] == sum(r["label"] == "A" for r in train)
+    assert result.steps == 1 and result.metrics_after is not None
+    phases = [u["phase"] for u in updates]
+    assert phases.index("sampling") < phases.index("training")
+
+
+def test_run_job_trains_grpo_on_the_judges_own_prompt(tiny_model, tmp_path) -> None:
+    """The real pairwise prompt (system message and all) through GRPO, evaluated before and
+    after; the adapter lands where the backend loads it from."""
+    from judges.train import run_job
+
+    def make_backend(adapter):
+        return FakeBackend(script=lambda messages: "Verdict: [[A]]")
+
+    config = tiny_config(tmp_path, method="grpo", max_steps=1, batch_size=1, max_prompt_tokens=700)
+    options = JudgeOptions(protocol="pairwise", logprobs=False)
+    result = run_job(plan_run(config, make_records()), tiny_model, make_backend, options)
+    assert result.steps == 1 and result.train_loss is not None
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert result.metrics_before["n"] == result.metrics_after["n"] == len(result.split.heldout)
