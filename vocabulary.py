@@ -32,6 +32,7 @@ class ProtocolName(Name):
 
 class BackendName(Name):
     TRANSFORMERS = "transformers"
+    LLAMACPP = "llamacpp"
     OPENAI = "openai"
     VLLM = "vllm"
 

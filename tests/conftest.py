@@ -157,6 +157,26 @@ def embedded_backend(embedded_model_dir: Path) -> Iterator[object]:
     backend.close()
 
 
+@pytest.fixture(scope="session")
+def lora_adapter(embedded_model_dir, tmp_path_factory):
+    """A real LoRA adapter on the embedded model, with non-zero B so it changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, local_files_only=True)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    peft_model = get_peft_model(model, config)
+    torch.manual_seed(0)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(out)
+    assert (out / "adapter_model.safetensors").is_file()
+    return out
+
+
 # -- web app (appended by the web-app helper) ----------------------------------------------
 
 

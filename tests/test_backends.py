@@ -59,7 +59,7 @@ def test_importing_judges_loads_no_heavy_library():
 
 
 def test_backend_table_names_importable_classes_lazily():
-    assert set(BACKENDS) == {"transformers", "openai", "vllm"}
+    assert set(BACKENDS) == {"transformers", "llamacpp", "openai", "vllm"}
     for name, target in BACKENDS.items():
         module, _, cls = target.partition(":")
         assert module.startswith("judges.backends.") and cls
@@ -68,7 +68,7 @@ def test_backend_table_names_importable_classes_lazily():
     # Lazily: importing the table (judges.backends) loads no backend module, torch or vllm.
     code = (
         "import sys, judges.backends; loaded = set(sys.modules); "
-        "print(sorted(m for m in loaded if m.split('.')[0] in ('torch', 'vllm') "
+        "print(sorted(m for m in loaded if m.split('.')[0] in ('torch', 'vllm', 'llama_cpp') "
         "or (m.startswith('judges.backends.') and m != 'judges.backends.base')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -318,26 +318,6 @@ def test_a_prompt_beyond_the_context_is_refused(embedded_backend):
 
 
 # -- LoRA adapters --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def lora_adapter(embedded_model_dir, tmp_path_factory):
-    """A real LoRA adapter on the embedded model, with non-zero B so it changes the output."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, local_files_only=True)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    peft_model = get_peft_model(model, config)
-    torch.manual_seed(0)
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.05)
-    out = tmp_path_factory.mktemp("adapter")
-    peft_model.save_pretrained(out)
-    assert (out / "adapter_model.safetensors").is_file()
-    return out
 
 
 def _copy_adapter(source: Path, dest: Path) -> Path:

@@ -18,6 +18,7 @@ __all__ = ["BACKENDS", "Backend", "BackendError", "Generation", "GenerationOptio
 # name -> "module:Class"; the module (and torch / vllm with it) is imported on first use only.
 BACKENDS: dict[str, str] = {
     BackendName.TRANSFORMERS: "judges.backends.transformers_backend:TransformersBackend",
+    BackendName.LLAMACPP: "judges.backends.llamacpp_backend:LlamaCppBackend",
     BackendName.OPENAI: "judges.backends.openai_backend:OpenAIBackend",
     BackendName.VLLM: "judges.backends.vllm_backend:VLLMBackend",
 }
@@ -63,6 +64,28 @@ def _transformers_args(settings: Settings, overrides: dict[str, Any]) -> dict[st
     return {"model_path": path, "max_batch_size": settings.judge_batch_size}
 
 
+def _llamacpp_args(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The GGUF itself (the embedded one, or GRM_JUDGE_MODEL's .gguf) and, for its chat
+    template, the converted model directory the other local backends read."""
+    from judges.embedded import ModelNotFoundError, embedded_gguf_path
+
+    model = settings.judge_model
+    if model is not None and not str(model).endswith(".gguf"):
+        raise BackendError(
+            f"the llamacpp backend runs a .gguf file; GRM_JUDGE_MODEL={model!r} is not one "
+            "(use the transformers backend for a model directory)"
+        )
+    try:
+        gguf = Path(model) if model else embedded_gguf_path()
+    except ModelNotFoundError as exc:
+        raise BackendError(str(exc)) from exc
+    return {
+        "gguf_path": gguf,
+        "tokenizer_path": _local_model(settings, {}),
+        "threads": settings.judge_threads,
+    }
+
+
 def _openai_args(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
     return {
         "base_url": settings.openai_base_url,
@@ -82,6 +105,7 @@ def _vllm_args(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
 
 _CONSTRUCTOR_ARGS: dict[str, Callable[[Settings, dict[str, Any]], dict[str, Any]]] = {
     "transformers": _transformers_args,
+    "llamacpp": _llamacpp_args,
     "openai": _openai_args,
     "vllm": _vllm_args,
 }

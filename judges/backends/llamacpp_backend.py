@@ -1,0 +1,293 @@
+"""The fast local judge: llama.cpp (through llama-cpp-python) running the GGUF natively.
+
+The embedded judge ships as a Q4_1 GGUF; the transformers backend dequantizes it to fp32/bf16
+tensors and reads 4-8x more bytes per token, which is what bounds decoding on a CPU. llama.cpp
+runs the quantized weights as they are (benchmarks/bench_judge_speed.py has the figures).
+
+The prompt is rendered by the model's own chat template through the Hugging Face tokenizer of
+the converted model directory, exactly as the transformers backend and training render it, and
+tokenized by llama.cpp (the same vocabulary). Decoding is a short loop over llama.cpp's
+next-token logits, so every generated token's log-probabilities come from the model's raw
+distribution (before temperature or top-p), like the transformers backend's, at no extra
+cost: llama-cpp-python's own completion API computes log-probs only with logits for every
+prompt position. llama.cpp keeps the last prompt's cache; a new prompt that starts the same
+way (the same pair judged again, or a prompt read ahead by `warm`) only reads what differs.
+
+A LoRA adapter made by the retraining job is converted to a GGUF adapter once (gguf_lora.py)
+and applied by llama.cpp at load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from judges.backends.adapters import check_adapter_files
+from judges.backends.base import (
+    Backend,
+    BackendError,
+    Generation,
+    GenerationOptions,
+    Messages,
+    TokenLogprob,
+    split_prefill,
+)
+
+log = logging.getLogger(__name__)
+
+CONTEXT_TOKENS = 4096  # the judge prompts' budgets plus an answer fit (SmolLM2 allows 8192)
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model run by llama.cpp on the CPU, optionally with a LoRA adapter."""
+
+    name = "llamacpp"
+    supports_logprobs = True
+    supports_prefill = True
+    max_batch_size = 1  # one sequence at a time: llama.cpp's cache holds one conversation here
+
+    def __init__(
+        self,
+        gguf_path: str | Path,
+        tokenizer_path: str | Path,
+        threads: int | None = None,
+        adapter_path: str | Path | None = None,
+        context_tokens: int = CONTEXT_TOKENS,
+    ) -> None:
+        started = time.perf_counter()
+        self.gguf_path = Path(gguf_path)
+        if not self.gguf_path.is_file():
+            raise BackendError(f"no GGUF model file at {self.gguf_path}")
+        self.adapter_path = Path(adapter_path) if adapter_path else None
+        self._lock = threading.Lock()
+        self.tokenizer = _load_tokenizer(Path(tokenizer_path))
+        lora = self._converted_adapter() if self.adapter_path else None
+        self.llm = _load_model(self.gguf_path, threads, context_tokens, lora)
+        self._stops = {self.llm.token_eos(), *_eos_ids(self.tokenizer)}
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded %s with llama.cpp in %.1fs", self.model_name, self.load_seconds)
+
+    @property
+    def model_name(self) -> str:
+        suffix = f"+{self.adapter_path.name}" if self.adapter_path else ""
+        return f"{self.gguf_path.stem}{suffix}"
+
+    def stream(self, messages: Messages, options: GenerationOptions) -> Iterator[str | Generation]:
+        """Yield text as tokens are decoded, then the summary (with log-probs if asked)."""
+        pieces: list[str] = []
+        with self._lock:
+            ids = self._ids(self._prompt(messages), options.max_new_tokens)
+            decoder = _TextDecoder(self.llm)
+            steps: list[tuple[int, np.ndarray]] = []
+            finish = "length"
+            try:
+                for token, logprobs in self._decode(ids, options):
+                    steps.append((token, logprobs))
+                    if token in self._stops:
+                        finish = "stop"
+                        break
+                    piece = decoder.add(token)
+                    if piece:
+                        pieces.append(piece)
+                        yield piece
+            except (RuntimeError, ValueError) as exc:  # llama.cpp's decode failures
+                raise BackendError(f"generation failed: {exc}") from exc
+            tail = decoder.flush()
+            if tail:
+                pieces.append(tail)
+                yield tail
+            summary = Generation(
+                text="".join(pieces),
+                finish_reason=finish,
+                prompt_tokens=len(ids),
+                completion_tokens=len(steps),
+                token_logprobs=self._logprob_table(steps, options.top_logprobs),
+            )
+        yield summary  # after the lock is released: a caller that stops here blocks no one
+
+    def next_token_logprobs(
+        self, requests: list[tuple[Messages, str]], top_k: int = 20
+    ) -> list[dict[str, float]] | None:
+        """Log-probs of the likeliest next tokens after each (messages, assistant prefix)."""
+        answers = []
+        for messages, prefix in requests:
+            with self._lock:
+                logprobs = _log_softmax(self._read(self._ids(self._prompt(messages) + prefix, 0)))
+            top = np.argsort(logprobs)[::-1][:top_k]
+            answers.append(self._token_table(top.tolist(), logprobs[top].tolist()))
+        return answers
+
+    def warm(self, messages: Messages) -> bool:
+        """Read a prompt ahead of the click that judges it (llama.cpp keeps its cache, and the
+        judgment then reads only the rest). Never waits behind a running generation."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._read(self._ids(self._prompt(messages), 0)[:-1])
+        finally:
+            self._lock.release()
+        return True
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _prompt(self, messages: Messages) -> str:
+        conversation, prefill = split_prefill(messages)
+        prompt = self.tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
+        return prompt + prefill
+
+    def _ids(self, text: str, max_new_tokens: int) -> list[int]:
+        # The chat template holds every special token; special=True reads them as such.
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if len(ids) + max_new_tokens > self.llm.n_ctx():
+            raise BackendError(
+                f"prompt of {len(ids)} tokens plus {max_new_tokens} new tokens exceeds the "
+                f"context of {self.llm.n_ctx()} tokens"
+            )
+        return ids
+
+    def _read(self, ids: list[int]) -> np.ndarray:
+        """Feed `ids` after the longest prefix already in the cache; the last token's logits."""
+        cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
+        common = 0
+        for old, new in zip(cached, ids, strict=False):
+            if old != new:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # at least one token is read: its logits are needed
+        self.llm.n_tokens = common  # eval drops the cache after this position
+        self.llm.eval(ids[common:])
+        return self._last_logits()
+
+    def _last_logits(self) -> np.ndarray:
+        vocab = self.llm.n_vocab()
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(vocab,)).copy()
+
+    def _decode(
+        self, ids: list[int], options: GenerationOptions
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Each next token with the log-probs it was chosen from, until max_new_tokens."""
+        rng = np.random.default_rng(options.seed)
+        logits = self._read(ids)
+        for _ in range(options.max_new_tokens):
+            logprobs = _log_softmax(logits)
+            token = _choose(logits, options, rng)
+            yield token, logprobs
+            if token in self._stops:
+                return
+            self.llm.eval([token])
+            logits = self._last_logits()
+
+    def _logprob_table(
+        self, steps: list[tuple[int, np.ndarray]], top: int
+    ) -> list[TokenLogprob] | None:
+        if top <= 0:
+            return None
+        tokens = []
+        for token, logprobs in steps:
+            best = np.argsort(logprobs)[::-1][:top]
+            tokens.append(
+                TokenLogprob(
+                    token=self.tokenizer.decode([token]),
+                    logprob=float(logprobs[token]),
+                    top=self._token_table(best.tolist(), logprobs[best].tolist()),
+                )
+            )
+        return tokens
+
+    def _token_table(self, ids: list[int], values: list[float]) -> dict[str, float]:
+        """Token text -> logprob; ids that decode to the same text add up (log-sum-exp)."""
+        table: dict[str, float] = {}
+        for token_id, value in zip(ids, values, strict=True):
+            text = self.tokenizer.decode([token_id])
+            table[text] = float(np.logaddexp(table[text], value)) if text in table else value
+        return table
+
+    def _converted_adapter(self) -> Path:
+        from judges.backends.gguf_lora import converted_adapter
+
+        assert self.adapter_path is not None
+        check_adapter_files(self.adapter_path)  # safetensors only, never a pickle
+        return converted_adapter(self.adapter_path, self.gguf_path)
+
+
+class _TextDecoder:
+    """Token ids to text pieces; a character split across tokens waits for its last byte."""
+
+    def __init__(self, llm) -> None:
+        self.llm = llm
+        self.pending = b""
+
+    def add(self, token: int) -> str:
+        self.pending += self.llm.detokenize([token], special=False)
+        try:
+            text = self.pending.decode("utf-8")
+        except UnicodeDecodeError:
+            return ""
+        self.pending = b""
+        return text
+
+    def flush(self) -> str:
+        text, self.pending = self.pending.decode("utf-8", errors="replace"), b""
+        return text
+
+
+def _choose(logits: np.ndarray, options: GenerationOptions, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0, else a sample from the temperature / top-p distribution."""
+    if options.temperature <= 0:
+        return int(np.argmax(logits))
+    probs = np.exp(_log_softmax(logits / options.temperature))
+    order = np.argsort(probs)[::-1]
+    keep = np.cumsum(probs[order]) - probs[order] < options.top_p  # at least the top token
+    kept = order[keep]
+    return int(rng.choice(kept, p=probs[kept] / probs[kept].sum()))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory never needs the hub
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not tokenizer.chat_template:
+        raise BackendError(f"the tokenizer in {path} has no chat template")
+    return tokenizer
+
+
+def _eos_ids(tokenizer) -> set[int]:
+    return {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+
+
+def _load_model(path: Path, threads: int | None, context_tokens: int, lora: Path | None):
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        raise BackendError(f"llama-cpp-python is not installed: {exc}") from exc
+    cores = threads or os.cpu_count() or 1
+    try:
+        return Llama(
+            model_path=str(path),
+            n_ctx=context_tokens,
+            n_threads=cores,
+            n_threads_batch=cores,
+            lora_path=str(lora) if lora else None,
+            verbose=False,
+        )
+    except (RuntimeError, ValueError) as exc:
+        raise BackendError(f"llama.cpp could not load {path.name}: {exc}") from exc

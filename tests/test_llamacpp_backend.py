@@ -1,0 +1,198 @@
+"""The llama.cpp backend on the real embedded GGUF: it streams what it returns, its log-probs are
+the transformers backend's (same weights, other arithmetic), it continues a prefilled answer,
+a prompt read ahead gives the same judgment, and a LoRA adapter made by retraining (saved by
+PEFT in the transformers layout) changes llama.cpp's judge exactly as it changes transformers'."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from judges.backends.base import BackendError, Generation, GenerationOptions
+
+pytestmark = pytest.mark.slow
+
+MESSAGES = [
+    {"role": "system", "content": "You are a fair judge of two answers."},
+    {
+        "role": "user",
+        "content": "Question: What is the capital of France?\n\n[Response A]\nParis.\n\n"
+        "[Response B]\nLyon.\n\nWhich response is better? End with Verdict: [[A]] or [[B]].",
+    },
+]
+PREFIX = "Verdict: [["
+GREEDY = GenerationOptions(max_new_tokens=24, top_logprobs=3)
+
+
+@pytest.fixture(scope="module")
+def llamacpp(embedded_model_dir):
+    from judges.backends.llamacpp_backend import LlamaCppBackend
+    from judges.embedded import embedded_gguf_path
+
+    backend = LlamaCppBackend(embedded_gguf_path(), embedded_model_dir)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def strong_adapter(embedded_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter on the query, key, value and down projections (q and k rows are permuted
+    in the GGUF), strong enough that its effect stands well above the two engines' arithmetic
+    differences (measured: std 0.03 moves the verdict log-probs by about as much as llama.cpp's
+    quantized arithmetic does; 0.3 moves them several times more)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)  # before LoRA's own initialisation of A: the same adapter every run
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, local_files_only=True)
+    targets = ["q_proj", "k_proj", "v_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.3)
+    out = tmp_path_factory.mktemp("strong-adapter")
+    peft_model.save_pretrained(out)
+    return out
+
+
+def collect(backend, messages, options=GREEDY) -> tuple[list[str], Generation]:
+    items = list(backend.stream(messages, options))
+    assert isinstance(items[-1], Generation)
+    assert all(isinstance(piece, str) for piece in items[:-1])
+    return items[:-1], items[-1]
+
+
+def close_tables(a: dict[str, float], b: dict[str, float], tolerance: float) -> None:
+    """The same likeliest token, and the shared tokens' log-probs within `tolerance`."""
+    assert max(a, key=a.get) == max(b, key=b.get), (a, b)
+    for token in set(a) & set(b):
+        if a[token] > -4:  # the likely ones; far tails differ more in low precision
+            assert a[token] == pytest.approx(b[token], abs=tolerance), (token, a, b)
+
+
+def test_streamed_pieces_are_the_text_and_each_token_has_its_logprobs(llamacpp):
+    pieces, summary = collect(llamacpp, MESSAGES)
+    assert "".join(pieces) == summary.text and summary.text.strip()
+    assert summary.finish_reason in ("stop", "length")
+    assert summary.completion_tokens == len(summary.token_logprobs) <= GREEDY.max_new_tokens
+    assert summary.prompt_tokens > 50
+    for step in summary.token_logprobs:  # greedy: the chosen token is the likeliest one
+        assert step.logprob == pytest.approx(max(step.top.values()), abs=1e-6)
+        assert len(step.top) <= 3 and step.logprob <= 0
+
+
+def test_next_token_logprobs_match_the_transformers_backend(llamacpp, embedded_backend):
+    request = [(MESSAGES, PREFIX)]
+    ours = llamacpp.next_token_logprobs(request, top_k=5)[0]
+    theirs = embedded_backend.next_token_logprobs(request, top_k=5)[0]
+    assert {"A", "B"} <= set(ours)
+    assert math.exp(ours["A"]) + math.exp(ours["B"]) > 0.5
+    close_tables(ours, theirs, tolerance=0.1)
+
+
+def test_a_prefilled_answer_is_continued_not_restarted(llamacpp):
+    prefilled = [*MESSAGES, {"role": "assistant", "content": PREFIX}]
+    _, summary = collect(llamacpp, prefilled, GenerationOptions(max_new_tokens=3))
+    assert summary.text[:1] in ("A", "B")  # the verdict letter first: the prefix was not repeated
+    assert not summary.text.startswith("Verdict")
+
+
+def test_a_prompt_read_ahead_gives_the_same_judgment(llamacpp):
+    other = [MESSAGES[0], {"role": "user", "content": "Say hello in French."}]
+    _, fresh = collect(llamacpp, MESSAGES)
+    collect(llamacpp, other)  # the cache now holds another prompt
+    assert llamacpp.warm(MESSAGES) is True
+    _, warmed = collect(llamacpp, MESSAGES)
+    assert warmed.text == fresh.text
+    assert [t.logprob for t in warmed.token_logprobs] == pytest.approx(
+        [t.logprob for t in fresh.token_logprobs], abs=1e-4
+    )
+
+
+def test_sampling_with_a_seed_repeats_and_differs_from_greedy(llamacpp):
+    sampled = GenerationOptions(max_new_tokens=24, temperature=1.2, seed=7)
+    _, first = collect(llamacpp, MESSAGES, sampled)
+    _, again = collect(llamacpp, MESSAGES, sampled)
+    assert first.text == again.text
+    texts = {collect(llamacpp, MESSAGES, sampled.model_copy(update={"seed": s}))[1].text
+             for s in range(4)}  # fmt: skip
+    assert len(texts) > 1
+
+
+def test_a_prompt_longer_than_the_context_is_refused(llamacpp):
+    long = [{"role": "user", "content": "word " * 5000}]
+    with pytest.raises(BackendError, match="exceeds the context"):
+        list(llamacpp.stream(long, GREEDY))
+
+
+def test_a_retrained_adapter_judges_on_llamacpp_as_on_transformers(
+    llamacpp, embedded_model_dir, strong_adapter
+):
+    from judges.backends.gguf_lora import GGUF_FILE
+    from judges.backends.llamacpp_backend import LlamaCppBackend
+    from judges.backends.transformers_backend import TransformersBackend
+    from judges.embedded import embedded_gguf_path
+
+    request = [(MESSAGES, PREFIX)]
+    # fp32: bf16's logits are too coarse for a reference (A and B can round to one value).
+    plain_hf = TransformersBackend(embedded_model_dir, dtype="float32")
+    tuned_hf = TransformersBackend(embedded_model_dir, dtype="float32", adapter_path=strong_adapter)
+    try:
+        base_hf = plain_hf.next_token_logprobs(request, top_k=5)[0]
+        expected = tuned_hf.next_token_logprobs(request, top_k=5)[0]
+    finally:
+        plain_hf.close()
+        tuned_hf.close()
+    tuned = LlamaCppBackend(embedded_gguf_path(), embedded_model_dir, adapter_path=strong_adapter)
+    try:
+        got = tuned.next_token_logprobs(request, top_k=5)[0]
+        assert tuned.model_name.endswith(f"+{strong_adapter.name}")
+    finally:
+        tuned.close()
+    base = llamacpp.next_token_logprobs(request, top_k=5)[0]
+    assert (strong_adapter / GGUF_FILE).is_file()  # converted once, beside the adapter
+    assert max(got, key=got.get) == max(expected, key=expected.get)
+    assert got["A"] == pytest.approx(expected["A"], abs=0.15)
+    # The adapter moves both engines' verdict the same way, by much more than they differ.
+    shift, shift_hf = got["A"] - base["A"], expected["A"] - base_hf["A"]
+    assert abs(shift_hf) > 0.2 and shift == pytest.approx(shift_hf, abs=0.15)
+
+
+def test_the_adapter_changes_the_judge_and_a_pickle_is_never_loaded(
+    llamacpp, embedded_model_dir, strong_adapter, tmp_path
+):
+    import shutil
+
+    from judges.backends.llamacpp_backend import LlamaCppBackend
+    from judges.embedded import embedded_gguf_path
+
+    request = [(MESSAGES, PREFIX)]
+    base = llamacpp.next_token_logprobs(request)[0]
+    tuned = LlamaCppBackend(embedded_gguf_path(), embedded_model_dir, adapter_path=strong_adapter)
+    try:
+        changed = tuned.next_token_logprobs(request)[0]
+    finally:
+        tuned.close()
+    assert abs(base["A"] - changed["A"]) > 0.05
+
+    pickled = shutil.copytree(strong_adapter, tmp_path / "pickled")
+    (pickled / "adapter_model.safetensors").unlink()
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(BackendError, match="pickle weights"):
+        LlamaCppBackend(embedded_gguf_path(), embedded_model_dir, adapter_path=pickled)
+
+
+def test_the_settings_choose_llamacpp_with_the_embedded_gguf(tmp_path):
+    from judges.backends import make_backend
+    from settings import load_settings
+
+    backend = make_backend(load_settings(home=tmp_path, judge_backend="llamacpp"))
+    try:
+        assert backend.name == "llamacpp" and backend.model_name.startswith("SmolLM2")
+    finally:
+        backend.close()
+    with pytest.raises(BackendError, match="runs a .gguf file"):
+        make_backend(load_settings(home=tmp_path, judge_backend="llamacpp", judge_model="/x"))
