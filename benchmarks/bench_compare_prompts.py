@@ -5,7 +5,8 @@
 
 Each LLMBar set is imported into its own dataset (`grm import`), then `grm compare --a
 prompt=pairwise-v2 --b prompt=pairwise-v3 --dataset SET --gold --json` judges every pair with
-both prompts (the embedded judge, one order, greedy, the judge's default token budget) and
+both prompts (the embedded judge on the engine GRM_JUDGE_BACKEND names, one order, greedy, the
+judge's default token budget) and
 scores both against the set's human labels. The per-set reports are saved; the pooled figures
 add up the per-set counts (accuracy over all pairs, McNemar's exact test on the summed
 discordant pairs). The data directory is kept (--home), so a second run reuses the stored
@@ -90,7 +91,9 @@ def main() -> None:
     print(row(f"pooled ({total['pairs']} pairs)", total["a"], total["b"], total["mcnemar"], nv))
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "bench_compare_prompts.json"
-    out.write_text(json.dumps({"sets": reports, "pooled": total}, indent=2, default=str) + "\n")
+    engine = os.environ.get("GRM_JUDGE_BACKEND", "transformers")
+    saved = {"engine": engine, "sets": reports, "pooled": total}
+    out.write_text(json.dumps(saved, indent=2, default=str) + "\n")
     print(f"saved {out}")
 
 

@@ -217,6 +217,7 @@ def main() -> None:
     template = get_prompt(args.prompt_version or args.protocol)
     report: dict[str, Any] = {
         "model": backend.model_name,
+        "engine": backend.name,
         "prompt_version": template.version,
         "options": options.model_dump(mode="json"),
         "tie_band": args.tie_band,

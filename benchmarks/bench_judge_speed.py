@@ -1,11 +1,14 @@
-"""Judge speed on this machine: time to first token, decode tokens/s, pairs/minute sequential
-vs batched, for the transformers backend in fp32 and bf16.
+"""Judge speed on this machine, every local engine side by side in one run: time to first
+token, decode tokens/s at batch 1, prefill of a ~500-token prompt, pairs/minute sequential vs
+batched.
 
 Run: .venv/bin/python benchmarks/bench_judge_speed.py [--pairs 8] [--max-new-tokens 192]
-     [--rounds 2] [--dtypes float32,bfloat16] [--model-dir DIR]
-Judge prompts are the real pairwise prompt (judges.prompts) over the demo pairs shipped in
-assets/. Greedy decoding; sequential = one pair per generate call, batched = all pairs in
-left-padded batches of `--batch-size`. Prints the figures and the batched/sequential ratio,
+     [--rounds 2] [--engines transformers:float32,transformers:bfloat16,llamacpp:2,llamacpp:1]
+Engines: `transformers:DTYPE` (the transformers backend on the embedded model converted to
+safetensors) and `llamacpp:THREADS` (llama.cpp on the embedded GGUF itself). Judge prompts are
+the real pairwise prompt (judges.prompts) over the demo pairs shipped in assets/. Greedy
+decoding; sequential = one pair per call, batched = all pairs in batches of `--batch-size`
+(llama.cpp here answers one sequence at a time, so its two are the same). Prints the figures
 and saves them to benchmarks/results/bench_judge_speed.json.
 """
 
@@ -41,8 +44,13 @@ class SpeedConfig:
     max_new_tokens: int = 192
     ttft_runs: int = 3  # streamed single pairs for time to first token / decode speed
     rounds: int = 2  # sequential and batched alternate, so both see the same machine load
-    dtypes: tuple[str, ...] = ("float32", "bfloat16")
-    full_dtypes: tuple[str, ...] = ("float32",)  # dtypes that also get the throughput runs
+    engines: tuple[str, ...] = (
+        "transformers:float32",
+        "transformers:bfloat16",
+        "llamacpp:2",
+        "llamacpp:1",
+    )
+    full_engines: tuple[str, ...] = ("transformers:float32", "llamacpp:2")  # + throughput runs
     model_dir: str | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     output: str = str(RESULTS)
@@ -126,26 +134,56 @@ def _median_run(runs: list[dict]) -> dict:
     } | {"completion_tokens": runs[0]["completion_tokens"]}
 
 
-def bench_dtype(model_dir: Path, dtype: str, config: SpeedConfig) -> dict:
-    from judges.backends.transformers_backend import TransformersBackend
+def load_engine(engine: str, model_dir: Path, config: SpeedConfig):
+    kind, _, arg = engine.partition(":")
+    if kind == "transformers":
+        from judges.backends.transformers_backend import TransformersBackend
 
-    backend = TransformersBackend(model_dir, dtype=dtype, max_batch_size=config.batch_size)
+        return TransformersBackend(model_dir, dtype=arg, max_batch_size=config.batch_size)
+    if kind == "llamacpp":
+        from judges.backends.llamacpp_backend import LlamaCppBackend
+        from judges.embedded import embedded_gguf_path
+
+        return LlamaCppBackend(embedded_gguf_path(), model_dir, threads=int(arg or 0) or None)
+    raise SystemExit(f"unknown engine {engine!r}: transformers:DTYPE or llamacpp:THREADS")
+
+
+def measure_prefill(backend, messages: Messages, target_tokens: int = 500) -> dict:
+    """Seconds to read a ~500-token prompt and give the next token's log-probs (nothing of it
+    cached: each run's prompt differs from the last in its first words)."""
+    seconds = []
+    for run in range(3):
+        fresh = [{"role": "system", "content": f"Run {run}. {messages[0]['content']}"}]
+        fresh += messages[1:]
+        start = time.perf_counter()
+        backend.next_token_logprobs([(fresh, "")], top_k=5)
+        seconds.append(time.perf_counter() - start)
+    tokens = measure_stream(backend, messages, GenerationOptions(max_new_tokens=1))
+    return {
+        "prefill_s": round(statistics.median(seconds), 3),
+        "prefill_tokens": tokens["prompt_tokens"],
+    }
+
+
+def bench_engine(engine: str, model_dir: Path, config: SpeedConfig) -> dict:
+    backend = load_engine(engine, model_dir, config)
     options = GenerationOptions(max_new_tokens=config.max_new_tokens)
     conversations = judge_messages(config.pairs)
     backend.generate_batch(conversations[:1], GenerationOptions(max_new_tokens=4))  # warm-up
-    print(f"{dtype}: loaded in {backend.load_seconds:.1f}s; streaming", flush=True)
+    print(f"{engine}: loaded in {backend.load_seconds:.1f}s; streaming", flush=True)
     streams = [measure_stream(backend, m, options) for m in conversations[: config.ttft_runs]]
     figures = {
-        "dtype": dtype,
+        "engine": engine,
         "load_s": round(backend.load_seconds, 2),
         "ttft_s": round(statistics.median(s["ttft_s"] for s in streams), 3),
         "decode_tokens_per_s_batch1": round(
             statistics.median(s["decode_tokens_per_s"] for s in streams), 2
         ),
         "prompt_tokens_median": statistics.median(s["prompt_tokens"] for s in streams),
+        **measure_prefill(backend, judge_messages(1)[0]),
     }
-    if dtype in config.full_dtypes:
-        print(f"{dtype}: {streams}; throughput rounds", flush=True)
+    if engine in config.full_engines:
+        print(f"{engine}: {streams}; throughput rounds", flush=True)
         figures.update(compare_throughput(backend, conversations, options, config.rounds))
     backend.close()
     return figures
@@ -160,7 +198,7 @@ def main(config: SpeedConfig) -> dict:
         torch.set_num_threads(config.threads)
 
     model_dir = Path(config.model_dir or ensure_embedded_model(load_settings().model_cache))
-    runs = [bench_dtype(model_dir, dtype, config) for dtype in config.dtypes]
+    runs = [bench_engine(engine, model_dir, config) for engine in config.engines]
     report = {
         "benchmark": "bench_judge_speed",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -186,14 +224,15 @@ def print_report(report: dict) -> None:
     print(f"model {report['model']}  machine {report['machine']}")
     for run in report["runs"]:
         print(
-            f"{run['dtype']:>9}: load {run['load_s']}s  TTFT {run['ttft_s']}s "
+            f"{run['engine']:>22}: load {run['load_s']}s  TTFT {run['ttft_s']}s "
             f"(prompt ~{run['prompt_tokens_median']} tokens)  "
-            f"decode {run['decode_tokens_per_s_batch1']} tokens/s at batch 1"
+            f"decode {run['decode_tokens_per_s_batch1']} tokens/s at batch 1  "
+            f"prefill {run['prefill_tokens']} tokens {run['prefill_s']}s"
         )
         if "batched" in run:
             seq, bat = run["sequential"], run["batched"]
             print(
-                f"{'':>9}  sequential {seq['pairs_per_minute']} pairs/min "
+                f"{'':>22}  sequential {seq['pairs_per_minute']} pairs/min "
                 f"({seq['tokens_per_s']} tok/s)  batched {bat['pairs_per_minute']} pairs/min "
                 f"({bat['tokens_per_s']} tok/s)  ratio {run['batched_over_sequential']}x  "
                 f"same texts: {run['same_texts_batched_and_sequential']}"
@@ -208,11 +247,11 @@ def parse_args(argv: list[str] | None = None) -> SpeedConfig:
     parser.add_argument("--max-new-tokens", type=int, default=SpeedConfig.max_new_tokens)
     parser.add_argument("--ttft-runs", type=int, default=SpeedConfig.ttft_runs)
     parser.add_argument("--rounds", type=int, default=SpeedConfig.rounds)
-    parser.add_argument("--dtypes", default=",".join(SpeedConfig.dtypes))
+    parser.add_argument("--engines", default=",".join(SpeedConfig.engines))
     parser.add_argument(
-        "--full-dtypes",
-        default=",".join(SpeedConfig.full_dtypes),
-        help="dtypes that also get the sequential vs batched throughput runs",
+        "--full-engines",
+        default=",".join(SpeedConfig.full_engines),
+        help="engines that also get the sequential vs batched throughput runs",
     )
     parser.add_argument("--model-dir", default=None, help="default: the embedded model")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -224,8 +263,8 @@ def parse_args(argv: list[str] | None = None) -> SpeedConfig:
         max_new_tokens=args.max_new_tokens,
         ttft_runs=args.ttft_runs,
         rounds=args.rounds,
-        dtypes=tuple(args.dtypes.split(",")),
-        full_dtypes=tuple(args.full_dtypes.split(",")),
+        engines=tuple(args.engines.split(",")),
+        full_engines=tuple(args.full_engines.split(",")),
         model_dir=args.model_dir,
         threads=args.threads,
         output=args.output,
