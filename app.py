@@ -20,7 +20,7 @@ import gradio as gr  # noqa: E402
 
 from assets import asset_path  # noqa: E402
 from settings import Settings, load_settings  # noqa: E402
-from vocabulary import BackendName  # noqa: E402
+from vocabulary import LOCAL_BACKENDS, BackendName  # noqa: E402
 from webui.agreement_tab import build_agreement_tab  # noqa: E402
 from webui.batch_tab import build_batch_tab  # noqa: E402
 from webui.data_tab import build_data_tab  # noqa: E402
@@ -109,21 +109,23 @@ def serve(
     return app, url
 
 
-def share_cores_with_saves(settings: Settings, cores: int | None = None) -> int | None:
+def share_cores_with_saves(settings: Settings, cores: int | None = None) -> Settings:
     """While serving, a local judge runs on all cores but one (GRM_JUDGE_THREADS overrides),
     so label saves and page updates always find a free core. Measured with 20 annotators and
     3 of them judging on 2 cores: with the judge on every core, saves waited 2.4-3.8 s (p50)
-    instead of 0.18 s. Returns the thread count set (None: the judge is not in this process)."""
-    if settings.judge_backend != "transformers":
-        return None
+    instead of 0.18 s. Returns the settings with `judge_threads` filled in for a local judge
+    (transformers takes it now; llama.cpp when its backend is made)."""
+    if settings.judge_backend not in LOCAL_BACKENDS:
+        return settings
     threads = settings.judge_threads or max(1, (cores or os.cpu_count() or 1) - 1)
-    import judges  # noqa: F401 (sets OpenMP's passive waits, which must precede torch)
+    if settings.judge_backend == BackendName.TRANSFORMERS:
+        import judges  # noqa: F401 (sets OpenMP's passive waits, which must precede torch)
 
-    # isort: split
-    import torch
+        # isort: split
+        import torch
 
-    torch.set_num_threads(threads)
-    return threads
+        torch.set_num_threads(threads)
+    return settings.model_copy(update={"judge_threads": threads})
 
 
 def main(host: str | None = None, port: int | None = None) -> int:
@@ -132,10 +134,11 @@ def main(host: str | None = None, port: int | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    settings = load_settings(**overrides)
-    threads = share_cores_with_saves(settings)
-    if threads is not None:
-        log.info("the judge uses %d CPU thread(s); the rest serve the pages", threads)
+    settings = share_cores_with_saves(load_settings(**overrides))
+    if settings.judge_threads is not None:
+        log.info(
+            "the judge uses %d CPU thread(s); the rest serve the pages", settings.judge_threads
+        )
     services = Services.open(settings)
     report = services.load_demo_if_empty()
     if report is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vocabulary import DEFAULT_MAX_NEW_TOKENS, BackendName, ProtocolName
@@ -12,6 +14,14 @@ from vocabulary import DEFAULT_MAX_NEW_TOKENS, BackendName, ProtocolName
 def _default_model_cache() -> Path:
     # Converted models live outside GRM_HOME so a fresh data directory (every test) reuses them.
     return Path.home() / ".cache" / "grm-studio" / "models"
+
+
+def _default_backend() -> BackendName:
+    """The local engine measured fastest here (benchmarks/bench_judge_speed.py: llama.cpp on
+    the GGUF decodes several times faster than transformers on the same CPU), else the
+    fallback that needs no compiled engine."""
+    found = importlib.util.find_spec("llama_cpp") is not None
+    return BackendName.LLAMACPP if found else BackendName.TRANSFORMERS
 
 
 class Settings(BaseSettings):
@@ -24,7 +34,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     model_cache: Path = _default_model_cache()
 
-    judge_backend: BackendName = BackendName.TRANSFORMERS
+    judge_backend: BackendName = Field(default_factory=_default_backend)
     judge_model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_api_key: str = "not-needed"

@@ -37,6 +37,10 @@ class BackendName(Name):
     VLLM = "vllm"
 
 
+# Backends that run the model inside this process, on this machine's cores.
+LOCAL_BACKENDS = frozenset({BackendName.TRANSFORMERS, BackendName.LLAMACPP})
+
+
 class LabelVerdict(Name):
     """What a person decided about a pair. Only A, B and tie say which response is better."""
 

@@ -70,12 +70,13 @@ def start_app(max_new_tokens: int, judged_pairs: int):
     settings = load_settings(
         home=home, database_url=None, max_new_tokens=max_new_tokens, port=_free_port()
     )
+    settings = share_cores_with_saves(settings)  # as `grm serve` runs it, before the judge loads
+    threads = settings.judge_threads
     services = Services.open(settings)
     services.load_demo_if_empty()
     services.backend()  # load the model now: the benchmark is about a warm app
     # Agreeing needs a verdict on screen: judge the first pairs of the queue ahead (batch).
     services.judge_pending(limit=judged_pairs)
-    threads = share_cores_with_saves(settings)  # as `grm serve` runs it
     _, url = serve(build_app(services), settings, prevent_thread_lock=True, quiet=True)
     return url, services, threads
 

@@ -26,11 +26,12 @@ from services.training_records import snapshot_record, training_records, version
 from settings import Settings
 from storage import queries
 from storage.db import reading, writing
-from vocabulary import UNFINISHED_RUN_STATUSES, BackendName, RunStatus
+from vocabulary import LOCAL_BACKENDS, UNFINISHED_RUN_STATUSES, BackendName, RunStatus
 
 log = logging.getLogger(__name__)
 
-ADAPTER_BACKENDS = (BackendName.TRANSFORMERS, BackendName.VLLM)  # backends that load LoRA
+# Backends that load a LoRA adapter (llama.cpp after converting it to GGUF).
+ADAPTER_BACKENDS = (BackendName.TRANSFORMERS, BackendName.LLAMACPP, BackendName.VLLM)
 QUEUED_GRACE_S = 60.0
 ENDED_MESSAGE = "process ended without finishing"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where `python -m cli` finds cli.py
@@ -99,7 +100,8 @@ class TrainingRuns:
         return self.settings.home.resolve() / "runs"
 
     def local_base_model(self) -> Path:
-        """The judge's local model directory, which a run trains on; TrainingRefused if none."""
+        """The judge's local model directory, which a run trains on (with transformers, whatever
+        engine judges: llama.cpp's GGUF is converted to it too); TrainingRefused if none."""
         from judges.embedded import resolve_model_path
         from judges.train import TrainingRefused
 
@@ -107,10 +109,10 @@ class TrainingRuns:
         path = Path(
             str(resolve_model_path(self.settings.model_copy(update={"judge_model": judge.model})))
         )
-        if judge.backend != BackendName.TRANSFORMERS or not path.is_dir():
+        if judge.backend not in LOCAL_BACKENDS or not path.is_dir():
             raise TrainingRefused(
-                f"retraining needs a local model directory on the transformers backend; the "
-                f"judge is {judge.backend} / {judge.model or 'embedded'}"
+                f"retraining needs a local judge model (the transformers or llamacpp backend); "
+                f"the judge is {judge.backend} / {judge.model or 'embedded'}"
             )
         return path
 
@@ -255,7 +257,7 @@ class TrainingRuns:
                     f"{' or '.join(sorted(ADAPTER_BACKENDS))} in the Judge tab first"
                 )
             check_adapter_files(Path(version["adapter_path"]))  # no model needed, never unpickles
-            if backend != BackendName.TRANSFORMERS:
+            if backend not in LOCAL_BACKENDS:
                 return None  # a GPU engine is not loaded twice; it checks shapes when it loads
             return self.judging.make_backend(version["adapter_path"])
         except Exception as exc:  # any reason to refuse is said to the person, nothing changes

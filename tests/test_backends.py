@@ -95,7 +95,12 @@ def test_make_backend_builds_openai_from_settings(tmp_path):
 
 
 def test_make_backend_refuses_a_model_name_for_transformers(tmp_path):
-    settings = Settings(home=tmp_path, model_cache=tmp_path, judge_model="org/not-a-local-dir")
+    settings = Settings(
+        home=tmp_path,
+        model_cache=tmp_path,
+        judge_backend="transformers",
+        judge_model="org/not-a-local-dir",
+    )
     with pytest.raises(BackendError, match="never downloads"):
         make_backend(settings)
 

@@ -187,10 +187,16 @@ def test_a_served_local_judge_leaves_a_core_for_saves(monkeypatch) -> None:
 
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
     calls: list[int] = []
-    assert share_cores_with_saves(load_settings(judge_backend="transformers"), cores=2) == 1
-    assert share_cores_with_saves(load_settings(judge_backend="transformers"), cores=8) == 7
-    assert share_cores_with_saves(load_settings(judge_threads=3), cores=2) == 3
-    assert share_cores_with_saves(load_settings(judge_backend="openai"), cores=8) is None
+
+    def threads(cores: int, **chosen) -> int | None:
+        return share_cores_with_saves(load_settings(**chosen), cores=cores).judge_threads
+
+    assert threads(2, judge_backend="transformers") == 1
+    assert threads(8, judge_backend="transformers") == 7
+    assert threads(2, judge_backend="transformers", judge_threads=3) == 3
+    assert calls == [1, 7, 3]  # transformers takes its threads now
+    assert threads(2, judge_backend="llamacpp") == 1  # llama.cpp when its backend is made
+    assert threads(8, judge_backend="openai") is None
     assert calls == [1, 7, 3]
 
 
