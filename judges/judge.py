@@ -17,14 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from judges.backends.base import (
-    Backend,
-    BackendError,
-    Generation,
-    GenerationOptions,
-    Messages,
-    TokenLogprob,
-)
+from judges.backends import base
 from judges.parsing import ParseState
 from judges.prompts import PROMPTS
 from judges.protocols import PROBE_TOP_K, Probe, ProbeResult, Protocol, get_protocol
@@ -91,9 +84,11 @@ class JudgeOptions(BaseModel):
         orders = (False, True) if self.swap else (False,)
         return [(index, swapped) for index in range(self.k) for swapped in orders]
 
-    def generation_options(self, backend: Backend, sample_index: int) -> GenerationOptions:
+    def generation_options(
+        self, backend: base.Backend, sample_index: int
+    ) -> base.GenerationOptions:
         wants_logprobs = self.logprobs and backend.supports_logprobs
-        return GenerationOptions(
+        return base.GenerationOptions(
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
             seed=self.seed + sample_index,
@@ -122,7 +117,7 @@ class StreamUpdate:
 
 
 def stream_judgment(
-    backend: Backend,
+    backend: base.Backend,
     pair: PairInput,
     options: JudgeOptions,
     judge_version: str = "",
@@ -141,14 +136,14 @@ def stream_judgment(
         started = time.perf_counter()
         gen_options = options.generation_options(backend, sample_index)
         states: list[ParseState] = []
-        generations: list[Generation] = []
-        sent: list[Messages] = []
+        generations: list[base.Generation] = []
+        sent: list[base.Messages] = []
         for messages in protocol.conversations(shown):
             parser = protocol.parser()
             parser.feed(prefill)
             sent.append(_started(messages, prefill))
             for item in _stream_safely(backend, sent[-1], gen_options):
-                if isinstance(item, Generation):
+                if isinstance(item, base.Generation):
                     generations.append(_with_prefill(item, prefill))
                     break
                 shown_state = protocol.display([*states, parser.feed(item)])
@@ -170,7 +165,7 @@ def stream_judgment(
 
 
 def warm_judgment(
-    backend: Backend, pair: PairInput, options: JudgeOptions, protocol: Protocol | None = None
+    backend: base.Backend, pair: PairInput, options: JudgeOptions, protocol: Protocol | None = None
 ) -> bool:
     """Let the backend read the first prompt a judgment of `pair` will send, before the click."""
     protocol = _protocol(options, protocol)
@@ -179,7 +174,7 @@ def warm_judgment(
 
 
 def judge_pairs(
-    backend: Backend,
+    backend: base.Backend,
     pairs: Sequence[PairInput],
     options: JudgeOptions,
     judge_version: str = "",
@@ -229,9 +224,11 @@ class _Sample:
     pair: PairInput
     sample_index: int
     swapped: bool
-    generations: list[Generation] = field(default_factory=list)
+    generations: list[base.Generation] = field(default_factory=list)
     latency_s: float = 0.0
-    sent: list[Messages] = field(default_factory=list)  # each call's messages, prefill included
+    sent: list[base.Messages] = field(
+        default_factory=list
+    )  # each call's messages, prefill included
 
 
 def _update(
@@ -263,68 +260,68 @@ def _protocol(options: JudgeOptions, given: Protocol | None) -> Protocol:
     return given
 
 
-def _prefill(protocol: Protocol, backend: Backend) -> str:
+def _prefill(protocol: Protocol, backend: base.Backend) -> str:
     """The start of the answer the judge continues from, where the backend can continue one."""
     return protocol.answer_prefix if backend.supports_prefill else ""
 
 
-def _started(messages: Messages, prefill: str) -> Messages:
+def _started(messages: base.Messages, prefill: str) -> base.Messages:
     """The conversation with the judge's answer already begun (a final assistant message)."""
     return [*messages, {"role": "assistant", "content": prefill}] if prefill else messages
 
 
-def _with_prefill(generation: Generation, prefill: str) -> Generation:
+def _with_prefill(generation: base.Generation, prefill: str) -> base.Generation:
     """The judge's whole answer: the prefill, then what it wrote (also as a first token, so
     text offsets and token log-probabilities still line up)."""
     if not prefill:
         return generation
     tokens = generation.token_logprobs
     if tokens is not None:
-        tokens = [TokenLogprob(prefill, 0.0), *tokens]
+        tokens = [base.TokenLogprob(prefill, 0.0), *tokens]
     return replace(generation, text=prefill + generation.text, token_logprobs=tokens)
 
 
 def _stream_safely(
-    backend: Backend, messages: Messages, options: GenerationOptions
-) -> Iterator[str | Generation]:
+    backend: base.Backend, messages: base.Messages, options: base.GenerationOptions
+) -> Iterator[str | base.Generation]:
     """The backend's stream, ending in a Generation even when the backend fails mid-way."""
     pieces: list[str] = []
     try:
         for item in backend.stream(messages, options):
-            if isinstance(item, Generation):
+            if isinstance(item, base.Generation):
                 yield item
                 return
             pieces.append(item)
             yield item
         error = "the backend ended its stream without a summary"
-    except BackendError as exc:
+    except base.BackendError as exc:
         error = str(exc)
     except Exception as exc:  # a judge must never take the UI down; keep the trace in the log
         log.exception("judge backend %s failed", backend.name)
         error = f"{type(exc).__name__}: {exc}"
     log.warning("judge generation failed: %s", error)
-    yield Generation(text="".join(pieces), finish_reason="error", error=error)
+    yield base.Generation(text="".join(pieces), finish_reason="error", error=error)
 
 
 def _generate_safely(
-    backend: Backend, conversations: list[Messages], options: GenerationOptions
-) -> list[Generation]:
+    backend: base.Backend, conversations: list[base.Messages], options: base.GenerationOptions
+) -> list[base.Generation]:
     """One batched call; a failure marks every request of the batch as an error."""
     try:
         generations = backend.generate_batch(conversations, options)
         if len(generations) != len(conversations):
-            raise BackendError(
+            raise base.BackendError(
                 f"backend answered {len(generations)} of {len(conversations)} requests"
             )
         return generations
     except Exception as exc:
-        if not isinstance(exc, BackendError):
+        if not isinstance(exc, base.BackendError):
             log.exception("judge backend %s failed on a batch", backend.name)
-        error = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
-        return [Generation(text="", finish_reason="error", error=error) for _ in conversations]
+        error = str(exc) if isinstance(exc, base.BackendError) else f"{type(exc).__name__}: {exc}"
+        return [base.Generation(text="", finish_reason="error", error=error) for _ in conversations]
 
 
-def _probe_safely(backend: Backend, probes: list[Probe]) -> list[ProbeResult]:
+def _probe_safely(backend: base.Backend, probes: list[Probe]) -> list[ProbeResult]:
     """Next-token log-probabilities in batches; any failure just means no probability."""
     results: list[ProbeResult] = []
     size = max(1, backend.max_batch_size)
@@ -343,7 +340,7 @@ def _probe_safely(backend: Backend, probes: list[Probe]) -> list[ProbeResult]:
 
 def _finish(
     protocol: Protocol,
-    backend: Backend,
+    backend: base.Backend,
     options: JudgeOptions,
     samples: list[_Sample],
     judge_version: str,
@@ -381,7 +378,7 @@ def _blocks(
 
 
 def _run_block(
-    backend: Backend,
+    backend: base.Backend,
     protocol: Protocol,
     options: JudgeOptions,
     block: Sequence[PairInput],

@@ -28,23 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from judges.backends import base
 from judges.backends.adapters import check_adapter_files
-from judges.backends.base import (
-    Backend,
-    BackendError,
-    Generation,
-    GenerationOptions,
-    Messages,
-    TokenLogprob,
-    split_prefill,
-)
 
 log = logging.getLogger(__name__)
 
 CONTEXT_TOKENS = 4096  # the judge prompts' budgets plus an answer fit (SmolLM2 allows 8192)
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(base.Backend):
     """A GGUF model run by llama.cpp on the CPU, optionally with a LoRA adapter."""
 
     name = "llamacpp"
@@ -63,7 +55,7 @@ class LlamaCppBackend(Backend):
         started = time.perf_counter()
         self.gguf_path = Path(gguf_path)
         if not self.gguf_path.is_file():
-            raise BackendError(f"no GGUF model file at {self.gguf_path}")
+            raise base.BackendError(f"no GGUF model file at {self.gguf_path}")
         self.adapter_path = Path(adapter_path) if adapter_path else None
         self._lock = threading.Lock()
         self.tokenizer = _load_tokenizer(Path(tokenizer_path))
@@ -78,7 +70,9 @@ class LlamaCppBackend(Backend):
         suffix = f"+{self.adapter_path.name}" if self.adapter_path else ""
         return f"{self.gguf_path.stem}{suffix}"
 
-    def stream(self, messages: Messages, options: GenerationOptions) -> Iterator[str | Generation]:
+    def stream(
+        self, messages: base.Messages, options: base.GenerationOptions
+    ) -> Iterator[str | base.Generation]:
         """Yield text as tokens are decoded, then the summary (with log-probs if asked)."""
         pieces: list[str] = []
         with self._lock:
@@ -97,12 +91,12 @@ class LlamaCppBackend(Backend):
                         pieces.append(piece)
                         yield piece
             except (RuntimeError, ValueError) as exc:  # llama.cpp's decode failures
-                raise BackendError(f"generation failed: {exc}") from exc
+                raise base.BackendError(f"generation failed: {exc}") from exc
             tail = decoder.flush()
             if tail:
                 pieces.append(tail)
                 yield tail
-            summary = Generation(
+            summary = base.Generation(
                 text="".join(pieces),
                 finish_reason=finish,
                 prompt_tokens=len(ids),
@@ -112,7 +106,7 @@ class LlamaCppBackend(Backend):
         yield summary  # after the lock is released: a caller that stops here blocks no one
 
     def next_token_logprobs(
-        self, requests: list[tuple[Messages, str]], top_k: int = 20
+        self, requests: list[tuple[base.Messages, str]], top_k: int = 20
     ) -> list[dict[str, float]] | None:
         """Log-probs of the likeliest next tokens after each (messages, assistant prefix)."""
         answers = []
@@ -123,7 +117,7 @@ class LlamaCppBackend(Backend):
             answers.append(self._token_table(top.tolist(), logprobs[top].tolist()))
         return answers
 
-    def warm(self, messages: Messages) -> bool:
+    def warm(self, messages: base.Messages) -> bool:
         """Read a prompt ahead of the click that judges it (llama.cpp keeps its cache, and the
         judgment then reads only the rest). Never waits behind a running generation."""
         if not self._lock.acquire(blocking=False):
@@ -141,8 +135,8 @@ class LlamaCppBackend(Backend):
 
     # -- internals -------------------------------------------------------------------------
 
-    def _prompt(self, messages: Messages) -> str:
-        conversation, prefill = split_prefill(messages)
+    def _prompt(self, messages: base.Messages) -> str:
+        conversation, prefill = base.split_prefill(messages)
         prompt = self.tokenizer.apply_chat_template(
             conversation, tokenize=False, add_generation_prompt=True
         )
@@ -152,7 +146,7 @@ class LlamaCppBackend(Backend):
         # The chat template holds every special token; special=True reads them as such.
         ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         if len(ids) + max_new_tokens > self.llm.n_ctx():
-            raise BackendError(
+            raise base.BackendError(
                 f"prompt of {len(ids)} tokens plus {max_new_tokens} new tokens exceeds the "
                 f"context of {self.llm.n_ctx()} tokens"
             )
@@ -176,7 +170,7 @@ class LlamaCppBackend(Backend):
         return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(vocab,)).copy()
 
     def _decode(
-        self, ids: list[int], options: GenerationOptions
+        self, ids: list[int], options: base.GenerationOptions
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Each next token with the log-probs it was chosen from, until max_new_tokens."""
         rng = np.random.default_rng(options.seed)
@@ -192,14 +186,14 @@ class LlamaCppBackend(Backend):
 
     def _logprob_table(
         self, steps: list[tuple[int, np.ndarray]], top: int
-    ) -> list[TokenLogprob] | None:
+    ) -> list[base.TokenLogprob] | None:
         if top <= 0:
             return None
         tokens = []
         for token, logprobs in steps:
             best = np.argsort(logprobs)[::-1][:top]
             tokens.append(
-                TokenLogprob(
+                base.TokenLogprob(
                     token=self.tokenizer.decode([token]),
                     logprob=float(logprobs[token]),
                     top=self._token_table(best.tolist(), logprobs[best].tolist()),
@@ -244,7 +238,7 @@ class _TextDecoder:
         return text
 
 
-def _choose(logits: np.ndarray, options: GenerationOptions, rng: np.random.Generator) -> int:
+def _choose(logits: np.ndarray, options: base.GenerationOptions, rng: np.random.Generator) -> int:
     """Greedy at temperature 0, else a sample from the temperature / top-p distribution."""
     if options.temperature <= 0:
         return int(np.argmax(logits))
@@ -266,7 +260,7 @@ def _load_tokenizer(path: Path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory never needs the hub
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if not tokenizer.chat_template:
-        raise BackendError(f"the tokenizer in {path} has no chat template")
+        raise base.BackendError(f"the tokenizer in {path} has no chat template")
     return tokenizer
 
 
@@ -278,7 +272,7 @@ def _load_model(path: Path, threads: int | None, context_tokens: int, lora: Path
     try:
         from llama_cpp import Llama
     except ImportError as exc:
-        raise BackendError(f"llama-cpp-python is not installed: {exc}") from exc
+        raise base.BackendError(f"llama-cpp-python is not installed: {exc}") from exc
     cores = threads or os.cpu_count() or 1
     try:
         return Llama(
@@ -290,4 +284,4 @@ def _load_model(path: Path, threads: int | None, context_tokens: int, lora: Path
             verbose=False,
         )
     except (RuntimeError, ValueError) as exc:
-        raise BackendError(f"llama.cpp could not load {path.name}: {exc}") from exc
+        raise base.BackendError(f"llama.cpp could not load {path.name}: {exc}") from exc

@@ -24,14 +24,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from judges.backends.base import (
-    Backend,
-    BackendError,
-    Generation,
-    GenerationOptions,
-    Messages,
-    TokenLogprob,
-)
+from judges.backends import base
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +36,13 @@ class ChunkDelta:
     """What one streamed chunk adds: text, token log-probs, and (at the end) reason and usage."""
 
     text: str = ""
-    logprobs: list[TokenLogprob] = field(default_factory=list)
+    logprobs: list[base.TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(base.Backend):
     """Chat completions from a server at `base_url` (e.g. http://127.0.0.1:8000/v1)."""
 
     name = "openai"
@@ -80,11 +73,13 @@ class OpenAIBackend(Backend):
     def model_name(self) -> str:
         return f"{self.model or 'default'} @ {self.base_url}"
 
-    def stream(self, messages: Messages, options: GenerationOptions) -> Iterator[str | Generation]:
+    def stream(
+        self, messages: base.Messages, options: base.GenerationOptions
+    ) -> Iterator[str | base.Generation]:
         """Yield content deltas as the server sends them, then one Generation."""
         body = build_chat_request(self.model, messages, options, stream=True)
         pieces: list[str] = []
-        logprobs: list[TokenLogprob] = []
+        logprobs: list[base.TokenLogprob] = []
         end = ChunkDelta()
         limit = max_text_chunks(options.max_new_tokens)
         with self._errors_as_backend_errors(pieces):
@@ -96,15 +91,15 @@ class OpenAIBackend(Backend):
                     _merge_end(end, delta)
                     if delta.text:
                         if len(pieces) >= limit:  # leaving the block closes the connection
-                            raise BackendError(self._overrun_message(options, pieces))
+                            raise base.BackendError(self._overrun_message(options, pieces))
                         pieces.append(delta.text)
                         yield delta.text
         if end.finish_reason is None:
-            raise BackendError(
+            raise base.BackendError(
                 f"the judge server at {self.base_url} ended the stream without finishing the "
                 f"answer ({len(''.join(pieces))} characters received)"
             )
-        yield Generation(
+        yield base.Generation(
             text="".join(pieces),
             finish_reason="length" if end.finish_reason == "length" else "stop",
             prompt_tokens=end.prompt_tokens or 0,
@@ -113,15 +108,15 @@ class OpenAIBackend(Backend):
         )
 
     def generate_batch(
-        self, conversations: list[Messages], options: GenerationOptions
-    ) -> list[Generation]:
+        self, conversations: list[base.Messages], options: base.GenerationOptions
+    ) -> list[base.Generation]:
         """Send up to `max_batch_size` requests at once; the server batches them."""
         workers = max(1, min(self.max_batch_size, len(conversations)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(lambda m: self._collect(m, options), conversations))
 
     def next_token_logprobs(
-        self, requests: list[tuple[Messages, str]], top_k: int = 20
+        self, requests: list[tuple[base.Messages, str]], top_k: int = 20
     ) -> list[dict[str, float]] | None:
         """Only with `assistant_prefill` (vLLM): one-token completions continuing each prefix."""
         if not self.assistant_prefill:
@@ -136,7 +131,7 @@ class OpenAIBackend(Backend):
 
     # -- internals -------------------------------------------------------------------------
 
-    def _prefix_logprobs(self, messages: Messages, prefix: str, top_k: int) -> dict | None:
+    def _prefix_logprobs(self, messages: base.Messages, prefix: str, top_k: int) -> dict | None:
         body = build_prefill_request(self.model, messages, prefix, top_k)
         with self._errors_as_backend_errors([]):
             response = self._client.post("/chat/completions", json=body)
@@ -149,7 +144,7 @@ class OpenAIBackend(Backend):
         if response.status_code < 400:
             return
         response.read()
-        raise BackendError(
+        raise base.BackendError(
             f"the judge server at {self.base_url} answered HTTP {response.status_code}: "
             f"{server_message(response.text)}"
         )
@@ -158,13 +153,13 @@ class OpenAIBackend(Backend):
         try:
             data = json.loads(payload)
         except json.JSONDecodeError:
-            raise BackendError(
+            raise base.BackendError(
                 f"the judge server at {self.base_url} sent malformed data: {payload[:200]!r}"
             ) from None
         if not isinstance(data, dict):
-            raise BackendError(f"the judge server at {self.base_url} sent {payload[:200]!r}")
+            raise base.BackendError(f"the judge server at {self.base_url} sent {payload[:200]!r}")
         if data.get("error"):
-            raise BackendError(
+            raise base.BackendError(
                 f"the judge server at {self.base_url} reported an error: {server_message(payload)}"
             )
         return data
@@ -175,9 +170,9 @@ class OpenAIBackend(Backend):
         try:
             yield
         except httpx.HTTPError as exc:
-            raise BackendError(self._transport_message(exc, pieces)) from exc
+            raise base.BackendError(self._transport_message(exc, pieces)) from exc
 
-    def _overrun_message(self, options: GenerationOptions, pieces: list[str]) -> str:
+    def _overrun_message(self, options: base.GenerationOptions, pieces: list[str]) -> str:
         return (
             f"the judge server at {self.base_url} kept streaming past max_new_tokens="
             f"{options.max_new_tokens} (it ignores max_tokens); cut off after "
@@ -208,7 +203,7 @@ def max_text_chunks(max_new_tokens: int) -> int:
 
 
 def build_chat_request(
-    model: str | None, messages: Messages, options: GenerationOptions, stream: bool
+    model: str | None, messages: base.Messages, options: base.GenerationOptions, stream: bool
 ) -> dict:
     """The JSON body of a chat completion request for these options."""
     body: dict = {
@@ -230,9 +225,11 @@ def build_chat_request(
     return body
 
 
-def build_prefill_request(model: str | None, messages: Messages, prefix: str, top_k: int) -> dict:
+def build_prefill_request(
+    model: str | None, messages: base.Messages, prefix: str, top_k: int
+) -> dict:
     """A one-token request continuing `prefix` as the assistant (vLLM's extra fields)."""
-    options = GenerationOptions(max_new_tokens=1, temperature=0.0, top_logprobs=top_k)
+    options = base.GenerationOptions(max_new_tokens=1, temperature=0.0, top_logprobs=top_k)
     prefilled = [*messages, {"role": "assistant", "content": prefix}]
     body = build_chat_request(model, prefilled, options, stream=False)
     body.update(add_generation_prompt=False, continue_final_message=True)
@@ -275,10 +272,10 @@ def parse_chunk(chunk: dict) -> ChunkDelta:
     return delta
 
 
-def parse_token_logprobs(content: list[dict]) -> list[TokenLogprob]:
+def parse_token_logprobs(content: list[dict]) -> list[base.TokenLogprob]:
     """OpenAI `logprobs.content` entries as TokenLogprobs."""
     return [
-        TokenLogprob(
+        base.TokenLogprob(
             token=entry.get("token", ""),
             logprob=float(entry.get("logprob", float("-inf"))),
             top={alt["token"]: float(alt["logprob"]) for alt in entry.get("top_logprobs") or []},

@@ -37,19 +37,11 @@ from transformers import (  # noqa: E402
     TextIteratorStreamer,
 )
 
+from judges.backends import base  # noqa: E402
 from judges.backends.adapters import (  # noqa: E402
     check_adapter,
     check_base_model,
     read_adapter_config,
-)
-from judges.backends.base import (  # noqa: E402
-    Backend,
-    BackendError,
-    Generation,
-    GenerationOptions,
-    Messages,
-    TokenLogprob,
-    split_prefill,
 )
 
 log = logging.getLogger(__name__)
@@ -57,7 +49,7 @@ log = logging.getLogger(__name__)
 WARM_PROMPTS_KEPT = 4  # read-ahead prompts kept (one per person about to judge, ~25 MB each)
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(base.Backend):
     """A local model directory (safetensors), optionally with a LoRA adapter merged in."""
 
     name = "transformers"
@@ -75,7 +67,9 @@ class TransformersBackend(Backend):
         started = time.perf_counter()
         self.model_path = Path(model_path)
         if not (self.model_path / "config.json").is_file():
-            raise BackendError(f"no local model directory (with config.json) at {self.model_path}")
+            raise base.BackendError(
+                f"no local model directory (with config.json) at {self.model_path}"
+            )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory never needs the hub
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -96,7 +90,9 @@ class TransformersBackend(Backend):
         suffix = f"+{self.adapter_path.name}" if self.adapter_path else ""
         return f"{self.model_path.name}{suffix}"
 
-    def stream(self, messages: Messages, options: GenerationOptions) -> Iterator[str | Generation]:
+    def stream(
+        self, messages: base.Messages, options: base.GenerationOptions
+    ) -> Iterator[str | base.Generation]:
         """Yield text as tokens are generated (generate runs in a thread), then the summary."""
         with self._lock:
             inputs = self._encode([self._prompt(messages)], options.max_new_tokens)
@@ -124,14 +120,16 @@ class TransformersBackend(Backend):
                 cancel.set()  # a consumer that stops listening stops the model too
                 worker.join()
             if "error" in outcome:
-                raise BackendError(f"generation failed: {outcome['error']}") from outcome["error"]
+                raise base.BackendError(f"generation failed: {outcome['error']}") from outcome[
+                    "error"
+                ]
             summary = self._results(inputs, outcome["output"], options)[0]
         # Yielded after the lock is released: a caller that stops at the summary blocks no one.
         yield replace(summary, text="".join(pieces))
 
     def generate_batch(
-        self, conversations: list[Messages], options: GenerationOptions
-    ) -> list[Generation]:
+        self, conversations: list[base.Messages], options: base.GenerationOptions
+    ) -> list[base.Generation]:
         """Answer conversations in left-padded batches of at most `max_batch_size`.
 
         Prompts are batched in order of length (results come back in the caller's order), so
@@ -140,7 +138,7 @@ class TransformersBackend(Backend):
         prompts = [self._prompt(m) for m in conversations]
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False).input_ids]
         order = sorted(range(len(prompts)), key=lengths.__getitem__)
-        results: list[Generation | None] = [None] * len(prompts)
+        results: list[base.Generation | None] = [None] * len(prompts)
         for start in range(0, len(order), self.max_batch_size):
             rows = order[start : start + self.max_batch_size]
             with self._lock:
@@ -148,14 +146,16 @@ class TransformersBackend(Backend):
                 outcome: dict[str, object] = {}
                 self._generate_into(inputs, options, outcome)
             if "error" in outcome:
-                raise BackendError(f"generation failed: {outcome['error']}") from outcome["error"]
+                raise base.BackendError(f"generation failed: {outcome['error']}") from outcome[
+                    "error"
+                ]
             generations = self._results(inputs, outcome["output"], options)
             for row, generation in zip(rows, generations, strict=True):
                 results[row] = generation
         return results
 
     def next_token_logprobs(
-        self, requests: list[tuple[Messages, str]], top_k: int = 20
+        self, requests: list[tuple[base.Messages, str]], top_k: int = 20
     ) -> list[dict[str, float]] | None:
         """One forward pass per batch: log-probs of the likeliest tokens after each prefix."""
         answers: list[dict[str, float]] = []
@@ -173,7 +173,7 @@ class TransformersBackend(Backend):
                 answers.append(self._token_table(row_ids, row_values))
         return answers
 
-    def warm(self, messages: Messages) -> bool:
+    def warm(self, messages: base.Messages) -> bool:
         """Read a prompt ahead of the click that will judge it, keeping the model's cache.
 
         Reading the prompt is most of the wait before a small judge's first word on a CPU;
@@ -203,9 +203,9 @@ class TransformersBackend(Backend):
 
     # -- internals -------------------------------------------------------------------------
 
-    def _prompt(self, messages: Messages) -> str:
+    def _prompt(self, messages: base.Messages) -> str:
         # A prefill is appended after the generation prompt, exactly as the probes append theirs.
-        conversation, prefill = split_prefill(messages)
+        conversation, prefill = base.split_prefill(messages)
         prompt = self.tokenizer.apply_chat_template(
             conversation, tokenize=False, add_generation_prompt=True
         )
@@ -225,7 +225,7 @@ class TransformersBackend(Backend):
         context = getattr(self.model.config, "max_position_embeddings", None)
         needed = inputs["input_ids"].shape[1] + max_new_tokens
         if context and needed > context:
-            raise BackendError(
+            raise base.BackendError(
                 f"prompt of {needed - max_new_tokens} tokens plus {max_new_tokens} new tokens "
                 f"exceeds the model's context of {context} tokens"
             )
@@ -234,7 +234,7 @@ class TransformersBackend(Backend):
     def _generate_into(
         self,
         inputs: dict[str, torch.Tensor],
-        options: GenerationOptions,
+        options: base.GenerationOptions,
         outcome: dict[str, object],
         streamer: TextIteratorStreamer | None = None,
         cancel: threading.Event | None = None,
@@ -253,7 +253,7 @@ class TransformersBackend(Backend):
             if streamer is not None:
                 streamer.end()  # unblock the consumer waiting on the text queue
 
-    def _results(self, inputs, output, options: GenerationOptions) -> list[Generation]:
+    def _results(self, inputs, output, options: base.GenerationOptions) -> list[base.Generation]:
         """Map generate's output rows to Generations: text, finish reason, tokens, logprobs."""
         prompt_len = inputs["input_ids"].shape[1]
         eos_ids = _as_set(self.model.generation_config.eos_token_id)
@@ -264,7 +264,7 @@ class TransformersBackend(Backend):
             if options.top_logprobs > 0 and output.logits is not None:
                 logprobs = self._token_logprobs(output.logits, row, new_ids, options.top_logprobs)
             results.append(
-                Generation(
+                base.Generation(
                     text=self.tokenizer.decode(new_ids, skip_special_tokens=True),
                     finish_reason=finish,
                     prompt_tokens=int(inputs["attention_mask"][row].sum()),
@@ -274,13 +274,15 @@ class TransformersBackend(Backend):
             )
         return results
 
-    def _token_logprobs(self, logits, row: int, new_ids: list[int], top: int) -> list[TokenLogprob]:
+    def _token_logprobs(
+        self, logits, row: int, new_ids: list[int], top: int
+    ) -> list[base.TokenLogprob]:
         tokens = []
         for step, token_id in enumerate(new_ids):
             logprobs = torch.log_softmax(logits[step][row].float(), dim=-1)
             values, ids = logprobs.topk(top)
             tokens.append(
-                TokenLogprob(
+                base.TokenLogprob(
                     token=self.tokenizer.decode([token_id]),
                     logprob=float(logprobs[token_id]),
                     top=self._token_table(ids.tolist(), values.tolist()),
@@ -307,7 +309,7 @@ class _CancelCriteria(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), device=input_ids.device)
 
 
-def generate_kwargs(options: GenerationOptions, pad_token_id: int | None) -> dict:
+def generate_kwargs(options: base.GenerationOptions, pad_token_id: int | None) -> dict:
     """Arguments for `model.generate` from validated options (sampling ones only when sampling)."""
     kwargs: dict = {
         "max_new_tokens": options.max_new_tokens,
@@ -343,7 +345,9 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype != "auto":
         value = getattr(torch, DTYPE_NAMES.get(dtype, dtype), None)
         if not isinstance(value, torch.dtype):
-            raise BackendError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+            raise base.BackendError(
+                f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16"
+            )
         return value
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -365,7 +369,7 @@ def _load_tokenizer(model_path: Path):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
-        raise BackendError(f"the tokenizer in {model_path} has no chat template")
+        raise base.BackendError(f"the tokenizer in {model_path} has no chat template")
     return tokenizer
 
 

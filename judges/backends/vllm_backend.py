@@ -19,21 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from judges.backends import base
 from judges.backends.adapters import check_adapter_files, check_base_model
-from judges.backends.base import (
-    Backend,
-    BackendError,
-    Generation,
-    GenerationOptions,
-    Messages,
-    TokenLogprob,
-    split_prefill,
-)
 
 log = logging.getLogger(__name__)
 
 
-class VLLMBackend(Backend):
+class VLLMBackend(base.Backend):
     """A model directory (or name) served by an in-process vLLM engine."""
 
     name = "vllm"
@@ -56,7 +48,7 @@ class VLLMBackend(Backend):
             from vllm import EngineArgs, LLMEngine
         except ImportError as exc:
             hint = "pip install 'grm-studio[vllm]'"
-            raise BackendError(f"vLLM is not installed ({hint}): {exc}") from exc
+            raise base.BackendError(f"vLLM is not installed ({hint}): {exc}") from exc
         self.model_path = str(model_path)
         self.max_batch_size = max_batch_size
         self.adapter_path = Path(adapter_path) if adapter_path else None
@@ -89,14 +81,16 @@ class VLLMBackend(Backend):
         suffix = f"+{self.adapter_path.name}" if self.adapter_path else ""
         return f"{Path(self.model_path).name}{suffix}"
 
-    def stream(self, messages: Messages, options: GenerationOptions) -> Iterator[str | Generation]:
+    def stream(
+        self, messages: base.Messages, options: base.GenerationOptions
+    ) -> Iterator[str | base.Generation]:
         """Step the engine, yielding each delta of this request's text as vLLM produces it."""
         from vllm.sampling_params import RequestOutputKind
 
         prompt = prompt_token_ids(self._tokenizer, messages)
         params = self._params(sampling_kwargs(options), RequestOutputKind.DELTA)
         pieces: list[str] = []
-        logprobs: list[TokenLogprob] = []
+        logprobs: list[base.TokenLogprob] = []
         completion_tokens, finished, finish = 0, False, None
         with self._lock:
             request_id = self._add(prompt, params)
@@ -113,7 +107,7 @@ class VLLMBackend(Backend):
             finally:
                 if not finished:  # the consumer left early (or the engine failed): free the slot
                     self._engine.abort_request([request_id])
-        yield Generation(
+        yield base.Generation(
             text="".join(pieces),
             finish_reason=finish_reason(finish),
             prompt_tokens=len(prompt),
@@ -122,15 +116,15 @@ class VLLMBackend(Backend):
         )
 
     def generate_batch(
-        self, conversations: list[Messages], options: GenerationOptions
-    ) -> list[Generation]:
+        self, conversations: list[base.Messages], options: base.GenerationOptions
+    ) -> list[base.Generation]:
         """Add every request, then step until all finish; vLLM batches them continuously."""
         prompts = [prompt_token_ids(self._tokenizer, m) for m in conversations]
         outputs = self._run_all(prompts, sampling_kwargs(options))
         return [map_output(o, self._decode, options.top_logprobs > 0) for o in outputs]
 
     def next_token_logprobs(
-        self, requests: list[tuple[Messages, str]], top_k: int = 20
+        self, requests: list[tuple[base.Messages, str]], top_k: int = 20
     ) -> list[dict[str, float]] | None:
         """A one-token greedy step after each prefix, keeping the top-k log-probs there."""
         prompts = [prompt_token_ids(self._tokenizer, m, prefix) for m, prefix in requests]
@@ -156,11 +150,11 @@ class VLLMBackend(Backend):
 
     def _step(self, request_id: str | None = None) -> list[Any]:
         if not self._engine.has_unfinished_requests():
-            raise BackendError("the vLLM engine dropped a request before finishing it")
+            raise base.BackendError("the vLLM engine dropped a request before finishing it")
         try:
             outputs = self._engine.step()
         except Exception as exc:
-            raise BackendError(f"the vLLM engine failed: {exc}") from exc
+            raise base.BackendError(f"the vLLM engine failed: {exc}") from exc
         return [o for o in outputs if request_id is None or o.request_id == request_id]
 
     def _run_all(self, prompts: list[list[int]], kwargs: dict) -> list[Any]:
@@ -183,7 +177,7 @@ class VLLMBackend(Backend):
         return self._tokenizer.decode([token_id])
 
 
-def sampling_kwargs(options: GenerationOptions) -> dict[str, Any]:
+def sampling_kwargs(options: base.GenerationOptions) -> dict[str, Any]:
     """vLLM SamplingParams arguments for our options (temperature 0 is greedy in vLLM too)."""
     kwargs: dict[str, Any] = {
         "max_tokens": options.max_new_tokens,
@@ -196,9 +190,11 @@ def sampling_kwargs(options: GenerationOptions) -> dict[str, Any]:
     return kwargs
 
 
-def prompt_token_ids(tokenizer: Any, messages: Messages, assistant_prefix: str = "") -> list[int]:
+def prompt_token_ids(
+    tokenizer: Any, messages: base.Messages, assistant_prefix: str = ""
+) -> list[int]:
     """Token ids of the chat prompt (plus text the assistant already said), no extra BOS."""
-    conversation, prefill = split_prefill(messages)
+    conversation, prefill = base.split_prefill(messages)
     text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     text += prefill + assistant_prefix
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -209,11 +205,11 @@ def finish_reason(reason: str | None) -> str:
     return {"stop": "stop", "length": "length"}.get(reason or "", "error")
 
 
-def map_output(output: Any, decode: Any, with_logprobs: bool) -> Generation:
+def map_output(output: Any, decode: Any, with_logprobs: bool) -> base.Generation:
     """A finished vLLM RequestOutput as a Generation."""
     completion = output.outputs[0]
     reason = finish_reason(completion.finish_reason)
-    return Generation(
+    return base.Generation(
         text=completion.text,
         finish_reason=reason,
         prompt_tokens=len(output.prompt_token_ids or []),
@@ -223,7 +219,7 @@ def map_output(output: Any, decode: Any, with_logprobs: bool) -> Generation:
     )
 
 
-def token_logprobs(completion: Any, decode: Any) -> list[TokenLogprob] | None:
+def token_logprobs(completion: Any, decode: Any) -> list[base.TokenLogprob] | None:
     """Per generated token: its logprob and the top alternatives (vLLM's list of dicts)."""
     if completion.logprobs is None:
         return None
@@ -231,7 +227,7 @@ def token_logprobs(completion: Any, decode: Any) -> list[TokenLogprob] | None:
     for token_id, position in zip(completion.token_ids, completion.logprobs, strict=False):
         chosen = position.get(token_id)
         tokens.append(
-            TokenLogprob(
+            base.TokenLogprob(
                 token=_text(chosen, token_id, decode),
                 logprob=chosen.logprob if chosen is not None else float("-inf"),
                 top=logprob_table(position, decode),
