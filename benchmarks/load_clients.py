@@ -197,7 +197,8 @@ def _own_cpu_seconds() -> float:
 
 def _write_report(log_dir: Path, report: WorkerReport) -> None:
     path = log_dir / f"report-{report.name}.json"
-    path.write_text(json.dumps(asdict(report)), encoding="utf-8")
+    # asdict would rebuild the Counter from (kind, count) pairs, counting the pairs themselves.
+    path.write_text(json.dumps({**asdict(report), "errors": dict(report.errors)}), encoding="utf-8")
 
 
 # --- all of them together -------------------------------------------------------------------

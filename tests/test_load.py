@@ -64,3 +64,17 @@ def test_the_comparison_counts_a_wrong_or_missing_label_as_lost(db, tmp_path: Pa
     assert {a["pair_id"] for a in found["lost_examples"]} == {second, third}
     later = [*acks[:1], {**acks[1], "label": "B", "at": 4.0}, *acks[1:2]]  # the later ack wins
     assert compare_with_database(db.url, later)["lost_labels"] == 0
+
+
+def test_an_annotator_report_with_errors_reads_back_as_written(tmp_path: Path) -> None:
+    """A worker that met errors must still leave its report: the errors are the point of it."""
+    from benchmarks.load_clients import WorkerReport, _write_report, read_logs
+
+    report = WorkerReport(name="a1")
+    report.error("timeout", "no answer in 10 s")
+    report.error("timeout", "no answer in 10 s")
+    report.error("http 500", "server error")
+    _write_report(tmp_path, report)
+    _, (read,) = read_logs(tmp_path, ["a1"])
+    assert read is not None and read.errors == {"timeout": 2, "http 500": 1}
+    assert read.error_samples["timeout"] == ["no answer in 10 s"] * 2
