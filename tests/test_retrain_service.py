@@ -196,6 +196,16 @@ def test_a_short_run_registers_an_inactive_version_that_can_be_activated(service
     assert len(new) == 1 and not new[0]["is_active"]
     assert new[0]["parent_id"] == base_id
     assert "accuracy" in new[0]["metrics"] and new[0]["metrics"]["training"]["steps"] == 2
+    from webui.retrain_tab import curve_frame
+
+    curve = curve_frame(services.versions())  # the Retrain tab's curve shows the new version
+    used = len(run["label_snapshot"]["split"]["train"])
+    assert curve["labels used"].tolist() == [used, used]
+    paired = new[0]["metrics"]["paired"]
+    assert curve["held-out accuracy"].tolist() == [
+        paired["first_accuracy"],
+        paired["second_accuracy"],
+    ]
     assert Path(new[0]["adapter_path"], "adapter_model.safetensors").is_file()
     assert services.judge_version_id() == base_id
 
@@ -263,8 +273,8 @@ def test_retrain_tab_handlers_render_runs_and_versions(services):
     assert progress_text(failed) == f"Run 3 (dpo): failed. {ENDED_MESSAGE}"
 
     h = RetrainHandlers(services)
-    status, losses, metrics, versions = h.poll()
-    assert "No training run yet" in status and losses.empty
+    status, losses, metrics, versions, curve = h.poll()
+    assert "No training run yet" in status and losses.empty and curve.empty
     assert list(metrics["figure"])[0] == "accuracy"
     assert "Nothing is running" in h.cancel()
     assert "Not started: only 0 usable labels" in h.start("sft", 1, 8, 1e-4, 0.2)
@@ -340,3 +350,23 @@ def test_before_after_pairs_the_two_evaluations_on_shared_pairs():
     assert five_of_ten["p_value"] == pytest.approx(2 / 2**5)  # 0.0625: not (yet) significant
     assert not significantly_worse(five_of_ten)
     assert before_after({"per_pair": []}, rows("ABABABABABAB")) is None
+
+
+def test_the_retrain_tab_curve_puts_each_version_at_the_labels_it_used():
+    from webui.retrain_tab import CURVE_SERIES, curve_frame
+
+    def version(name: str, train: int, before: float, after: float) -> dict:
+        paired = {"first_accuracy": before, "second_accuracy": after}
+        split = {"train": list(range(train)), "heldout": [1, 2, 3]}
+        return {"name": name, "metrics": {"paired": paired, "training": {"split": split}}}
+
+    base = {"name": "base:m", "metrics": None}
+    frame = curve_frame(
+        [base, version("run2-verdict", 150, 0.44, 0.59), version("run1", 50, 0.44, 0.32)]
+    )
+    assert frame.values.tolist() == [
+        [50, 0.44, CURVE_SERIES[0], "run1"],
+        [50, 0.32, CURVE_SERIES[1], "run1"],
+        [150, 0.44, CURVE_SERIES[0], "run2-verdict"],
+        [150, 0.59, CURVE_SERIES[1], "run2-verdict"],
+    ]

@@ -333,7 +333,7 @@ def test_retrain_tab_shows_a_killed_run_as_failed_and_nothing_changes(services):
     with services.sessions.begin() as s:
         run_id = queries.create_training_run(s, "sft", {}, base, status="running")
         queries.update_training_run(s, run_id, pid=dead.pid)
-    status, _loss, _metrics, versions = RetrainHandlers(services).poll()
+    status, _loss, _metrics, versions, _curve = RetrainHandlers(services).poll()
     assert f"Run {run_id} (sft): failed. {ENDED_MESSAGE}" in status
     assert services.training_run(run_id)["status"] == "failed"
     assert list(versions["id"]) == [base] and active_id(services) == base

@@ -81,6 +81,29 @@ def versions_frame(versions: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=VERSION_COLUMNS)
 
 
+CURVE_SERIES = ("before (parent judge)", "after (retrained)")
+
+
+def curve_frame(versions: list[dict[str, Any]]) -> pd.DataFrame:
+    """The user's own learning curve: for each retrained version, held-out accuracy against
+    the labels it was trained on, before (its parent) and after, on the same held-out pairs."""
+    rows = []
+    for v in versions:
+        metrics = v.get("metrics") or {}
+        paired, training = metrics.get("paired"), metrics.get("training") or {}
+        split = training.get("split") or {}
+        if not paired or "train" not in split:
+            continue  # a base version, or one registered without a paired evaluation
+        labels = len(split["train"])
+        before, after = paired["first_accuracy"], paired["second_accuracy"]
+        rows += [
+            [labels, before, CURVE_SERIES[0], v["name"]],
+            [labels, after, CURVE_SERIES[1], v["name"]],
+        ]
+    frame = pd.DataFrame(rows, columns=["labels used", "held-out accuracy", "judge", "version"])
+    return frame.sort_values("labels used", kind="stable", ignore_index=True)  # before, after
+
+
 class RetrainHandlers:
     """Each handler is one services call and a rendering; errors come back as a message."""
 
@@ -111,13 +134,15 @@ class RetrainHandlers:
             return error_box(f"Not cancelled: {explain(exc)}")
         return ok_box(f"Run {run['id']} {run['status']}.")
 
-    def poll(self) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    def poll(self) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         run = self._latest()
+        versions = self.services.versions()
         return (
             ok_box(progress_text(run)),
             loss_frame(run),
             metrics_frame(run),
-            versions_frame(self.services.versions()),
+            versions_frame(versions),
+            curve_frame(versions),
         )
 
     def activate(self, version_id: float | None, force: bool = False) -> tuple[str, pd.DataFrame]:
@@ -174,6 +199,15 @@ def build_retrain_tab(services: Any) -> gr.Tab:
             loss = gr.LinePlot(loss_frame(None), x="step", y="loss", title="Training loss")
             metrics = gr.Dataframe(metrics_frame(None), label="Held-out figures", interactive=False)
         versions = gr.Dataframe(versions_frame([]), label="Judge versions", interactive=False)
+        curve = gr.LinePlot(
+            curve_frame([]),
+            x="labels used",
+            y="held-out accuracy",
+            color="judge",
+            y_lim=[0, 1],
+            title="Your learning curve: held-out accuracy vs labels used",
+            elem_id="grm-retrain-curve",
+        )
         with gr.Row():
             version_id = gr.Number(value=None, label="Version id", precision=0)
             force = gr.Checkbox(
@@ -182,7 +216,7 @@ def build_retrain_tab(services: Any) -> gr.Tab:
             activate = gr.Button("Activate", elem_id="grm-retrain-activate")
             rollback = gr.Button("Roll back to parent", elem_id="grm-retrain-rollback")
         timer = gr.Timer(POLL_S)
-    outputs = [status, loss, metrics, versions]
+    outputs = [status, loss, metrics, versions, curve]
     start.click(h.start, [method, epochs, rank, lr, share], [message], api_name="start_training")
     cancel.click(h.cancel, None, [message], api_name="cancel_training")
     activate.click(
