@@ -20,7 +20,7 @@ import gradio as gr  # noqa: E402
 
 from assets import asset_path  # noqa: E402
 from settings import Settings, load_settings  # noqa: E402
-from vocabulary import LOCAL_BACKENDS, BackendName  # noqa: E402
+from vocabulary import BackendName  # noqa: E402
 from webui.agreement_tab import build_agreement_tab  # noqa: E402
 from webui.batch_tab import build_batch_tab  # noqa: E402
 from webui.data_tab import build_data_tab  # noqa: E402
@@ -113,18 +113,18 @@ def share_cores_with_saves(settings: Settings, cores: int | None = None) -> Sett
     """While serving, a local judge runs on all cores but one (GRM_JUDGE_THREADS overrides),
     so label saves and page updates always find a free core. Measured with 20 annotators and
     3 of them judging on 2 cores: with the judge on every core, saves waited 2.4-3.8 s (p50)
-    instead of 0.18 s. Returns the settings with `judge_threads` filled in for a local judge
-    (transformers takes it now; llama.cpp when its backend is made)."""
-    if settings.judge_backend not in LOCAL_BACKENDS:
+    instead of 0.18 s. Returns the settings with `judge_threads` filled in for transformers.
+    llama.cpp picks its own by measurement when it loads (one decoding thread on the 2-core
+    machine here: faster, and it leaves the other core to saves) unless GRM_JUDGE_THREADS says."""
+    if settings.judge_backend != BackendName.TRANSFORMERS:
         return settings
     threads = settings.judge_threads or max(1, (cores or os.cpu_count() or 1) - 1)
-    if settings.judge_backend == BackendName.TRANSFORMERS:
-        import judges  # noqa: F401 (sets OpenMP's passive waits, which must precede torch)
+    import judges  # noqa: F401 (sets OpenMP's passive waits, which must precede torch)
 
-        # isort: split
-        import torch
+    # isort: split
+    import torch
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     return settings.model_copy(update={"judge_threads": threads})
 
 

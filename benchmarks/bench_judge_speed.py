@@ -3,9 +3,10 @@ token, decode tokens/s at batch 1, prefill of a ~500-token prompt, pairs/minute 
 batched.
 
 Run: .venv/bin/python benchmarks/bench_judge_speed.py [--pairs 8] [--max-new-tokens 192]
-     [--rounds 2] [--engines transformers:float32,transformers:bfloat16,llamacpp:2,llamacpp:1]
+     [--rounds 2] [--engines transformers:float32,transformers:bfloat16,llamacpp,llamacpp:1]
 Engines: `transformers:DTYPE` (the transformers backend on the embedded model converted to
-safetensors) and `llamacpp:THREADS` (llama.cpp on the embedded GGUF itself). Judge prompts are
+safetensors) and `llamacpp[:THREADS]` (llama.cpp on the embedded GGUF itself; without THREADS
+it measures its own, as the app does). Judge prompts are
 the real pairwise prompt (judges.prompts) over the demo pairs shipped in assets/. Greedy
 decoding; sequential = one pair per call, batched = all pairs in batches of `--batch-size`
 (llama.cpp here answers one sequence at a time, so its two are the same). Prints the figures
@@ -47,10 +48,11 @@ class SpeedConfig:
     engines: tuple[str, ...] = (
         "transformers:float32",
         "transformers:bfloat16",
+        "llamacpp",
         "llamacpp:2",
         "llamacpp:1",
     )
-    full_engines: tuple[str, ...] = ("transformers:float32", "llamacpp:2")  # + throughput runs
+    full_engines: tuple[str, ...] = ("transformers:float32", "llamacpp")  # + throughput runs
     model_dir: str | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     output: str = str(RESULTS)
@@ -174,6 +176,7 @@ def bench_engine(engine: str, model_dir: Path, config: SpeedConfig) -> dict:
     streams = [measure_stream(backend, m, options) for m in conversations[: config.ttft_runs]]
     figures = {
         "engine": engine,
+        "threads": list(getattr(backend, "threads", ()) or ()),
         "load_s": round(backend.load_seconds, 2),
         "ttft_s": round(statistics.median(s["ttft_s"] for s in streams), 3),
         "decode_tokens_per_s_batch1": round(

@@ -196,3 +196,23 @@ def test_the_settings_choose_llamacpp_with_the_embedded_gguf(tmp_path):
         backend.close()
     with pytest.raises(BackendError, match="runs a .gguf file"):
         make_backend(load_settings(home=tmp_path, judge_backend="llamacpp", judge_model="/x"))
+
+
+def test_threads_are_measured_once_unless_the_settings_name_them(llamacpp, embedded_model_dir):
+    import os
+
+    from judges.backends import llamacpp_backend
+    from judges.backends.llamacpp_backend import LlamaCppBackend
+    from judges.embedded import embedded_gguf_path
+
+    cores = os.cpu_count()
+    assert set(llamacpp.threads) <= {1, cores}
+    measured = llamacpp_backend._MEASURED_THREADS[(embedded_gguf_path().name, cores)]
+    assert llamacpp.threads == measured
+    named = LlamaCppBackend(embedded_gguf_path(), embedded_model_dir, threads=1)
+    try:
+        assert named.threads == (1, 1)
+        _, summary = collect(named, MESSAGES)
+        assert summary.text  # and it still judges
+    finally:
+        named.close()
