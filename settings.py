@@ -39,11 +39,18 @@ class Settings(BaseSettings):
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_api_key: str = "not-needed"
     openai_timeout_s: float = 60.0
+    # The server continues a partial assistant message (vLLM's continue_final_message): verdict
+    # log-probs can be read after "Verdict: [[". Off for servers that would silently ignore it.
+    openai_assistant_prefill: bool = False
     judge_protocol: ProtocolName = ProtocolName.PAIRWISE
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     judge_batch_size: int = 8
     judge_threads: int | None = None  # the local judge's CPU threads while serving; None: cores - 1
+    # vLLM's own parallelism and scheduler, passed through (a multi-GPU box splits the model
+    # with tensor_parallel_size); max_num_seqs None: judge_batch_size.
+    vllm_tensor_parallel_size: int = 1
+    vllm_max_num_seqs: int | None = None
 
     host: str = "127.0.0.1"
     port: int = 7860

@@ -83,8 +83,9 @@ def test_make_backend_builds_openai_from_settings(tmp_path):
         openai_base_url="http://127.0.0.1:9/v1/",
         openai_timeout_s=7,
         judge_batch_size=3,
+        openai_assistant_prefill=True,
     )
-    backend = make_backend(settings, assistant_prefill=True)
+    backend = make_backend(settings)
     try:
         assert backend.name == "openai"
         assert backend.base_url == "http://127.0.0.1:9/v1"
@@ -506,3 +507,25 @@ def test_vllm_refuses_a_corrupt_adapter_before_starting_its_engine(
     with pytest.raises((BackendError, ValueError)):
         VLLMBackend(tmp_path / "m", adapter_path=adapter)
     assert started == [], "the engine started on an adapter that cannot load"
+
+
+def test_vllm_engine_gets_its_parallelism_and_scheduler_from_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRM_VLLM_* pass through to vLLM's EngineArgs (the real engine: tests/test_vllm_real.py)."""
+    import sys
+    import types
+
+    engine_args: list[dict] = []
+    fake_vllm = types.ModuleType("vllm")
+    fake_vllm.EngineArgs = lambda **kw: engine_args.append(kw) or kw
+    fake_engine = types.SimpleNamespace(get_tokenizer=lambda: None)
+    fake_vllm.LLMEngine = types.SimpleNamespace(from_engine_args=lambda args: fake_engine)
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    settings = Settings(home=tmp_path, judge_backend="vllm", judge_model=str(tmp_path),
+                        judge_batch_size=5, vllm_tensor_parallel_size=4)  # fmt: skip
+    make_backend(settings)
+    settings = settings.model_copy(update={"vllm_max_num_seqs": 32})
+    make_backend(settings)
+    passed = [(a["tensor_parallel_size"], a["max_num_seqs"]) for a in engine_args]
+    assert passed == [(4, 5), (4, 32)]

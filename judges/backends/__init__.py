@@ -93,13 +93,15 @@ def _openai_args(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any
         "api_key": settings.openai_api_key,
         "timeout_s": settings.openai_timeout_s,
         "max_batch_size": settings.judge_batch_size,
+        "assistant_prefill": settings.openai_assistant_prefill,
     }
 
 
 def _vllm_args(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
     return {
         "model_path": _local_model(settings, overrides),
-        "max_batch_size": settings.judge_batch_size,
+        "max_batch_size": settings.vllm_max_num_seqs or settings.judge_batch_size,
+        "tensor_parallel_size": settings.vllm_tensor_parallel_size,
     }
 
 

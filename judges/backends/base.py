@@ -59,6 +59,7 @@ class Generation:
     completion_tokens: int = 0
     token_logprobs: list[TokenLogprob] | None = None
     error: str | None = None
+    cached_prompt_tokens: int = 0  # prompt tokens read from the engine's cache, not computed
 
 
 class Backend(ABC):

@@ -91,7 +91,7 @@ class VLLMBackend(base.Backend):
         params = self._params(sampling_kwargs(options), RequestOutputKind.DELTA)
         pieces: list[str] = []
         logprobs: list[base.TokenLogprob] = []
-        completion_tokens, finished, finish = 0, False, None
+        completion_tokens, finished, finish, cached = 0, False, None, 0
         with self._lock:
             request_id = self._add(prompt, params)
             try:
@@ -101,6 +101,7 @@ class VLLMBackend(base.Backend):
                         completion_tokens += len(completion.token_ids)
                         logprobs += token_logprobs(completion, self._decode) or []
                         finished, finish = output.finished, completion.finish_reason
+                        cached = max(cached, cached_tokens(output))
                         if completion.text:
                             pieces.append(completion.text)
                             yield completion.text
@@ -113,6 +114,7 @@ class VLLMBackend(base.Backend):
             prompt_tokens=len(prompt),
             completion_tokens=completion_tokens,
             token_logprobs=logprobs if options.top_logprobs > 0 else None,
+            cached_prompt_tokens=cached,
         )
 
     def generate_batch(
@@ -132,8 +134,18 @@ class VLLMBackend(base.Backend):
         outputs = self._run_all(prompts, kwargs)
         return [logprob_table(o.outputs[0].logprobs[0], self._decode) for o in outputs]
 
+    def warm(self, messages: base.Messages) -> bool:
+        """Read the prompt now (one token, discarded): vLLM's prefix cache keeps its blocks, so
+        the judgment that follows starts at the answer."""
+        self._run_all([prompt_token_ids(self._tokenizer, messages)], {"max_tokens": 1})
+        return True
+
     def close(self) -> None:
-        self._engine = None
+        """Stop the engine's core process now rather than whenever the engine is collected."""
+        engine, self._engine = self._engine, None
+        core = getattr(engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -216,7 +228,13 @@ def map_output(output: Any, decode: Any, with_logprobs: bool) -> base.Generation
         completion_tokens=len(completion.token_ids),
         token_logprobs=token_logprobs(completion, decode) if with_logprobs else None,
         error="the vLLM engine aborted the request" if reason == "error" else None,
+        cached_prompt_tokens=cached_tokens(output),
     )
+
+
+def cached_tokens(output: Any) -> int:
+    """Prompt tokens vLLM took from its prefix cache (None before the first step reports it)."""
+    return getattr(output, "num_cached_tokens", None) or 0
 
 
 def token_logprobs(completion: Any, decode: Any) -> list[base.TokenLogprob] | None:

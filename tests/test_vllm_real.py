@@ -1,0 +1,264 @@
+"""The vllm backend against a real vLLM (its CPU build, in .venv-vllm: `make test-vllm`), on the
+embedded model: it streams what it returns, batches, gives the transformers backend's verdict
+log-probs, reuses a read prompt (prefix caching), runs a retraining LoRA adapter, takes vLLM's
+own parallelism settings from ours, and `vllm serve` judges through the openai backend.
+
+One engine per kind for the whole module (each start compiles for about a minute and a half).
+In .venv, where vLLM is not installed, these tests are skipped; GRM_REQUIRE_VLLM=1 (set by
+`make test-vllm`) turns a missing vLLM into a failure."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from judges.backends.base import Generation, GenerationOptions
+from settings import Settings
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
+
+MESSAGES = [
+    {"role": "system", "content": "You are a fair judge of two answers."},
+    {
+        "role": "user",
+        "content": "Question: What is the capital of France?\n\n[Response A]\nParis.\n\n"
+        "[Response B]\nLyon.\n\nWhich response is better? End with Verdict: [[A]] or [[B]].",
+    },
+]
+PREFIX = "Verdict: [["
+GREEDY = GenerationOptions(max_new_tokens=24, top_logprobs=3)
+# vLLM on this CPU computes in bf16 (transformers here in fp32): a bf16 logit near 10 is stored
+# to 1/16, so log-probs agree to about 0.1, not to float precision.
+BF16_TOLERANCE = 0.15
+# The engine's KV cache on the CPU, in GiB (vLLM's default, 4, is more than these prompts need).
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+def require_vllm() -> None:
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        if os.environ.get("GRM_REQUIRE_VLLM") == "1":
+            pytest.fail(f"GRM_REQUIRE_VLLM=1 but vLLM cannot be imported: {exc}")
+        pytest.skip(f"vLLM is not installed here (make test-vllm runs these): {exc}")
+
+
+@pytest.fixture(scope="module")
+def strong_adapter(embedded_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter as retraining saves it (PEFT layout), strong enough to move the verdict."""
+    require_vllm()
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, local_files_only=True)
+    targets = ["q_proj", "k_proj", "v_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.3)
+    out = tmp_path_factory.mktemp("vllm-adapter")
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tuned_vllm(embedded_model_dir, strong_adapter, tmp_path_factory):
+    """The vllm backend as the app builds it (make_backend from GRM_* settings), with the
+    adapter a retraining run made, so every in-process test also runs through LoRA."""
+    require_vllm()
+    from judges.backends import make_backend
+
+    settings = Settings(
+        home=tmp_path_factory.mktemp("vllm-home"),
+        judge_backend="vllm",
+        judge_model=str(embedded_model_dir),
+        vllm_max_num_seqs=3,
+        vllm_tensor_parallel_size=1,
+    )
+    backend = make_backend(settings, adapter_path=strong_adapter, max_model_len=2048)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def transformers_judges(embedded_model_dir, strong_adapter):
+    """The reference: the transformers backend in fp32, without and with the same adapter."""
+    from judges.backends.transformers_backend import TransformersBackend
+
+    base = TransformersBackend(embedded_model_dir, dtype="float32")
+    tuned = TransformersBackend(embedded_model_dir, dtype="float32", adapter_path=strong_adapter)
+    yield base, tuned
+    base.close()
+    tuned.close()
+
+
+def collect(backend, messages, options=GREEDY) -> tuple[list[str], Generation]:
+    items = list(backend.stream(messages, options))
+    assert isinstance(items[-1], Generation)
+    assert all(isinstance(piece, str) for piece in items[:-1])
+    return items[:-1], items[-1]
+
+
+def p_a(table: dict[str, float]) -> float:
+    """P(A) between the two verdict letters."""
+    a, b = math.exp(table["A"]), math.exp(table["B"])
+    return a / (a + b)
+
+
+def test_vllm_takes_its_parallelism_and_scheduler_settings_from_ours(tuned_vllm):
+    config = tuned_vllm._engine.vllm_config
+    assert config.scheduler_config.max_num_seqs == 3  # GRM_VLLM_MAX_NUM_SEQS
+    assert config.parallel_config.tensor_parallel_size == 1  # GRM_VLLM_TENSOR_PARALLEL_SIZE
+    assert tuned_vllm.max_batch_size == 3
+
+
+def test_streamed_pieces_are_the_text_with_each_tokens_logprobs(tuned_vllm):
+    pieces, summary = collect(tuned_vllm, MESSAGES)
+    assert len(pieces) > 1 and "".join(pieces) == summary.text and summary.text.strip()
+    assert summary.finish_reason in ("stop", "length")
+    assert summary.completion_tokens == len(summary.token_logprobs) <= GREEDY.max_new_tokens
+    assert summary.prompt_tokens > 50
+    for step in summary.token_logprobs:  # greedy: the chosen token is the likeliest one
+        assert step.logprob == pytest.approx(max(step.top.values()), abs=1e-4)
+        assert step.logprob <= 0
+
+
+def test_a_batch_gives_each_conversation_its_own_greedy_answer(tuned_vllm):
+    others = [
+        [MESSAGES[0], {"role": "user", "content": "Say hello in French."}],
+        [MESSAGES[0], {"role": "user", "content": "Count from one to five."}],
+        MESSAGES,
+        [MESSAGES[0], {"role": "user", "content": "Name a colour."}],
+    ]  # four requests against max_num_seqs 3: the scheduler queues one
+    batch = tuned_vllm.generate_batch(others, GREEDY)
+    alone = [collect(tuned_vllm, messages)[1] for messages in others]
+    assert len({g.text for g in batch}) == 4
+    # bf16 kernels differ with the batch's shape, so long greedy texts may part after a while
+    # (vLLM does not promise batch invariance); each answer's first token and its log-probs
+    # are its own conversation's, not a neighbour's.
+    for batched, single in zip(batch, alone, strict=True):
+        assert batched.finish_reason in ("stop", "length")
+        first, reference = batched.token_logprobs[0], single.token_logprobs[0]
+        assert first.token == reference.token
+        assert first.logprob == pytest.approx(reference.logprob, abs=BF16_TOLERANCE)
+
+
+def test_a_prompt_read_ahead_is_served_from_the_prefix_cache(tuned_vllm):
+    long_answer = "Paris has been the capital of France since the tenth century. " * 40
+    judged = [MESSAGES[0], {"role": "user", "content": MESSAGES[1]["content"] + long_answer}]
+    short = GenerationOptions(max_new_tokens=4)
+    _, cold = collect(tuned_vllm, judged, short)
+    assert cold.cached_prompt_tokens == 0 and cold.prompt_tokens > 500
+    other = [MESSAGES[0], {"role": "user", "content": long_answer + "Say it in French."}]
+    assert tuned_vllm.warm(other) is True
+    _, warmed = collect(tuned_vllm, other, short)
+    # vLLM caches whole blocks of the prompt (128 tokens on the CPU): all but the last partial
+    # block is read from the cache instead of computed again.
+    block = tuned_vllm._engine.vllm_config.cache_config.block_size
+    assert warmed.cached_prompt_tokens >= warmed.prompt_tokens - block > 0
+
+
+def test_the_retrained_adapter_judges_on_vllm_as_on_transformers(tuned_vllm, transformers_judges):
+    base, tuned = transformers_judges
+    request = [(MESSAGES, PREFIX)]
+    ours = tuned_vllm.next_token_logprobs(request, top_k=5)[0]
+    theirs = tuned.next_token_logprobs(request, top_k=5)[0]
+    untuned = base.next_token_logprobs(request, top_k=5)[0]
+    assert max(ours, key=ours.get) == max(theirs, key=theirs.get)
+    # The adapter moves P(A) by much more than vLLM's bf16 and transformers' fp32 differ.
+    assert abs(p_a(theirs) - p_a(untuned)) > 0.2
+    assert p_a(ours) == pytest.approx(p_a(theirs), abs=0.1)
+    assert tuned_vllm.model_name.endswith(f"+{tuned_vllm.adapter_path.name}")
+
+
+def test_a_prefilled_answer_is_continued_not_restarted(tuned_vllm):
+    prefilled = [*MESSAGES, {"role": "assistant", "content": PREFIX}]
+    _, summary = collect(tuned_vllm, prefilled, GenerationOptions(max_new_tokens=3))
+    assert summary.text[:1] in ("A", "B") and not summary.text.startswith("Verdict")
+
+
+def test_a_full_judgment_runs_end_to_end_on_vllm(tuned_vllm):
+    from judges.judge import JudgeOptions, judge_pairs
+    from judges.types import PairInput, Verdict
+
+    pair = PairInput(prompt="What is 2+2?", response_a="4", response_b="5")
+    options = JudgeOptions(protocol="pairwise", swap=True, max_new_tokens=96)
+    (result,) = judge_pairs(tuned_vllm, [pair], options)
+    assert len(result.samples) == 2 and result.aggregation == "mean"  # both orders, mean rule
+    assert result.verdict in (Verdict.A, Verdict.B, Verdict.TIE)
+    # Each decided order's verdict probability comes from vLLM's log-probs at the letter.
+    decided = [s for s in result.samples if s.verdict is not Verdict.NONE]
+    assert decided and all(0 < s.verdict_probability <= 1 for s in decided)
+    assert result.margin is not None
+
+
+# -- vllm serve, judged through the openai backend ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_vllm(embedded_model_dir, tmp_path_factory):
+    """`vllm serve` on the embedded model in its own process; the URL of its OpenAI API."""
+    require_vllm()
+    from tests.conftest import free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
+    # `vllm serve` itself exits at once with vllm-cpu (it looks up the version of a package named
+    # "vllm"); the module behind it serves the same OpenAI API. Plain vLLM: `vllm serve MODEL`.
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--model", str(embedded_model_dir), "--served-model-name", "smollm2",
+               "--port", str(port), "--host", "127.0.0.1",
+               "--max-model-len", "2048", "--max-num-seqs", "4"]  # fmt: skip
+    with log.open("wb") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_until_serving(server, url, log, timeout_s=600)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def wait_until_serving(server: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
+    """Poll /models until the server answers (its engine compiles first) or the process dies."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"vllm serve exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"vllm serve did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def test_vllm_serve_judges_through_the_openai_backend(served_vllm, transformers_judges):
+    from judges.backends.openai_backend import OpenAIBackend
+
+    backend = OpenAIBackend(served_vllm, model="smollm2", assistant_prefill=True)
+    try:
+        pieces, summary = collect(backend, MESSAGES)
+        assert len(pieces) > 1 and "".join(pieces) == summary.text and summary.text.strip()
+        assert summary.token_logprobs and summary.completion_tokens <= GREEDY.max_new_tokens
+        ours = backend.next_token_logprobs([(MESSAGES, PREFIX)], top_k=5)[0]
+    finally:
+        backend.close()
+    theirs = transformers_judges[0].next_token_logprobs([(MESSAGES, PREFIX)], top_k=5)[0]
+    assert max(ours, key=ours.get) == max(theirs, key=theirs.get)
+    for letter in ("A", "B"):
+        assert ours[letter] == pytest.approx(theirs[letter], abs=BF16_TOLERANCE)
