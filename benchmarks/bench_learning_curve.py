@@ -187,11 +187,13 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for suffix, style, what in (("", "-", "tie band 0.1"), ("_forced", ":", "forced choice")):
+    for suffix, style, what in (("", "-", "product rule"), ("_forced", ":", "forced choice")):
         base = report["base"]["heldout" + suffix]
         ax.axhline(base, color="grey", linestyle=style, label=f"base judge, {what} ({base:.3f})")
         for order in report["orders"]:
             runs = [r for r in report["runs"] if r["order"] == order]
+            if not runs:
+                continue
             sizes = sorted({r["labels"] for r in runs})
             accs = [
                 [
@@ -220,6 +222,8 @@ def summary(report: dict) -> dict:
     best = None
     for order in report["orders"]:
         runs = [r for r in report["runs"] if r["order"] == order and r["labels"] == largest]
+        if not runs:  # a partial report: this order has not reached the largest N yet
+            continue
         acc = statistics.mean(r["figures"]["heldout"]["second_accuracy"] for r in runs)
         if best is None or acc > best[0]:
             best = (acc, order, runs)
@@ -353,27 +357,34 @@ def main() -> None:
         "orders": args.orders,
         "runs": [],
     }
-    for order in args.orders:
-        for seed in args.seeds:
-            ordered = label_order(train_pool, base_on_pool, order, seed)
-            # The curve with the first seed; later seeds repeat the largest N (the summary's).
-            sizes = args.sizes if seed == args.seeds[0] else args.sizes[-1:]
-            if seed != args.seeds[0] and order not in args.replicate_orders:
-                continue
-            for size in sizes:
-                entry = run_point(
-                    args, base_model, ordered, evals, base, order=order, seed=seed, size=size
-                )
-                report["runs"].append(entry)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(report, indent=2))  # partial results survive
-    report["summary"] = summary(report)
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    report["load_average_at_end"] = os.getloadavg()
-    args.out.write_text(json.dumps(report, indent=2))
-    plot(report, args.out.with_suffix(".png"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for order, seed, size in run_plan(args):
+        ordered = label_order(train_pool, base_on_pool, order, seed)
+        entry = run_point(args, base_model, ordered, evals, base, order=order, seed=seed, size=size)
+        report["runs"].append(entry)
+        # Summary, plot and figures are rewritten after every run: a run stopped part-way
+        # (the whole plan takes hours on 2 cores) still leaves what it measured, complete.
+        report["summary"] = summary(report)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        report["load_average_at_end"] = os.getloadavg()
+        args.out.write_text(json.dumps(report, indent=2))
+        plot(report, args.out.with_suffix(".png"))
     print(json.dumps(report["summary"], indent=2))
     print(f"saved {args.out} and {args.out.with_suffix('.png')}")
+
+
+def run_plan(args: argparse.Namespace) -> list[tuple[str, int, int]]:
+    """(order, seed, labels) in the order they run: each order's curve with the first seed,
+    then the later seeds at the largest N (the summary's) for the replicated orders."""
+    first, largest = args.seeds[0], args.sizes[-1]
+    curves = [(order, first, size) for order in args.orders for size in args.sizes]
+    later = [
+        (order, seed, largest)
+        for seed in args.seeds[1:]
+        for order in args.orders
+        if order in args.replicate_orders
+    ]
+    return curves + later
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from judges import metrics
@@ -30,8 +29,7 @@ from services.prompts import dataset_key, judge_protocol, resolve_template
 from services.records import pair_input
 from storage import prompt_versions, queries
 from storage.db import reading
-from storage.models import Pair
-from storage.pairs import pair_views
+from storage.pairs import gold_labeled_pairs
 from vocabulary import COMPARING_VERDICTS, ProtocolName
 
 if TYPE_CHECKING:
@@ -272,8 +270,7 @@ def latest_labels(s: Session, dataset_id: int) -> list[dict[str, Any]]:
 def gold_labels(s: Session, dataset_id: int) -> list[dict[str, Any]]:
     """Each pair of the dataset imported with a label, as latest_labels' records (the label
     is the imported one), by pair id."""
-    stmt = select(Pair).where(Pair.dataset_id == dataset_id, Pair.gold_label.is_not(None))
-    views = pair_views(s, stmt.order_by(Pair.id))
+    views = gold_labeled_pairs(s, dataset_id)
     return [{**dataclasses.asdict(v), "pair_id": v.id, "label": v.gold_label} for v in views]
 
 

@@ -150,6 +150,12 @@ def _to_pair_view(pair: Pair, dataset: str) -> PairView:
     )
 
 
+def gold_labeled_pairs(s: Session, dataset_id: int) -> list[PairView]:
+    """The dataset's pairs that were imported with a label (e.g. LLMBar's human one), by id."""
+    stmt = select(Pair).where(Pair.dataset_id == dataset_id, Pair.gold_label.is_not(None))
+    return pair_views(s, stmt.order_by(Pair.id))
+
+
 def get_pair(s: Session, pair_id: int) -> PairView:
     """One pair; NotFoundError when the id is unknown."""
     views = pair_views(s, select(Pair).where(Pair.id == pair_id))
