@@ -10,20 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from judges.backends.base import BackendError, Generation, GenerationOptions
+from judges.backends.base import BackendError, GenerationOptions
+from tests.engine_checks import GREEDY, MESSAGES, PREFIX, collect, make_strong_adapter
 
 pytestmark = pytest.mark.slow
-
-MESSAGES = [
-    {"role": "system", "content": "You are a fair judge of two answers."},
-    {
-        "role": "user",
-        "content": "Question: What is the capital of France?\n\n[Response A]\nParis.\n\n"
-        "[Response B]\nLyon.\n\nWhich response is better? End with Verdict: [[A]] or [[B]].",
-    },
-]
-PREFIX = "Verdict: [["
-GREEDY = GenerationOptions(max_new_tokens=24, top_logprobs=3)
 
 
 @pytest.fixture(scope="module")
@@ -38,31 +28,7 @@ def llamacpp(embedded_model_dir):
 
 @pytest.fixture(scope="module")
 def strong_adapter(embedded_model_dir, tmp_path_factory) -> Path:
-    """A LoRA adapter on the query, key, value and down projections (q and k rows are permuted
-    in the GGUF), strong enough that its effect stands well above the two engines' arithmetic
-    differences (measured: std 0.03 moves the verdict log-probs by about as much as llama.cpp's
-    quantized arithmetic does; 0.3 moves them several times more)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)  # before LoRA's own initialisation of A: the same adapter every run
-    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, local_files_only=True)
-    targets = ["q_proj", "k_proj", "v_proj", "down_proj"]
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.3)
-    out = tmp_path_factory.mktemp("strong-adapter")
-    peft_model.save_pretrained(out)
-    return out
-
-
-def collect(backend, messages, options=GREEDY) -> tuple[list[str], Generation]:
-    items = list(backend.stream(messages, options))
-    assert isinstance(items[-1], Generation)
-    assert all(isinstance(piece, str) for piece in items[:-1])
-    return items[:-1], items[-1]
+    return make_strong_adapter(embedded_model_dir, tmp_path_factory.mktemp("strong-adapter"))
 
 
 def close_tables(a: dict[str, float], b: dict[str, float], tolerance: float) -> None:

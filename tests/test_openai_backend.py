@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
+from conftest import free_port
 
 from judges.backends.base import BackendError, Generation, GenerationOptions
 from judges.backends.openai_backend import OpenAIBackend, iter_sse_data, parse_chunk
+from tests.served import start_server, stop_server
 
 HELLO = [{"role": "user", "content": "Say hi."}]
 STORY = [{"role": "user", "content": "Write a long story about a cat who learns to sail."}]
@@ -278,36 +279,18 @@ class ServedModel:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_transformers_serve(model_dir: Path, log: Path, dtype: str = "auto") -> ServedModel:
     """`transformers serve MODEL_DIR` on a free loopback port, ready, or a failed test."""
     pytest.importorskip("fastapi", reason="needs transformers[serving]")
     pytest.importorskip("uvicorn", reason="needs transformers[serving]")
-    port = _free_port()
+    port = free_port()
     launcher = "import sys; from transformers.cli.transformers import main; sys.exit(main())"
     command = [sys.executable, "-c", launcher, "serve", str(model_dir)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", dtype]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    served = ServedModel(f"http://127.0.0.1:{port}/v1", str(model_dir), process, log)
-    deadline = time.monotonic() + SERVER_START_LIMIT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"transformers serve exited ({process.returncode}):\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return served
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop(served)
-    pytest.fail(f"transformers serve not ready in {SERVER_START_LIMIT_S}s:\n{log.read_text()}")
+    process = start_server(command, f"http://127.0.0.1:{port}/health", log,
+                           SERVER_START_LIMIT_S, env=env)  # fmt: skip
+    return ServedModel(f"http://127.0.0.1:{port}/v1", str(model_dir), process, log)
 
 
 def local_dtype() -> str:
@@ -318,13 +301,7 @@ def local_dtype() -> str:
 
 
 def stop(served: ServedModel) -> None:
-    if served.process.poll() is None:
-        served.process.terminate()
-        try:
-            served.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            served.process.kill()
-            served.process.wait()
+    stop_server(served.process, grace_s=15)
 
 
 @pytest.fixture(scope="session")

