@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from settings import Settings, load_settings
 from storage.db import init_db, make_engine, make_session_factory
+from tests.served import free_port
 
 if TYPE_CHECKING:
     from services import Services  # imported where used: loading it is not free
@@ -187,14 +188,6 @@ class RunningApp(NamedTuple):
     services: object
     settings: Settings
     demo: object
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

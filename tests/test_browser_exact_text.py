@@ -14,12 +14,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import free_port
 from desk import SCREEN, open_desk, pair_on_screen
 from exact_text_cases import EXACT_CASES, rendered_text, squashed
 from fakes import FakeBackend
 
 from settings import load_settings
+from tests.served import free_port
 from webui.judge_saw import cut_sentence
 
 pytestmark = pytest.mark.browser

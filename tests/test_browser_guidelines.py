@@ -11,13 +11,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import free_port
 from desk import open_desk, pair_on_screen
 from fakes import FakeBackend
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from settings import load_settings
 from storage.queries import NotFoundError
+from tests.served import free_port
 
 pytestmark = pytest.mark.browser
 

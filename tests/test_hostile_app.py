@@ -39,7 +39,7 @@ from storage import queries
 
 def open_services(home: Path, **settings_values: Any) -> Services:
     """Services over a fresh SQLite file in `home`, on a free loopback port."""
-    from conftest import free_port
+    from tests.served import free_port
 
     settings = load_settings(home=home, database_url=None, port=free_port(), **settings_values)
     return Services.open(settings)

@@ -174,7 +174,7 @@ def server_process(mode: str) -> Iterator[tuple[subprocess.Popen, str]]:
 
 def dead_url() -> str:
     """A loopback URL where nothing listens (the port was free a moment ago)."""
-    from conftest import free_port
+    from tests.served import free_port
 
     return f"http://127.0.0.1:{free_port()}/v1"
 
@@ -415,10 +415,9 @@ def test_the_page_says_what_went_wrong_and_keeps_the_text(
 def web(settings, server, monkeypatch) -> Iterator[SimpleNamespace]:
     """The app on loopback, judging through the fake server with ONE judge slot: a judgment
     that does not free its slot would block the next one."""
-    from conftest import free_port
-
     import app as app_module
     from app import build_app, serve
+    from tests.served import free_port
 
     monkeypatch.setitem(app_module.JUDGE_CONCURRENCY, "openai", 1)
     settings.judge_backend = "openai"

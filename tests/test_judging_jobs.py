@@ -277,10 +277,10 @@ def test_the_batch_tab_lists_jobs_resumes_a_stopped_one_and_stops_one(services):
 
 
 def test_the_batch_api_judges_as_a_job_and_has_the_job_endpoints(settings):
-    from conftest import free_port
     from gradio_client import Client
 
     from app import build_app, serve
+    from tests.served import free_port
 
     settings.port = free_port()
     services = Services.open(settings)

@@ -17,11 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
 from judges.backends.base import BackendError, Generation, GenerationOptions
 from judges.backends.openai_backend import OpenAIBackend, iter_sse_data, parse_chunk
-from tests.served import start_server, stop_server
+from tests.served import free_port, start_server, stop_server
 
 HELLO = [{"role": "user", "content": "Say hi."}]
 STORY = [{"role": "user", "content": "Write a long story about a cat who learns to sail."}]

@@ -15,18 +15,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
 from judges.backends.base import GenerationOptions
 from settings import Settings
 from tests.engine_checks import GREEDY, MESSAGES, PREFIX, collect, make_strong_adapter
-from tests.served import start_server, stop_server
+from tests.served import free_port, start_server, stop_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
 
 # vLLM on this CPU computes in bf16 (transformers here in fp32): a bf16 logit near 10 is stored
 # to 1/16, so log-probs agree to about 0.1, not to float precision.
 BF16_TOLERANCE = 0.15
+# No torch.compile at engine start (the served engine starts about a minute sooner here; the rest
+# of a start is importing vLLM in its three processes). What these tests check (tokens,
+# log-probs, batching, LoRA, the cache) does not depend on compiling.
+ENFORCE_EAGER = True
 # The engine's KV cache on the CPU, in GiB (vLLM's default, 4, is more than these prompts need).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -61,7 +64,9 @@ def tuned_vllm(embedded_model_dir, strong_adapter, tmp_path_factory):
         vllm_max_num_seqs=3,
         vllm_tensor_parallel_size=1,
     )
-    backend = make_backend(settings, adapter_path=strong_adapter, max_model_len=2048)
+    backend = make_backend(
+        settings, adapter_path=strong_adapter, max_model_len=2048, enforce_eager=ENFORCE_EAGER
+    )
     yield backend
     backend.close()
 
@@ -185,7 +190,7 @@ def served_vllm(embedded_model_dir, tmp_path_factory):
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(embedded_model_dir), "--served-model-name", "smollm2",
                "--port", str(port), "--host", "127.0.0.1",
-               "--max-model-len", "2048", "--max-num-seqs", "4"]  # fmt: skip
+               "--max-model-len", "2048", "--max-num-seqs", "4", "--enforce-eager"]  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
     server = start_server(command, f"{url}/models", log, limit_s=600)
     yield url
