@@ -5,8 +5,12 @@ batched.
 Run: .venv/bin/python benchmarks/bench_judge_speed.py [--pairs 8] [--max-new-tokens 192]
      [--rounds 2] [--engines transformers:float32,transformers:bfloat16,llamacpp,llamacpp:1]
 Engines: `transformers:DTYPE` (the transformers backend on the embedded model converted to
-safetensors) and `llamacpp[:THREADS]` (llama.cpp on the embedded GGUF itself; without THREADS
-it measures its own, as the app does). Judge prompts are
+safetensors), `llamacpp[:THREADS]` (llama.cpp on the embedded GGUF itself; without THREADS
+it measures its own, as the app does) and `vllm[:THREADS]` (vLLM's CPU build on the same
+safetensors, in bf16 with its compiled graphs; without THREADS its worker leaves a core free for
+the engine's own loop, as vLLM does by default; it lives in .venv-vllm, `make install-vllm`,
+so this script runs itself there for that engine and takes its figures into the same report).
+Judge prompts are
 the real pairwise prompt (judges.prompts) over the demo pairs shipped in assets/. Greedy
 decoding; sequential = one pair per call, batched = all pairs in batches of `--batch-size`
 (llama.cpp here answers one sequence at a time, so its two are the same). Prints the figures
@@ -20,7 +24,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +41,7 @@ from judges.prompts import get_prompt  # noqa: E402
 from settings import load_settings  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "bench_judge_speed.json"
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"  # made by `make install-vllm`
 DEMO_PAIRS = asset_path("demo_pairs.jsonl")
 
 
@@ -51,8 +58,10 @@ class SpeedConfig:
         "llamacpp",
         "llamacpp:2",
         "llamacpp:1",
+        "vllm",
+        "vllm:2",
     )
-    full_engines: tuple[str, ...] = ("transformers:float32", "llamacpp")  # + throughput runs
+    full_engines: tuple[str, ...] = ("transformers:float32", "llamacpp", "vllm", "vllm:2")
     model_dir: str | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     output: str = str(RESULTS)
@@ -147,7 +156,42 @@ def load_engine(engine: str, model_dir: Path, config: SpeedConfig):
         from judges.embedded import embedded_gguf_path
 
         return LlamaCppBackend(embedded_gguf_path(), model_dir, threads=int(arg or 0) or None)
-    raise SystemExit(f"unknown engine {engine!r}: transformers:DTYPE or llamacpp:THREADS")
+    if kind == "vllm":
+        from judges.backends.vllm_backend import VLLMBackend
+
+        # The KV cache in GiB: without it vLLM's CPU build reserves 85% of the machine's memory
+        # and will not start beside anything else; 2 GiB hold these prompts many times over.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        if arg:  # vLLM's CPU worker keeps one core for itself unless told to leave fewer
+            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(
+                max((os.cpu_count() or 1) - int(arg), 0)
+            )
+
+        return VLLMBackend(model_dir, max_batch_size=config.batch_size, max_model_len=4096)
+    raise SystemExit(f"unknown engine {engine!r}: transformers:DTYPE, llamacpp:THREADS or vllm")
+
+
+def vllm_here() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bench_in_vllm_venv(engine: str, model_dir: Path, config: SpeedConfig) -> dict:
+    """This script run by .venv-vllm's Python for one engine; its one run, as measured there."""
+    if not VLLM_PYTHON.exists():
+        raise SystemExit(f"{engine}: {VLLM_PYTHON} is missing; run `make install-vllm` first")
+    with tempfile.TemporaryDirectory() as tmp:
+        output = Path(tmp) / "vllm.json"
+        options = {"--pairs": config.pairs, "--batch-size": config.batch_size,
+                   "--max-new-tokens": config.max_new_tokens, "--ttft-runs": config.ttft_runs,
+                   "--rounds": config.rounds, "--engines": engine, "--model-dir": model_dir,
+                   "--full-engines": ",".join(config.full_engines), "--output": output}  # fmt: skip
+        argv = [str(VLLM_PYTHON), __file__, *(str(x) for item in options.items() for x in item)]
+        subprocess.run(argv, check=True)
+        return json.loads(output.read_text())["runs"][0]
 
 
 def measure_prefill(backend, messages: Messages, target_tokens: int = 500) -> dict:
@@ -168,6 +212,8 @@ def measure_prefill(backend, messages: Messages, target_tokens: int = 500) -> di
 
 
 def bench_engine(engine: str, model_dir: Path, config: SpeedConfig) -> dict:
+    if engine.startswith("vllm") and not vllm_here():
+        return bench_in_vllm_venv(engine, model_dir, config)
     backend = load_engine(engine, model_dir, config)
     options = GenerationOptions(max_new_tokens=config.max_new_tokens)
     conversations = judge_messages(config.pairs)
