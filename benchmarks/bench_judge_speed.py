@@ -3,7 +3,7 @@ token, decode tokens/s at batch 1, prefill of a ~500-token prompt, pairs/minute 
 batched.
 
 Run: .venv/bin/python benchmarks/bench_judge_speed.py [--pairs 8] [--max-new-tokens 192]
-     [--rounds 2] [--engines transformers:float32,transformers:bfloat16,llamacpp,llamacpp:1]
+     [--rounds 2] [--engines transformers:float32,transformers:bfloat16,llamacpp,vllm:2]
 Engines: `transformers:DTYPE` (the transformers backend on the embedded model converted to
 safetensors), `llamacpp[:THREADS]` (llama.cpp on the embedded GGUF itself; without THREADS
 it measures its own, as the app does) and `vllm[:THREADS]` (vLLM's CPU build on the same
