@@ -10,11 +10,10 @@ it measures its own, as the app does) and `vllm[:THREADS]` (vLLM's CPU build on 
 safetensors, in bf16 with its compiled graphs; without THREADS its worker leaves a core free for
 the engine's own loop, as vLLM does by default; it lives in .venv-vllm, `make install-vllm`,
 so this script runs itself there for that engine and takes its figures into the same report).
-Judge prompts are
-the real pairwise prompt (judges.prompts) over the demo pairs shipped in assets/. Greedy
-decoding; sequential = one pair per call, batched = all pairs in batches of `--batch-size`
-(llama.cpp here answers one sequence at a time, so its two are the same). Prints the figures
-and saves them to benchmarks/results/bench_judge_speed.json.
+Judge prompts are the real pairwise prompt (judges.prompts) over the demo pairs shipped in
+assets/. Greedy decoding; sequential = one pair per call, batched = all pairs in batches of
+`--batch-size` (llama.cpp here answers one sequence at a time, so its two are the same). Prints
+the figures and saves them to benchmarks/results/bench_judge_speed.json.
 """
 
 from __future__ import annotations
