@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # with tensor_parallel_size); max_num_seqs None: judge_batch_size.
     vllm_tensor_parallel_size: int = 1
     vllm_max_num_seqs: int | None = None
+    # vLLM's KV cache in GiB; None: vLLM's share of a GPU's memory, 2 GiB on a CPU (where vLLM
+    # would otherwise reserve 85% of the machine's memory at start).
+    vllm_kv_cache_gib: float | None = None
 
     host: str = "127.0.0.1"
     port: int = 7860

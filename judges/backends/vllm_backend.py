@@ -24,6 +24,11 @@ from judges.backends.adapters import check_adapter_files, check_base_model
 
 log = logging.getLogger(__name__)
 
+# The KV cache on a CPU, in GiB, unless set. vLLM sizes it on a CPU from gpu_memory_utilization
+# too: 85% of the machine's memory, reserved at start, so an engine would not start beside the
+# app's other processes. 2 GiB hold ~90k tokens of the embedded model's cache.
+CPU_KV_CACHE_GIB = 2.0
+
 
 class VLLMBackend(base.Backend):
     """A model directory (or name) served by an in-process vLLM engine."""
@@ -39,6 +44,7 @@ class VLLMBackend(base.Backend):
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.85,
         max_model_len: int | None = None,
+        kv_cache_gib: float | None = None,
         adapter_path: str | Path | None = None,
         seed: int = 0,
         **engine_kwargs: Any,
@@ -60,6 +66,9 @@ class VLLMBackend(base.Backend):
             self._lora = _lora_request(self.adapter_path)
             engine_kwargs.setdefault("enable_lora", True)
             engine_kwargs.setdefault("max_lora_rank", 64)
+        kv_cache_gib = kv_cache_gib if kv_cache_gib is not None else _platform_kv_cache_gib()
+        if kv_cache_gib is not None:
+            engine_kwargs.setdefault("kv_cache_memory_bytes", int(kv_cache_gib * 2**30))
         args = EngineArgs(
             model=self.model_path,
             dtype=dtype,
@@ -270,6 +279,13 @@ def logprob_table(position: dict[int, Any], decode: Any) -> dict[str, float]:
 def _text(entry: Any, token_id: int, decode: Any) -> str:
     decoded = getattr(entry, "decoded_token", None)
     return decoded if decoded is not None else decode(token_id)
+
+
+def _platform_kv_cache_gib() -> float | None:
+    """CPU_KV_CACHE_GIB on vLLM's CPU build; None (vLLM sizes it from the GPU's memory) else."""
+    from vllm.platforms import current_platform
+
+    return CPU_KV_CACHE_GIB if current_platform.is_cpu() else None
 
 
 def _engine_tokenizer(engine: Any, model_path: str) -> Any:
