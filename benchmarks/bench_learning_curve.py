@@ -1,6 +1,7 @@
 """Does retraining on people's labels make the embedded judge agree with people more? The curve.
 
     .venv/bin/python benchmarks/bench_learning_curve.py --sizes 50 100 200 300 --seeds 0 1 2
+    ... --resume   # after a stop: keeps the runs saved so far and runs the rest of the plan
 
 Pools the human-labeled shared sets Processed_MT-Bench, Processed_LLMEval_2 and
 Processed_FairEval (466 pairs), holds out about 150 pairs by a seeded hash of the *prompt*
@@ -49,6 +50,8 @@ from settings import load_settings  # noqa: E402
 LLMBAR = ROOT.parent / "shared" / "data" / "llmbar"
 POOL = ["Processed_MT-Bench", "Processed_LLMEval_2", "Processed_FairEval"]
 GUARD = "LLMBar_Natural"
+# The base judge's verdicts, outside the project (never committed)
+BASE_CACHE = Path.home() / ".cache" / "grm-studio" / "bench_learning_curve_base.json"
 RESULTS = ROOT / "benchmarks" / "results"
 OPTIONS = JudgeOptions(
     prompt_version=VERDICT_PROMPT, max_new_tokens=VERDICT_NEW_TOKENS, swap=True, logprobs=True
@@ -280,16 +283,54 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pool-limit", type=int, default=None, help="a quick try: fewer pairs")
     parser.add_argument("--guard-limit", type=int, default=None, help="a quick try: fewer pairs")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_learning_curve.json")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs --out holds (same training settings) and run the rest of the plan",
+    )
     return parser.parse_args()
+
+
+# What a run's figures depend on besides its place in the plan: a resumed run must match them.
+SETTINGS_KEYS = ("heldout", "epochs", "batch_size", "learning_rate", "lora_rank", "pool_limit",
+                 "guard_limit")  # fmt: skip
+
+
+def saved_runs(args: argparse.Namespace) -> list[dict]:
+    """--resume: the runs a stopped run with the same settings saved in --out."""
+    if not args.resume or not args.out.exists():
+        return []
+    saved = json.loads(args.out.read_text())
+    differ = [k for k in SETTINGS_KEYS if saved["args"].get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--resume: {args.out} was made with other settings ({differ})")
+    return saved["runs"]
+
+
+def base_cache_key(base_model: Path, evals: dict, train_pool: list) -> str:
+    """What the base judge's verdicts depend on: its files, the judge options, the pairs."""
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in base_model.iterdir())
+    pairs = {name: [r["id"] for r in rows] for name, (rows, _) in evals.items()}
+    pairs["train_pool"] = [r["id"] for r in train_pool]
+    text = json.dumps([files, OPTIONS.model_dump(mode="json"), pairs], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def judge_with_base(base_model: Path, evals: dict, train_pool: list) -> tuple[dict, list, dict]:
     """The base judge's verdicts on the evaluation sets and on the training pool (for the
-    "least-sure" order), and its accuracies: the product's rule, and forced to choose."""
-    base_backend = TransformersBackend(base_model, max_batch_size=8)
-    base = {name: judged(base_backend, rows) for name, (rows, _) in evals.items()}
-    base_on_pool = judged(base_backend, train_pool)
-    base_backend.close()
+    "least-sure" order), and its accuracies: the product's rule, and forced to choose. The
+    verdicts are cached (about 13 min of judging here), so a resumed run does not redo them."""
+    key = base_cache_key(base_model, evals, train_pool)
+    cache = BASE_CACHE.with_name(f"{BASE_CACHE.stem}-{key[:16]}.json")
+    if cache.exists():
+        base, base_on_pool = json.loads(cache.read_text())
+    else:
+        base_backend = TransformersBackend(base_model, max_batch_size=8)
+        base = {name: judged(base_backend, rows) for name, (rows, _) in evals.items()}
+        base_on_pool = judged(base_backend, train_pool)
+        base_backend.close()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps([base, base_on_pool]))
     base_acc = {n: sum(right(base[n], rows)) / len(rows) for n, (rows, _) in evals.items()}
     base_acc |= {
         f"{n}_forced": sum(right(forced(base[n]), rows)) / len(rows)
@@ -355,10 +396,11 @@ def main() -> None:
         "heldout_pairs": len(heldout),
         "base": base_acc,
         "orders": args.orders,
-        "runs": [],
+        "runs": saved_runs(args),
     }
+    done = {(r["order"], r["seed"], r["labels"]) for r in report["runs"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for order, seed, size in run_plan(args):
+    for order, seed, size in [point for point in run_plan(args) if point not in done]:
         ordered = label_order(train_pool, base_on_pool, order, seed)
         entry = run_point(args, base_model, ordered, evals, base, order=order, seed=seed, size=size)
         report["runs"].append(entry)
