@@ -26,10 +26,16 @@ SETUP_HELP = (
 )
 
 
+# The services this command opened: their judge is closed before the command returns.
+_opened: list = []
+
+
 def _services():
     from services import Services
 
-    return Services.open(load_settings())
+    services = Services.open(load_settings())
+    _opened.append(services)
+    return services
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -537,7 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    return args.func(args)
+    try:
+        return args.func(args)
+    finally:
+        # A judge whose engine runs in child processes (vLLM's engine core) kept the interpreter
+        # from exiting: `grm judge` on vLLM finished its job and then waited for them forever.
+        while _opened:
+            _opened.pop().reload_judge()
 
 
 if __name__ == "__main__":

@@ -145,6 +145,33 @@ def test_train_options_are_the_config_fields(monkeypatch, capsys):
     ]
 
 
+def test_judge_closes_the_judge_it_loaded_before_returning(db, good_file, monkeypatch, capsys):
+    """A judge whose engine runs in child processes (vLLM's) keeps `grm` from exiting unless
+    the command closes it."""
+    from fakes import FakeBackend
+
+    class ClosingBackend(FakeBackend):
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    assert cli.main(["import", str(good_file), "--dataset", "demo"]) == 0
+    backend = ClosingBackend(script=lambda messages: "The answer.\nVerdict: [[A]]")
+    opened = Services.open
+
+    def open_with_the_fake(settings):
+        services = opened(settings)
+        services.use_backend(backend)
+        return services
+
+    monkeypatch.setattr(Services, "open", open_with_the_fake)
+    assert cli.main(["judge", "--dataset", "demo"]) == 0
+    assert "judged 4 pairs" in capsys.readouterr().out
+    assert backend.closed == 1
+    assert backend.streamed or backend.batches  # it was the judge that judged
+
+
 @pytest.mark.slow
 def test_installed_console_script_imports(db, good_file, tmp_path):
     grm = Path(sys.executable).with_name("grm")
