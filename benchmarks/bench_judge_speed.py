@@ -192,15 +192,20 @@ def bench_in_vllm_venv(engine: str, model_dir: Path, config: SpeedConfig) -> dic
 
 def measure_prefill(backend, messages: Messages, target_tokens: int = 500) -> dict:
     """Seconds to read a ~500-token prompt and give the next token's log-probs (nothing of it
-    cached: each run's prompt differs from the last in its first words)."""
+    cached: each run's prompt differs from the last in its first words). The demo prompt is
+    lengthened to about `target_tokens` with more of its own text."""
+    tokens = measure_stream(backend, messages, GenerationOptions(max_new_tokens=1))
+    user = messages[-1]["content"]
+    extra = max(0, int(len(user) * (target_tokens / tokens["prompt_tokens"] - 1)))
+    longer = [*messages[:-1], {**messages[-1], "content": user + "\n" + (user * 2)[:extra]}]
     seconds = []
     for run in range(3):
-        fresh = [{"role": "system", "content": f"Run {run}. {messages[0]['content']}"}]
-        fresh += messages[1:]
+        fresh = [{"role": "system", "content": f"Run {run}. {longer[0]['content']}"}]
+        fresh += longer[1:]
         start = time.perf_counter()
         backend.next_token_logprobs([(fresh, "")], top_k=5)
         seconds.append(time.perf_counter() - start)
-    tokens = measure_stream(backend, messages, GenerationOptions(max_new_tokens=1))
+    tokens = measure_stream(backend, longer, GenerationOptions(max_new_tokens=1))
     return {
         "prefill_s": round(statistics.median(seconds), 3),
         "prefill_tokens": tokens["prompt_tokens"],
