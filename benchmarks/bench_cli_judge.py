@@ -3,8 +3,9 @@ pairs/minute before (transformers, the old default) and after (llama.cpp, today'
 CPU build).
 
 Run: .venv/bin/python benchmarks/bench_cli_judge.py [--engines transformers:20,llamacpp,vllm]
+     [--merge]  (keeps the saved runs of the engines not run now)
 An engine is `NAME[:PAIRS]`: without PAIRS it judges all 100 pairs, with it the first PAIRS (the
-transformers engine takes about 40 min for all 100 here, so its rate is taken on fewer). Each
+transformers engine would take about 14 min for all 100 here, so its rate is taken on fewer). Each
 engine gets a fresh data directory: `grm import` of the set, then `grm judge --dataset natural
 --swap` (batched jobs, as the Batch tab runs them), timed from the command's start (model load
 included) and by the job's own clock. vLLM lives in .venv-vllm (`make install-vllm`), so its
@@ -92,9 +93,11 @@ def main() -> None:
     }
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     for run in runs:
-        print(f"{run['engine']:>12}: {run['pairs_per_min']:6.2f} pairs/min "
-              f"({run['pairs']} pairs, {run['judgments']} judgments, {run['no_verdict']} without "
-              f"a verdict, {run['job_seconds']} s; {run['command_seconds']} s with load)")  # fmt: skip
+        print(
+            f"{run['engine']:>12}: {run['pairs_per_min']:6.2f} pairs/min ({run['pairs']} pairs, "
+            f"{run['judgments']} judgments, {run['no_verdict']} without a verdict, "
+            f"{run['job_seconds']} s; {run['command_seconds']} s with load)"
+        )
     print(f"saved {RESULTS}")
 
 

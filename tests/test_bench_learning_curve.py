@@ -1,4 +1,4 @@
-"""The learning curve's plan when resumed: saved runs are kept, the rest run, other settings refused."""
+"""The learning curve resumed: saved runs kept, the rest planned, other settings refused."""
 
 from __future__ import annotations
 
