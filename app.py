@@ -149,7 +149,7 @@ def main(host: str | None = None, port: int | None = None) -> int:
     try:
         serve(build_app(services), settings)
     finally:
-        services.stop_judging_jobs()
+        services.close()
     return 0
 
 

@@ -26,7 +26,7 @@ SETUP_HELP = (
 )
 
 
-# The services this command opened: their judge is closed before the command returns.
+# The services this command opened: closed before the command returns.
 _opened: list = []
 
 
@@ -546,10 +546,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     finally:
-        # A judge whose engine runs in child processes (vLLM's engine core) kept the interpreter
-        # from exiting: `grm judge` on vLLM finished its job and then waited for them forever.
+        # Without this, `grm judge` on vLLM finished its job and then waited forever for the
+        # engine's child processes.
         while _opened:
-            _opened.pop().reload_judge()
+            _opened.pop().close()
 
 
 if __name__ == "__main__":

@@ -127,6 +127,13 @@ class Services:
     def stop_judging_jobs(self) -> None:
         self.jobs.close()
 
+    def close(self) -> None:
+        """On the way out: stop batch jobs (their finished pairs stored, the job continuable),
+        then close the judge. A judge whose engine runs in child processes (vLLM's engine core)
+        otherwise keeps the interpreter from exiting."""
+        self.stop_judging_jobs()
+        self.reload_judge()
+
     def judging_job(self, job_id: int) -> dict[str, Any]:
         return self.jobs.job(job_id)
 

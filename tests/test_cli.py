@@ -172,6 +172,40 @@ def test_judge_closes_the_judge_it_loaded_before_returning(db, good_file, monkey
     assert backend.streamed or backend.batches  # it was the judge that judged
 
 
+def test_serve_closes_the_judge_when_the_server_stops(db, monkeypatch):
+    """`grm serve` (app.main) closes its judge on the way out, here after a Ctrl-C."""
+    from fakes import FakeBackend
+
+    import app
+
+    class ClosingBackend(FakeBackend):
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    backend = ClosingBackend(script=lambda messages: "Verdict: [[A]]")
+    opened = Services.open
+    served: list = []
+
+    def open_with_the_fake(settings):
+        services = opened(settings)
+        services.use_backend(backend)
+        return services
+
+    def stopped_by_ctrl_c(blocks, settings):
+        served.append(blocks)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Services, "open", open_with_the_fake)
+    monkeypatch.setattr(app, "build_app", lambda services: services)
+    monkeypatch.setattr(app, "serve", stopped_by_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["serve"])
+    assert len(served) == 1  # the server ran, then stopped
+    assert backend.closed == 1
+
+
 @pytest.mark.slow
 def test_installed_console_script_imports(db, good_file, tmp_path):
     grm = Path(sys.executable).with_name("grm")
