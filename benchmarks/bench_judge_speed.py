@@ -10,6 +10,9 @@ it measures its own, as the app does) and `vllm[:THREADS]` (vLLM's CPU build on 
 safetensors, in bf16 with its compiled graphs; without THREADS its worker leaves a core free for
 the engine's own loop, as vLLM does by default; it lives in .venv-vllm, `make install-vllm`,
 so this script runs itself there for that engine and takes its figures into the same report).
+An engine name ending in `+lora` judges with an adapter shaped like retraining's (rank 16 on
+every linear layer) applied as LoRA; `vllm+merged` loads it merged into the weights, as the app
+does on vLLM's CPU build (its load time then includes the merge).
 Judge prompts are the real pairwise prompt (judges.prompts) over the demo pairs shipped in
 assets/. Greedy decoding; sequential = one pair per call, batched = all pairs in batches of
 `--batch-size` (llama.cpp here answers one sequence at a time, so its two are the same). Prints
@@ -144,17 +147,24 @@ def _median_run(runs: list[dict]) -> dict:
     } | {"completion_tokens": runs[0]["completion_tokens"]}
 
 
-def load_engine(engine: str, model_dir: Path, config: SpeedConfig):
-    kind, _, arg = engine.partition(":")
+def load_engine(engine: str, model_dir: Path, config: SpeedConfig, adapter_dir: Path):
+    spec, _, adapter = engine.partition("+")
+    kind, _, arg = spec.partition(":")
+    if adapter not in ADAPTER_FORMS:
+        raise SystemExit(f"unknown adapter form {adapter!r} in {engine!r}: +lora or +merged")
+    adapter_path = retraining_like_adapter(model_dir, adapter_dir) if adapter else None
     if kind == "transformers":
         from judges.backends.transformers_backend import TransformersBackend
 
-        return TransformersBackend(model_dir, dtype=arg, max_batch_size=config.batch_size)
+        return TransformersBackend(
+            model_dir, dtype=arg, max_batch_size=config.batch_size, adapter_path=adapter_path
+        )
     if kind == "llamacpp":
         from judges.backends.llamacpp_backend import LlamaCppBackend
         from judges.embedded import embedded_gguf_path
 
-        return LlamaCppBackend(embedded_gguf_path(), model_dir, threads=int(arg or 0) or None)
+        threads = int(arg or 0) or None
+        return LlamaCppBackend(embedded_gguf_path(), model_dir, threads, adapter_path=adapter_path)
     if kind == "vllm":
         from judges.backends.vllm_backend import VLLMBackend
 
@@ -163,8 +173,39 @@ def load_engine(engine: str, model_dir: Path, config: SpeedConfig):
                 max((os.cpu_count() or 1) - int(arg), 0)
             )
 
-        return VLLMBackend(model_dir, max_batch_size=config.batch_size, max_model_len=4096)
+        return VLLMBackend(
+            model_dir,
+            max_batch_size=config.batch_size,
+            max_model_len=4096,
+            adapter_path=adapter_path,
+            merge_adapter=adapter == "merged" if adapter else None,
+        )
     raise SystemExit(f"unknown engine {engine!r}: transformers:DTYPE, llamacpp:THREADS or vllm")
+
+
+# An engine name may end in +lora (the adapter applied as LoRA) or +merged (vLLM: merged into
+# the weights first, as the app does on vLLM's CPU build).
+ADAPTER_FORMS = ("", "lora", "merged")
+
+
+def retraining_like_adapter(model_dir: Path, out: Path) -> Path:
+    """A LoRA adapter shaped like those retraining saves (rank 16, every linear layer), with
+    non-zero weights; its values do not matter for speed, its shapes do."""
+    if (out / "adapter_model.safetensors").is_file():
+        return out
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.01)
+    peft_model.save_pretrained(out)
+    return out
 
 
 def vllm_here() -> bool:
@@ -215,7 +256,12 @@ def measure_prefill(backend, messages: Messages, target_tokens: int = 500) -> di
 def bench_engine(engine: str, model_dir: Path, config: SpeedConfig) -> dict:
     if engine.startswith("vllm") and not vllm_here():
         return bench_in_vllm_venv(engine, model_dir, config)
-    backend = load_engine(engine, model_dir, config)
+    with tempfile.TemporaryDirectory(prefix="grm-bench-adapter-") as adapter_dir:
+        backend = load_engine(engine, model_dir, config, Path(adapter_dir))
+        return bench_loaded(engine, backend, config)
+
+
+def bench_loaded(engine: str, backend, config: SpeedConfig) -> dict:
     options = GenerationOptions(max_new_tokens=config.max_new_tokens)
     conversations = judge_messages(config.pairs)
     backend.generate_batch(conversations[:1], GenerationOptions(max_new_tokens=4))  # warm-up

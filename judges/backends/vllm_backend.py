@@ -21,6 +21,7 @@ from typing import Any
 
 from judges.backends import base
 from judges.backends.adapters import check_adapter_files, check_base_model
+from judges.backends.merged_lora import merged_model
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,12 @@ class VLLMBackend(base.Backend):
         max_model_len: int | None = None,
         kv_cache_gib: float | None = None,
         adapter_path: str | Path | None = None,
+        merge_adapter: bool | None = None,
         seed: int = 0,
         **engine_kwargs: Any,
     ) -> None:
+        """`merge_adapter`: load the adapter merged into the weights (None: on vLLM's CPU build,
+        whose LoRA kernels decode several times slower) or apply it as a LoRA request."""
         started = time.perf_counter()
         try:
             from vllm import EngineArgs, LLMEngine
@@ -59,18 +63,23 @@ class VLLMBackend(base.Backend):
         self.max_batch_size = max_batch_size
         self.adapter_path = Path(adapter_path) if adapter_path else None
         self._lora = None
+        engine_model = self.model_path
         if self.adapter_path is not None:
             # Config and safetensors header checked here (never unpickled): vLLM's own errors
             # for a corrupt adapter come late and deep in the engine.
             check_base_model(check_adapter_files(self.adapter_path), self.adapter_path, model_path)
-            self._lora = _lora_request(self.adapter_path)
-            engine_kwargs.setdefault("enable_lora", True)
-            engine_kwargs.setdefault("max_lora_rank", 64)
+            merge = _platform_is_cpu() if merge_adapter is None else merge_adapter
+            if merge:
+                engine_model = str(merged_model(self.adapter_path, Path(model_path)))
+            else:
+                self._lora = _lora_request(self.adapter_path)
+                engine_kwargs.setdefault("enable_lora", True)
+                engine_kwargs.setdefault("max_lora_rank", 64)
         kv_cache_gib = kv_cache_gib if kv_cache_gib is not None else _platform_kv_cache_gib()
         if kv_cache_gib is not None:
             engine_kwargs.setdefault("kv_cache_memory_bytes", int(kv_cache_gib * 2**30))
         args = EngineArgs(
-            model=self.model_path,
+            model=engine_model,
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
@@ -281,11 +290,16 @@ def _text(entry: Any, token_id: int, decode: Any) -> str:
     return decoded if decoded is not None else decode(token_id)
 
 
-def _platform_kv_cache_gib() -> float | None:
-    """CPU_KV_CACHE_GIB on vLLM's CPU build; None (vLLM sizes it from the GPU's memory) else."""
+def _platform_is_cpu() -> bool:
+    """Whether this vLLM is its CPU build."""
     from vllm.platforms import current_platform
 
-    return CPU_KV_CACHE_GIB if current_platform.is_cpu() else None
+    return current_platform.is_cpu()
+
+
+def _platform_kv_cache_gib() -> float | None:
+    """CPU_KV_CACHE_GIB on vLLM's CPU build; None (vLLM sizes it from the GPU's memory) else."""
+    return CPU_KV_CACHE_GIB if _platform_is_cpu() else None
 
 
 def _engine_tokenizer(engine: Any, model_path: str) -> Any:
