@@ -145,6 +145,7 @@ def train_and_judge(args, base_model: Path, rows: list[dict], seed: int, evals: 
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         lora_rank=args.lora_rank,
+        lora_layers=args.lora_layers,
         lora_alpha=2 * args.lora_rank,
         heldout_share=1 / len(rows),
         min_labels=2,
@@ -280,6 +281,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument(
+        "--lora-layers", type=int, default=None, help="LoRA on the last N blocks only"
+    )
     parser.add_argument("--pool-limit", type=int, default=None, help="a quick try: fewer pairs")
     parser.add_argument("--guard-limit", type=int, default=None, help="a quick try: fewer pairs")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_learning_curve.json")
@@ -292,8 +296,8 @@ def parse_args() -> argparse.Namespace:
 
 
 # What a run's figures depend on besides its place in the plan: a resumed run must match them.
-SETTINGS_KEYS = ("heldout", "epochs", "batch_size", "learning_rate", "lora_rank", "pool_limit",
-                 "guard_limit")  # fmt: skip
+SETTINGS_KEYS = ("heldout", "epochs", "batch_size", "learning_rate", "lora_rank", "lora_layers",
+                 "pool_limit", "guard_limit")  # fmt: skip
 
 
 def saved_runs(args: argparse.Namespace) -> list[dict]:

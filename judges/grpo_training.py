@@ -105,5 +105,5 @@ def grpo_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
         args=args,
         train_dataset=Dataset.from_list(inputs.rows),
         processing_class=inputs.tokenizer,
-        peft_config=None if is_peft(model) else lora_config(config),
+        peft_config=None if is_peft(model) else lora_config(config, model),
     )

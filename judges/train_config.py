@@ -56,6 +56,13 @@ class TrainConfig:
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (LoRA)."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r (a new adapter only)."})
+    lora_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA on the last N transformer blocks only (unset: all); the backward "
+            "pass stops at the lowest, so fewer train faster (a new adapter only)."
+        },
+    )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
     beta: float = field(default=0.1, metadata={"help": "DPO beta: how far from the reference."})
@@ -119,6 +126,7 @@ class TrainConfig:
             (self.max_steps is None or self.max_steps > 0, "max_steps must be positive"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.lora_rank >= 1, "lora_rank must be at least 1"),
+            (self.lora_layers is None or self.lora_layers >= 1, "lora_layers must be at least 1"),
             (self.learning_rate > 0, "learning_rate must be positive"),
             (0.0 < self.heldout_share < 1.0, "heldout_share must be between 0 and 1"),
             (self.max_prompt_tokens >= 64, "max_prompt_tokens must be at least 64"),

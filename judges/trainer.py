@@ -137,16 +137,38 @@ def load_trainable_model(base_model_path: Path, parent_adapter_path: str | Path 
     return PeftModel.from_pretrained(model, str(parent_adapter_path), is_trainable=True)
 
 
-def lora_config(config: TrainConfig) -> Any:
-    """The LoRA of a new adapter: every linear layer, at the run's rank."""
+def lora_config(config: TrainConfig, model: Any) -> Any:
+    """The LoRA of a new adapter at the run's rank: every linear layer of the model's last
+    `lora_layers` blocks (all blocks when unset). The backward pass stops at the lowest block
+    that has an adapter, so fewer blocks train faster."""
     from peft import LoraConfig
 
+    placement: dict[str, Any] = {"target_modules": "all-linear"}
+    blocks = model.config.num_hidden_layers
+    if config.lora_layers is not None and config.lora_layers < blocks:
+        placement = {  # PEFT takes a block list only with module names
+            "target_modules": block_linear_names(model),
+            "layers_to_transform": list(range(blocks - config.lora_layers, blocks)),
+        }
     return LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules="all-linear",
         task_type="CAUSAL_LM",
+        **placement,
+    )
+
+
+def block_linear_names(model: Any) -> list[str]:
+    """The names of the linear layers inside the transformer blocks (q_proj, ..., down_proj)."""
+    import torch
+
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and ".layers." in name
+        }
     )
 
 
@@ -178,7 +200,7 @@ def common_args(config: TrainConfig, work: Path, bf16: bool) -> dict[str, Any]:
 def _make_trainer(
     config: TrainConfig, model: Any, tokenizer: Any, dataset: Any, work: Path, bf16: bool
 ) -> Any:
-    peft_config = None if is_peft(model) else lora_config(config)
+    peft_config = None if is_peft(model) else lora_config(config, model)
     if config.method in (TrainingMethod.SFT, TrainingMethod.RFT):
         from trl import SFTConfig, SFTTrainer
 

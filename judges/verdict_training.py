@@ -17,7 +17,7 @@ from typing import Any
 
 from judges.protocols import get_protocol
 from judges.train_config import TrainConfig, TrainingRefused
-from judges.trainer import AdapterInputs
+from judges.trainer import AdapterInputs, lora_config
 from judges.training_data import TrainingRecord
 from judges.types import PairInput, Verdict
 from vocabulary import ProtocolName
@@ -118,7 +118,7 @@ def _model(
 ) -> Any:
     """The base model (bf16 where measured faster) with a trainable LoRA adapter; the adapter's
     own weights stay fp32 (PEFT upcasts them), so small updates are not rounded away."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     dtype = "bfloat16" if bf16 else "float32"
@@ -127,14 +127,7 @@ def _model(
     )
     if parent_adapter_path is not None:
         return PeftModel.from_pretrained(model, str(parent_adapter_path), is_trainable=True)
-    lora = LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
+    return get_peft_model(model, lora_config(config, model))
 
 
 class _LeftPadding:

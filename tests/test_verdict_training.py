@@ -5,7 +5,7 @@ adapter's weights move; on the real judge, training prompts are exactly what inf
 from __future__ import annotations
 
 import pytest
-from test_training import build_tiny_model, make_records, read_tensors, tiny_config
+from test_training import build_tiny_model, make_records, read_tensors, short_messages, tiny_config
 
 from judges.train import evaluation_options, plan_run
 from judges.train import main as train_main
@@ -67,6 +67,19 @@ def test_verdict_training_moves_the_adapter_weights(tiny_model, tmp_path) -> Non
     lora_b = [t for name, t in read_tensors(result.adapter_path).items() if "lora_B" in name]
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)
     assert result.steps == 2 and result.train_loss is not None and result.train_examples > 0
+
+
+@pytest.mark.parametrize("method", ["verdict", "sft"])
+def test_lora_layers_puts_the_adapter_on_the_last_blocks_only(tiny_model, tmp_path, method):
+    """lora_layers=1 on the tiny model's 2 blocks: every adapter weight is in block 1, trained."""
+    config = tiny_config(tmp_path, method=method, lora_layers=1)
+    result = train_main(plan_run(config, make_records()), tiny_model, build_messages=short_messages)
+    tensors = read_tensors(result.adapter_path)
+    blocks = {name.split(".layers.")[1].split(".")[0] for name in tensors}
+    modules = {name.split(".")[-3] for name in tensors}
+    assert blocks == {"1"}
+    assert modules == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert any(t.abs().sum() > 0 for name, t in tensors.items() if "lora_B" in name)
 
 
 def test_a_verdict_run_is_evaluated_where_it_was_trained(tmp_path) -> None:
