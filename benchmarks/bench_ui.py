@@ -2,6 +2,8 @@
 agree keystroke -> next pair on screen. Prints and saves benchmarks/results/bench_ui.json.
 
     .venv/bin/python benchmarks/bench_ui.py --runs 5
+    GRM_JUDGE_BACKEND=vllm .venv-vllm/bin/python benchmarks/bench_ui.py --output \
+        benchmarks/results/bench_ui_vllm.json    # the same app judging on vLLM's CPU build
 
 Launches the app in-process on a free loopback port over a fresh data directory (demo pairs,
 embedded SmolLM2 judge), drives Debian's Chromium through Playwright, and times everything in the
@@ -24,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.desk import CHROMIUM, CHROMIUM_ARGS, open_desk, pair_on_screen  # noqa: E402
+from vocabulary import BackendName  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_ui.json"
 
@@ -135,6 +138,7 @@ def main() -> None:
                         help="pause between a pair opening and the Judge click")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=96,
                         help="judge length (first-text latency does not depend on it)")  # fmt: skip
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -172,6 +176,7 @@ def main() -> None:
         "keys_pressed": [k for k, _ in keys],
         "read_ms_before_each_key": args.read_ms,
         "max_new_tokens": args.max_new_tokens,
+        "judge_backend": BackendName(services.settings.judge_backend).value,
         "judge_load_seconds": services.backend_load_seconds,
         "judge_threads": threads,
         "cpu_count": os.cpu_count(),
@@ -179,8 +184,8 @@ def main() -> None:
         "python": platform.python_version(),
         "seconds_total": round(time.perf_counter() - started, 1),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
