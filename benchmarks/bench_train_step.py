@@ -37,7 +37,7 @@ from judges.embedded import resolve_model_path  # noqa: E402
 from judges.train import load_tokenizer, plan_run  # noqa: E402
 from judges.train_config import TrainConfig  # noqa: E402
 from judges.trainer import use_bf16  # noqa: E402
-from judges.verdict_training import _LeftPadding, _model, verdict_rows  # noqa: E402
+from judges.verdict_training import _LeftPadding, _model, verdict_logits, verdict_rows  # noqa: E402
 from settings import load_settings  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_train_step.json"
@@ -81,8 +81,7 @@ def time_steps(base: Path, rows: list[dict], tokenizer, blocks: int, bf16: bool)
         batch = collate(rows[index : index + BATCH])
         labels = batch.pop("labels")
         start = time.perf_counter()
-        logits = model(**batch, logits_to_keep=1).logits[:, -1, :].float()
-        torch.nn.functional.cross_entropy(logits, labels).backward()
+        torch.nn.functional.cross_entropy(verdict_logits(model, batch), labels).backward()
         optimizer.step()
         optimizer.zero_grad()
         if index:  # the first batch warms up

@@ -4,14 +4,25 @@ adapter's weights move; on the real judge, training prompts are exactly what inf
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+import torch
 from test_training import build_tiny_model, make_records, read_tensors, short_messages, tiny_config
 
 from judges.train import evaluation_options, plan_run
 from judges.train import main as train_main
 from judges.trainer import load_tokenizer
 from judges.types import PairInput, Verdict
-from judges.verdict_training import _LeftPadding, letter_ids, verdict_prompt_text, verdict_rows
+from judges.verdict_training import (
+    _LeftPadding,
+    _model,
+    _trainer,
+    letter_ids,
+    verdict_logits,
+    verdict_prompt_text,
+    verdict_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +78,40 @@ def test_verdict_training_moves_the_adapter_weights(tiny_model, tmp_path) -> Non
     lora_b = [t for name, t in read_tensors(result.adapter_path).items() if "lora_B" in name]
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)
     assert result.steps == 2 and result.train_loss is not None and result.train_examples > 0
+
+
+def _eight_rows(tiny_model, tmp_path):
+    """Four labeled pairs in both orders: 8 rows of two lengths at least."""
+    tokenizer = load_tokenizer(tiny_model)
+    config = tiny_config(tmp_path, method="verdict", batch_size=8, max_steps=1, heldout_share=0.2)
+    records = [r | {"prompt": r["prompt"] + " and more" * i} for i, r in enumerate(make_records(5))]
+    plan = plan_run(config, records)
+    return config, tokenizer, verdict_rows(plan.training_side(), tokenizer, config)
+
+
+def test_verdict_logits_are_each_rows_last_position(tiny_model, tmp_path) -> None:
+    config, tokenizer, rows = _eight_rows(tiny_model, tmp_path)
+    batch = _LeftPadding(tokenizer.pad_token_id)(rows)
+    batch.pop("labels")
+    model = _model(config, tiny_model, None, bf16=False)
+    expected = model(**batch).logits[:, -1, :]  # every position's logits, the last kept
+    torch.testing.assert_close(verdict_logits(model, batch), expected.float())
+
+
+def test_an_accumulated_step_reports_the_mean_loss_of_all_its_rows(tiny_model, tmp_path):
+    """Batches of 4, accumulated 2 to a step: the step's loss is the mean cross-entropy of all
+    8 rows (the new adapter changes nothing before its first step), not twice it."""
+    config, tokenizer, rows = _eight_rows(tiny_model, tmp_path)
+    config = replace(config, batch_size=4, gradient_accumulation_steps=2)
+    assert len(rows) == 8
+    model = _model(config, tiny_model, None, bf16=False)
+    batch = _LeftPadding(tokenizer.pad_token_id)(rows)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(verdict_logits(model, batch), labels)
+    trainer = _trainer(config, rows, tokenizer, model, tmp_path)
+    trainer.train()
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(expected.item(), abs=1e-3)
 
 
 @pytest.mark.parametrize("method", ["verdict", "sft"])
