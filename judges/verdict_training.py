@@ -11,7 +11,8 @@ by the judge's own protocol, so training reads exactly the text inference reads.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,18 +125,44 @@ def verdict_logits(model: Any, inputs: dict[str, Any]) -> Any:
     contiguous, and under autograd the LM head then multiplies it by a copy of its whole weight
     per row (8 x 576 x 49152 values, 2.9 s of a 15 s forward at 874 tokens); an index gathers
     the rows first.
+
+    On a bf16 base the LoRA layers compute in bf16 too (`_lora_in_base_dtype`).
     """
     import torch
 
     last = torch.tensor([inputs["input_ids"].shape[1] - 1])
-    return model(**inputs, logits_to_keep=last).logits[:, -1, :].float()
+    with _lora_in_base_dtype(model):
+        logits = model(**inputs, logits_to_keep=last).logits
+    return logits[:, -1, :].float()
+
+
+@contextmanager
+def _lora_in_base_dtype(model: Any) -> Iterator[None]:
+    """On a bf16 base, run the LoRA layers under bf16 autocast with PEFT's input cast off.
+
+    PEFT casts each LoRA layer's input to its fp32 weights and adds an fp32 result to the bf16
+    one: per layer, two full-size activation copies to fp32 and one back. Under autocast the
+    small adapter weights are cast to bf16 instead, and they stay fp32 for the optimizer, so
+    small updates are still not rounded away. Measured on the embedded judge (batches of 8 real
+    verdict prompts, 2 cores): 0.41 -> 0.55 examples/s.
+    """
+    import torch
+    from peft.helpers import disable_input_dtype_casting
+
+    bf16 = model.dtype == torch.bfloat16
+    with (
+        torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16),
+        disable_input_dtype_casting(model, active=bf16),
+    ):
+        yield
 
 
 def _model(
     config: TrainConfig, base_model_path: Path, parent_adapter_path: str | Path | None, bf16: bool
 ) -> Any:
     """The base model (bf16 where measured faster) with a trainable LoRA adapter; the adapter's
-    own weights stay fp32 (PEFT upcasts them), so small updates are not rounded away."""
+    own weights stay fp32 (PEFT upcasts them), so small updates are not rounded away
+    (`_lora_in_base_dtype` computes with them in bf16)."""
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 

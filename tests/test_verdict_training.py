@@ -98,6 +98,33 @@ def test_verdict_logits_are_each_rows_last_position(tiny_model, tmp_path) -> Non
     torch.testing.assert_close(verdict_logits(model, batch), expected.float())
 
 
+def test_on_a_bf16_base_lora_computes_in_bf16_and_trains_fp32_weights(tiny_model, tmp_path):
+    """No fp32 copy of the activations in the LoRA layers (what made bf16 training slow), the
+    same logits as PEFT's fp32 path within bf16's precision, and fp32 adapter gradients."""
+    config, tokenizer, rows = _eight_rows(tiny_model, tmp_path)
+    batch = _LeftPadding(tokenizer.pad_token_id)(rows)
+    labels = batch.pop("labels")
+    model = _model(config, tiny_model, None, bf16=True)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a trained adapter: its path changes the logits
+            torch.nn.init.normal_(param, std=0.5)
+    lora_inputs = []
+    for name, module in model.named_modules():
+        if name.endswith("lora_A.default"):
+            module.register_forward_hook(lambda _m, args, _out: lora_inputs.append(args[0].dtype))
+    logits = verdict_logits(model, batch)
+    assert lora_inputs and set(lora_inputs) == {torch.bfloat16}
+    with torch.no_grad():
+        fp32_path = model(**batch).logits[:, -1, :].float()  # PEFT's own: LoRA in fp32
+    assert set(lora_inputs[len(lora_inputs) // 2 :]) == {torch.float32}
+    torch.testing.assert_close(logits, fp32_path, atol=0.1, rtol=0.05)
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    adapter = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert adapter and {p.dtype for p in adapter.values()} == {torch.float32}
+    assert {p.grad.dtype for p in adapter.values()} == {torch.float32}
+    assert all(p.grad.abs().sum() > 0 for n, p in adapter.items() if "lora_A" in n)
+
+
 def test_an_accumulated_step_reports_the_mean_loss_of_all_its_rows(tiny_model, tmp_path):
     """Batches of 4, accumulated 2 to a step: the step's loss is the mean cross-entropy of all
     8 rows (the new adapter changes nothing before its first step), not twice it."""
