@@ -66,6 +66,8 @@ def test_grm_train_wait_follows_the_run_to_a_registered_version(
     add_labeled_pairs(services, ["A", "B"] * 4)
     base_id = services.judge_version_id()
     command = ["train", "--wait", "--method", "sft", "--max-steps", "1", "--min-labels", "4"]
+    # A small step and no extra sampling: following the run is under test, not training.
+    command += ["--batch-size", "2", "--rft-samples", "0", "--max-target-tokens", "16"]
     assert cli.main(command) == 0, capsys.readouterr()
     out = capsys.readouterr().out
     run_id = int(re.search(r"training run (\d+) started", out).group(1))

@@ -19,14 +19,14 @@ from storage import queries
 from storage.importer import import_file
 
 
-@pytest.mark.slow  # starts the app and four client processes: about a minute
+@pytest.mark.slow  # starts the app and four client processes: about 45 s
 @pytest.mark.parametrize("backend", DB_BACKENDS)
 def test_no_acknowledged_label_is_lost_under_load(backend: str, tmp_path: Path) -> None:
     config = LoadConfig(
         db=backend,
         database_url=_postgres_url() if backend == "postgresql" else None,
         annotators=4,
-        duration=15,
+        duration=8,
         burst=5,
         judging=0,
         interval=1.0,
