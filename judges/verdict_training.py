@@ -143,8 +143,9 @@ def _lora_in_base_dtype(model: Any) -> Iterator[None]:
     PEFT casts each LoRA layer's input to its fp32 weights and adds an fp32 result to the bf16
     one: per layer, two full-size activation copies to fp32 and one back. Under autocast the
     small adapter weights are cast to bf16 instead, and they stay fp32 for the optimizer, so
-    small updates are still not rounded away. Measured on the embedded judge (batches of 8 real
-    verdict prompts, 2 cores): 0.41 -> 0.55 examples/s.
+    small updates are still not rounded away. Measured on the embedded judge, 2 cores: a loop of
+    steps on batches of 8 real verdict prompts 0.41 -> 0.55 examples/s; the learning curve's
+    300-label job 0.53 -> 0.59 (mean of 3 seeds).
     """
     import torch
     from peft.helpers import disable_input_dtype_casting
