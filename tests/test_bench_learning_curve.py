@@ -54,3 +54,51 @@ def test_the_base_cache_key_changes_with_the_pairs_judged(tmp_path: Path) -> Non
     assert key == bench.base_cache_key(tmp_path, {"heldout": (rows, None)}, rows[:1])
     assert key != bench.base_cache_key(tmp_path, {"heldout": (rows[:2], None)}, rows[:1])
     assert key != bench.base_cache_key(tmp_path, {"heldout": (rows, None)}, rows[1:2])
+
+
+def curve_run(order: str, labels: int, accuracy: float, p: float, guard: float) -> dict:
+    return {
+        "order": order,
+        "labels": labels,
+        "examples_per_s": 0.5 if labels == 300 else 0.25,
+        "train_and_eval_seconds": 1000.0 + labels,
+        "figures": {
+            "heldout": {"second_accuracy": accuracy, "p_value": p},
+            "LLMBar_Natural": {"difference": guard},
+        },
+    }
+
+
+def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -> None:
+    from benchmarks import curve_table
+
+    report: dict = {
+        "args": {"lora_layers": 20, "learning_rate": 3e-4, "lora_rank": 16, "batch_size": 8},
+        "base": {"heldout": 0.4},
+        "load_average_at_start": [0.5, 0.4, 0.3],
+        "load_average_at_end": [1.75, 1.7, 1.6],
+        "stopped_early": "stopped after seed 1",
+        "runs": [
+            curve_run("random", 300, 0.55, 0.04, 0.02),
+            curve_run("random", 100, 0.42, 0.7, -0.01),
+            curve_run("random", 300, 0.45, 0.6, 0.04),
+        ],
+    }
+    report["args"]["epochs"] = 1.0
+    small, large = curve_table.setting_rows("curve.json", report)
+    assert (small["N"], small["held-out per seed"], small["mean (gain)"]) == (
+        "100",
+        "0.420",
+        "0.420 (+2.0)",
+    )
+    assert large["held-out per seed"] == "0.550 / 0.450"
+    assert large["mean (gain)"] == "0.500 (+10.0)"
+    assert large["McNemar p per seed"] == "0.04 / 0.6"
+    assert large["LLMBar_Natural change"] == "+3.0"
+    assert (large["LoRA blocks"], large["lr"], large["examples/s"]) == ("20", "0.0003", "0.500")
+    assert (large["train + eval s"], large["load avg start / end"]) == ("1300", "0.50 / 1.75")
+    text = curve_table.markdown({"curve.json": report})
+    assert "| curve.json | random | 300 | 20 |" in text
+    assert "- `curve.json`: stopped after seed 1" in text
+    report["args"]["lora_layers"] = None
+    assert curve_table.setting_rows("curve.json", report)[0]["LoRA blocks"] == "all"
