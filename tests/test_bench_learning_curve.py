@@ -97,8 +97,14 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
     assert large["LLMBar_Natural change"] == "+3.0"
     assert (large["LoRA blocks"], large["lr"], large["examples/s"]) == ("20", "0.0003", "0.500")
     assert (large["train + eval s"], large["load avg start / end"]) == ("1300", "0.50 / 1.75")
-    text = curve_table.markdown({"curve.json": report})
+    loop = {
+        "training": {"method": "sft", "train_examples": 78, "examples_per_s": 0.1106},
+        "llmbar_natural_before": {"accuracy": 0.425, "n": 40},
+        "llmbar_natural_after": {"accuracy": 0.075, "n": 40},
+    }
+    text = curve_table.markdown({"curve.json": report}, {"loop.json": loop})
     assert "| curve.json | random | 300 | 20 |" in text
     assert "- `curve.json`: stopped after seed 1" in text
+    assert "| loop.json | sft | 78 | 0.111 | 0.425 -> 0.075 (40 pairs) |" in text
     report["args"]["lora_layers"] = None
     assert curve_table.setting_rows("curve.json", report)[0]["LoRA blocks"] == "all"
