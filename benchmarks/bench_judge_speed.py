@@ -5,11 +5,13 @@ batched.
 Run: .venv/bin/python benchmarks/bench_judge_speed.py [--pairs 8] [--max-new-tokens 192]
      [--rounds 2] [--engines transformers:float32,transformers:bfloat16,llamacpp,vllm:2]
 Engines: `transformers:DTYPE` (the transformers backend on the embedded model converted to
-safetensors), `llamacpp[:THREADS]` (llama.cpp on the embedded GGUF itself; without THREADS
-it measures its own, as the app does) and `vllm[:THREADS]` (vLLM's CPU build on the same
-safetensors, in bf16 with its compiled graphs; without THREADS its worker leaves a core free for
-the engine's own loop, as vLLM does by default; it lives in .venv-vllm, `make install-vllm`,
-so this script runs itself there for that engine and takes its figures into the same report).
+safetensors), `llamacpp[:THREADS]` (llama.cpp on the embedded GGUF as the app runs it: a
+BF16 copy on a CPU with native bf16, else the shipped file; without THREADS it measures its
+own, as the app does), `llamacpp-shipped[:THREADS]` (the Q4_1 file as the wheel ships it)
+and `vllm[:THREADS]` (vLLM's CPU build on the same safetensors, in bf16 with its compiled
+graphs; without THREADS its worker leaves a core free for the engine's own loop, as vLLM does
+by default; it lives in .venv-vllm, `make install-vllm`, so this script runs itself there for
+that engine and takes its figures into the same report).
 An engine name ending in `+lora` judges with an adapter shaped like retraining's (rank 16 on
 every linear layer) applied as LoRA; `vllm+merged` loads it merged into the weights, as the app
 does on vLLM's CPU build (its load time then includes the merge).
@@ -58,12 +60,19 @@ class SpeedConfig:
         "transformers:float32",
         "transformers:bfloat16",
         "llamacpp",
+        "llamacpp-shipped",
         "llamacpp:2",
         "llamacpp:1",
         "vllm",
         "vllm:2",
     )
-    full_engines: tuple[str, ...] = ("transformers:float32", "llamacpp", "vllm", "vllm:2")
+    full_engines: tuple[str, ...] = (
+        "transformers:float32",
+        "llamacpp",
+        "llamacpp-shipped",
+        "vllm",
+        "vllm:2",
+    )
     model_dir: str | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     output: str = str(RESULTS)
@@ -159,12 +168,15 @@ def load_engine(engine: str, model_dir: Path, config: SpeedConfig, adapter_dir: 
         return TransformersBackend(
             model_dir, dtype=arg, max_batch_size=config.batch_size, adapter_path=adapter_path
         )
-    if kind == "llamacpp":
-        from judges.backends.llamacpp_backend import LlamaCppBackend
+    if kind in ("llamacpp", "llamacpp-shipped"):
+        from judges.backends.llamacpp_backend import LlamaCppBackend, fastest_embedded_gguf
         from judges.embedded import embedded_gguf_path
 
+        gguf = embedded_gguf_path()  # llamacpp-shipped: the Q4_1 file as the wheel ships it
+        if kind == "llamacpp":  # the file the app runs on this CPU
+            gguf = fastest_embedded_gguf(gguf, load_settings().model_cache)
         threads = int(arg or 0) or None
-        return LlamaCppBackend(embedded_gguf_path(), model_dir, threads, adapter_path=adapter_path)
+        return LlamaCppBackend(gguf, model_dir, threads, adapter_path=adapter_path)
     if kind == "vllm":
         from judges.backends.vllm_backend import VLLMBackend
 
@@ -180,7 +192,9 @@ def load_engine(engine: str, model_dir: Path, config: SpeedConfig, adapter_dir: 
             adapter_path=adapter_path,
             merge_adapter=adapter == "merged" if adapter else None,
         )
-    raise SystemExit(f"unknown engine {engine!r}: transformers:DTYPE, llamacpp:THREADS or vllm")
+    raise SystemExit(
+        f"unknown engine {engine!r}: transformers:DTYPE, llamacpp[-shipped]:THREADS or vllm"
+    )
 
 
 # An engine name may end in +lora (the adapter applied as LoRA) or +merged (vLLM: merged into

@@ -85,7 +85,7 @@ def convert_gguf(gguf_path: Path, model_cache: Path, name: str | None = None) ->
     place when complete, so a crash never leaves a half model where a reader would find it.
     """
     gguf_path = Path(gguf_path).resolve()
-    target = Path(model_cache).expanduser() / f"{name or gguf_path.stem}-{_content_key(gguf_path)}"
+    target = Path(model_cache).expanduser() / f"{name or gguf_path.stem}-{content_key(gguf_path)}"
     if (target / MARKER_FILE).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def convert_gguf(gguf_path: Path, model_cache: Path, name: str | None = None) ->
     return target
 
 
-def _content_key(path: Path) -> str:
+def content_key(path: Path) -> str:
     """A cheap fingerprint: size plus the file's first 4 MiB (header and metadata live there)."""
     digest = hashlib.sha256(str(path.stat().st_size).encode())
     with path.open("rb") as handle:

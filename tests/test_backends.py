@@ -174,7 +174,7 @@ def test_conversion_replaces_leftovers_of_a_crashed_one(fake_gguf, tmp_path, mon
     cache = tmp_path / "cache"
     calls: list = []
     monkeypatch.setattr(embedded, "_convert_into", _fake_convert(calls))
-    target = cache / f"tiny-{embedded._content_key(fake_gguf)}"
+    target = cache / f"tiny-{embedded.content_key(fake_gguf)}"
     (cache / f".{target.name}.tmp-crashed").mkdir(parents=True)
     target.mkdir()  # no marker: an incomplete directory from an older, non-atomic writer
     assert embedded.convert_gguf(fake_gguf, cache) == target

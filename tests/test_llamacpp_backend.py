@@ -16,12 +16,17 @@ from tests.engine_checks import GREEDY, MESSAGES, PREFIX, collect, make_strong_a
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def llamacpp(embedded_model_dir):
-    from judges.backends.llamacpp_backend import LlamaCppBackend
+@pytest.fixture(scope="module", params=["shipped", "bf16"])
+def llamacpp(request, embedded_model_dir, tmp_path_factory):
+    """llama.cpp on the GGUF as shipped (Q4_1) and on its BF16 copy (what the app runs on a CPU
+    with native bf16): every test of this module holds for both."""
+    from judges.backends.llamacpp_backend import LlamaCppBackend, bf16_copy
     from judges.embedded import embedded_gguf_path
 
-    backend = LlamaCppBackend(embedded_gguf_path(), embedded_model_dir)
+    gguf = embedded_gguf_path()
+    if request.param == "bf16":
+        gguf = bf16_copy(gguf, tmp_path_factory.mktemp("bf16-copy"))
+    backend = LlamaCppBackend(gguf, embedded_model_dir)
     yield backend
     backend.close()
 
@@ -100,7 +105,6 @@ def test_a_retrained_adapter_judges_on_llamacpp_as_on_transformers(
     from judges.backends.gguf_lora import GGUF_FILE
     from judges.backends.llamacpp_backend import LlamaCppBackend
     from judges.backends.transformers_backend import TransformersBackend
-    from judges.embedded import embedded_gguf_path
 
     request = [(MESSAGES, PREFIX)]
     # fp32: bf16's logits are too coarse for a reference (A and B can round to one value).
@@ -112,7 +116,7 @@ def test_a_retrained_adapter_judges_on_llamacpp_as_on_transformers(
     finally:
         plain_hf.close()
         tuned_hf.close()
-    tuned = LlamaCppBackend(embedded_gguf_path(), embedded_model_dir, adapter_path=strong_adapter)
+    tuned = LlamaCppBackend(llamacpp.gguf_path, embedded_model_dir, adapter_path=strong_adapter)
     try:
         got = tuned.next_token_logprobs(request, top_k=5)[0]
         assert tuned.model_name.endswith(f"+{strong_adapter.name}")
@@ -133,11 +137,10 @@ def test_the_adapter_changes_the_judge_and_a_pickle_is_never_loaded(
     import shutil
 
     from judges.backends.llamacpp_backend import LlamaCppBackend
-    from judges.embedded import embedded_gguf_path
 
     request = [(MESSAGES, PREFIX)]
     base = llamacpp.next_token_logprobs(request)[0]
-    tuned = LlamaCppBackend(embedded_gguf_path(), embedded_model_dir, adapter_path=strong_adapter)
+    tuned = LlamaCppBackend(llamacpp.gguf_path, embedded_model_dir, adapter_path=strong_adapter)
     try:
         changed = tuned.next_token_logprobs(request)[0]
     finally:
@@ -148,7 +151,7 @@ def test_the_adapter_changes_the_judge_and_a_pickle_is_never_loaded(
     (pickled / "adapter_model.safetensors").unlink()
     (pickled / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
     with pytest.raises(BackendError, match="pickle weights"):
-        LlamaCppBackend(embedded_gguf_path(), embedded_model_dir, adapter_path=pickled)
+        LlamaCppBackend(llamacpp.gguf_path, embedded_model_dir, adapter_path=pickled)
 
 
 def test_the_settings_choose_llamacpp_with_the_embedded_gguf(tmp_path):
@@ -169,16 +172,67 @@ def test_threads_are_measured_once_unless_the_settings_name_them(llamacpp, embed
 
     from judges.backends import llamacpp_backend
     from judges.backends.llamacpp_backend import LlamaCppBackend
-    from judges.embedded import embedded_gguf_path
 
     cores = os.cpu_count()
     assert set(llamacpp.threads) <= {1, cores}
-    measured = llamacpp_backend._MEASURED_THREADS[(embedded_gguf_path().name, cores)]
+    measured = llamacpp_backend._MEASURED_THREADS[(llamacpp.gguf_path.name, cores)]
     assert llamacpp.threads == measured
-    named = LlamaCppBackend(embedded_gguf_path(), embedded_model_dir, threads=1)
+    named = LlamaCppBackend(llamacpp.gguf_path, embedded_model_dir, threads=1)
     try:
         assert named.threads == (1, 1)
         _, summary = collect(named, MESSAGES)
         assert summary.text  # and it still judges
     finally:
         named.close()
+
+
+def test_the_bf16_copy_holds_the_shipped_weights_rounded_to_bf16(tmp_path):
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize
+
+    from judges.backends.llamacpp_backend import bf16_copy
+    from judges.embedded import embedded_gguf_path
+
+    copy_path = bf16_copy(embedded_gguf_path(), tmp_path)
+    shipped = {t.name: t for t in GGUFReader(embedded_gguf_path()).tensors}
+    copied = GGUFReader(copy_path).tensors
+    assert sorted(t.name for t in copied) == sorted(shipped)
+    for tensor in copied:
+        source = shipped[tensor.name]
+        if len(tensor.shape) > 1:  # matrices: bf16; norms (1-D) stay f32
+            assert tensor.tensor_type == GGMLQuantizationType.BF16, tensor.name
+        want = dequantize(source.data, source.tensor_type)
+        got = dequantize(tensor.data, tensor.tensor_type)
+        np.testing.assert_allclose(got, want, rtol=2**-8, atol=1e-30, err_msg=tensor.name)
+    written = copy_path.stat().st_mtime_ns
+    assert bf16_copy(embedded_gguf_path(), tmp_path) == copy_path  # made once
+    assert copy_path.stat().st_mtime_ns == written
+
+
+def test_a_failed_bf16_copy_leaves_nothing_to_read(tmp_path, monkeypatch):
+    from judges.backends import llamacpp_backend
+    from judges.embedded import embedded_gguf_path
+
+    def half_written(source, target, file_type):
+        target.write_bytes(b"GGUF half")
+        raise BackendError("disk full")
+
+    monkeypatch.setattr(llamacpp_backend, "_requantize", half_written)
+    with pytest.raises(BackendError, match="disk full"):
+        llamacpp_backend.bf16_copy(embedded_gguf_path(), tmp_path)
+    assert [p.name for p in tmp_path.rglob("*") if p.suffix != ".lock" and p.is_file()] == []
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_the_app_runs_the_bf16_copy_only_where_the_cpu_has_bf16(native_bf16, tmp_path, monkeypatch):
+    from judges.backends import _llamacpp_args, transformers_backend
+    from judges.backends.llamacpp_backend import bf16_copy
+    from judges.embedded import embedded_gguf_path
+    from settings import load_settings
+
+    monkeypatch.setattr(transformers_backend, "cpu_has_native_bf16", lambda: native_bf16)
+    settings = load_settings(home=tmp_path, judge_backend="llamacpp")
+    chosen = _llamacpp_args(settings, {})["gguf_path"]
+    shipped = embedded_gguf_path()
+    assert chosen == (bf16_copy(shipped, settings.model_cache) if native_bf16 else shipped)

@@ -67,6 +67,7 @@ def _transformers_args(settings: Settings, overrides: dict[str, Any]) -> dict[st
 def _llamacpp_args(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
     """The GGUF itself (the embedded one, or GRM_JUDGE_MODEL's .gguf) and, for its chat
     template, the converted model directory the other local backends read."""
+    from judges.backends.llamacpp_backend import fastest_embedded_gguf
     from judges.embedded import ModelNotFoundError, embedded_gguf_path
 
     model = settings.judge_model
@@ -76,7 +77,10 @@ def _llamacpp_args(settings: Settings, overrides: dict[str, Any]) -> dict[str, A
             "(use the transformers backend for a model directory)"
         )
     try:
-        gguf = Path(model) if model else embedded_gguf_path()
+        if model:  # the person's own GGUF runs as it is
+            gguf = Path(model)
+        else:
+            gguf = fastest_embedded_gguf(embedded_gguf_path(), settings.model_cache)
     except ModelNotFoundError as exc:
         raise BackendError(str(exc)) from exc
     return {
