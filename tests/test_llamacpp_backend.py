@@ -222,6 +222,13 @@ def test_a_failed_bf16_copy_leaves_nothing_to_read(tmp_path, monkeypatch):
     with pytest.raises(BackendError, match="disk full"):
         llamacpp_backend.bf16_copy(embedded_gguf_path(), tmp_path)
     assert [p.name for p in tmp_path.rglob("*") if p.suffix != ".lock" and p.is_file()] == []
+    # What a killed copy left (its temporary file) is deleted by the next one
+    monkeypatch.undo()
+    (directory,) = tmp_path.iterdir()
+    killed = directory / f".{embedded_gguf_path().stem}.bf16.gguf.tmp-999999"
+    killed.write_bytes(b"GGUF half")
+    made = llamacpp_backend.bf16_copy(embedded_gguf_path(), tmp_path)
+    assert sorted(p.name for p in directory.iterdir()) == sorted([made.name, made.name + ".lock"])
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])

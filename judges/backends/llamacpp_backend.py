@@ -353,7 +353,8 @@ def fastest_embedded_gguf(gguf_path: Path, model_cache: Path) -> Path:
 def bf16_copy(gguf_path: Path, model_cache: Path) -> Path:
     """A BF16 copy of `gguf_path` in `model_cache`, made once per file content: the same
     dequantized values the transformers backend reads in bf16. Made under a file lock into a
-    temporary file renamed into place, so a crash never leaves half a model to be read."""
+    temporary file renamed into place, so a crash never leaves half a model to be read (and
+    the next copy deletes what a killed one left)."""
     from filelock import FileLock
 
     from judges.embedded import content_key
@@ -365,13 +366,16 @@ def bf16_copy(gguf_path: Path, model_cache: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if not target.is_file():  # another process may have made it while we waited
-            partial = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-            try:
-                _requantize(gguf_path, partial, BF16_FILE_TYPE)
-                os.replace(partial, target)
-            finally:
-                partial.unlink(missing_ok=True)
+        if target.is_file():  # another process made it while we waited
+            return target
+        for leftover in target.parent.glob(f".{target.name}.tmp-*"):
+            leftover.unlink()
+        partial = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            _requantize(gguf_path, partial, BF16_FILE_TYPE)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
     log.info("made a bf16 copy of %s at %s", gguf_path.name, target)
     return target
 
