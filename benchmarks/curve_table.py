@@ -16,13 +16,16 @@ benchmarks/results/learning_curve_settings.md.
 from __future__ import annotations
 
 import json
-import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import bench_learning_curve as curve  # noqa: E402
+
+RESULTS = curve.RESULTS
 OUT = RESULTS / "learning_curve_settings.md"
-GUARD = "LLMBar_Natural"
+GUARD = curve.GUARD
 NOTES = ("trial", "stopped_early")
 COLUMNS = (
     "file", "order", "N", "LoRA blocks", "lr", "rank", "batch", "epochs", "held-out per seed",
@@ -32,16 +35,15 @@ COLUMNS = (
 
 
 def setting_rows(name: str, report: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per (label order, N) of one results file, seeds in the order they ran."""
-    args, base = report["args"], report["base"]["heldout"]
-    points = sorted({(r["order"], r["labels"]) for r in report["runs"]}, key=lambda p: p[1])
+    """One row per (label order, N) of one results file, seeds in the order they ran; the
+    means are bench_learning_curve's own summary of those runs."""
+    args = report["args"]
+    points = sorted({(r["order"], r["labels"]) for r in report["runs"]}, key=lambda p: (p[1], p[0]))
     rows = []
     for order, size in points:
         runs = [r for r in report["runs"] if (r["order"], r["labels"]) == (order, size)]
-        held = [r["figures"]["heldout"] for r in runs]
-        mean = statistics.mean(h["second_accuracy"] for h in held)
-        guard = statistics.mean(r["figures"][GUARD]["difference"] for r in runs)
-        seconds = statistics.mean(r["train_and_eval_seconds"] for r in runs)
+        summary = curve._summary_of(report, "", order, size, runs)
+        accuracies = [r["figures"]["heldout"]["second_accuracy"] for r in runs]
         rows.append(
             {
                 "file": name,
@@ -52,12 +54,12 @@ def setting_rows(name: str, report: dict[str, Any]) -> list[dict[str, str]]:
                 "rank": str(args["lora_rank"]),
                 "batch": str(args["batch_size"]),
                 "epochs": f"{args['epochs']:g}",
-                "held-out per seed": " / ".join(f"{h['second_accuracy']:.3f}" for h in held),
-                "mean (gain)": f"{mean:.3f} ({100 * (mean - base):+.1f})",
-                "McNemar p per seed": " / ".join(f"{h['p_value']:.3g}" for h in held),
-                f"{GUARD} change": f"{100 * guard:+.1f}",
-                "examples/s": f"{statistics.mean(r['examples_per_s'] for r in runs):.3f}",
-                "train + eval s": f"{seconds:.0f}",
+                "held-out per seed": " / ".join(f"{a:.3f}" for a in accuracies),
+                "mean (gain)": f"{summary['accuracy']:.3f} ({summary['gain_points']:+.1f})",
+                "McNemar p per seed": " / ".join(f"{p:.3g}" for p in summary["p_values_per_seed"]),
+                f"{GUARD} change": f"{summary['llmbar_natural_delta_points']:+.1f}",
+                "examples/s": f"{summary['examples_per_s']:.3f}",
+                "train + eval s": f"{summary['train_and_eval_seconds']:.0f}",
                 "load avg start / end": _load(report),
             }
         )

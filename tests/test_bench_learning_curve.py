@@ -63,7 +63,12 @@ def curve_run(order: str, labels: int, accuracy: float, p: float, guard: float) 
         "examples_per_s": 0.5 if labels == 300 else 0.25,
         "train_and_eval_seconds": 1000.0 + labels,
         "figures": {
-            "heldout": {"second_accuracy": accuracy, "p_value": p},
+            "heldout": {
+                "second_accuracy": accuracy,
+                "p_value": p,
+                "difference_ci_low": -0.05,
+                "difference_ci_high": 0.2,
+            },
             "LLMBar_Natural": {"difference": guard},
         },
     }
@@ -74,7 +79,7 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
 
     report: dict = {
         "args": {"lora_layers": 20, "learning_rate": 3e-4, "lora_rank": 16, "batch_size": 8},
-        "base": {"heldout": 0.4},
+        "base": {"heldout": 0.4, "LLMBar_Natural": 0.5},
         "load_average_at_start": [0.5, 0.4, 0.3],
         "load_average_at_end": [1.75, 1.7, 1.6],
         "stopped_early": "stopped after seed 1",
