@@ -78,6 +78,9 @@ def _judge_options(args: argparse.Namespace, settings):
         k=args.k,
         swap=args.swap,
         temperature=args.temperature if args.temperature is not None else settings.temperature,
+        repetition_penalty=args.repetition_penalty
+        if args.repetition_penalty is not None
+        else settings.repetition_penalty,
         max_new_tokens=args.max_new_tokens or settings.max_new_tokens,
         **({"aggregate": args.aggregate} if args.aggregate else {}),
     )
@@ -525,6 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
         "log-odds, score difference or P(Yes)) or by a vote of stated verdicts (vote)",
     )
     judge.add_argument("--temperature", type=float)
+    judge.add_argument(
+        "--repetition-penalty",
+        type=float,
+        help="make tokens already in the prompt or the answer less likely (1: off; default 1.1)",
+    )
     judge.add_argument("--max-new-tokens", type=int)
     judge.add_argument("--limit", type=int)
     judge.add_argument(

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from vocabulary import DEFAULT_MAX_NEW_TOKENS, BackendName, ProtocolName
+from vocabulary import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPETITION_PENALTY, BackendName, ProtocolName
 
 
 def _default_model_cache() -> Path:
@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     judge_protocol: ProtocolName = ProtocolName.PAIRWISE
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
+    repetition_penalty: float = DEFAULT_REPETITION_PENALTY
     judge_batch_size: int = 8
     judge_threads: int | None = None  # the local judge's CPU threads while serving; None: cores - 1
     # vLLM's own parallelism and scheduler, passed through (a multi-GPU box splits the model

@@ -94,3 +94,11 @@ class QueueOrder(Name):
 
 # New tokens a judge may write when nothing else is said (settings, options, backends).
 DEFAULT_MAX_NEW_TOKENS = 320
+
+# The judge's repetition penalty when nothing else is said. Greedy decoding of the embedded
+# 135M judge falls into loops that repeat one line until max_new_tokens, often a line quoting
+# the prompt ("The answer to the question "Which response answers the question better?" is
+# ..."). On 12 LLMBar_Natural pairs, both orders, prompt v3: 6.8% of the judgments' words were
+# copied from the prompt without a penalty, 0.3% with 1.1 (bench_judge_accuracy.py has the
+# 100-pair figures). 1.1 is the mildest customary value (llama.cpp's long-time default).
+DEFAULT_REPETITION_PENALTY = 1.1

@@ -23,7 +23,7 @@ from judges.prompts import PROMPTS
 from judges.protocols import PROBE_TOP_K, Probe, ProbeResult, Protocol, get_protocol
 from judges.scaling import aggregate, unswap
 from judges.types import AggregateJudgment, Aggregation, Judgment, PairInput, Section
-from vocabulary import DEFAULT_MAX_NEW_TOKENS, ProtocolName
+from vocabulary import DEFAULT_MAX_NEW_TOKENS, DEFAULT_REPETITION_PENALTY, ProtocolName
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class JudgeOptions(BaseModel):
     k: int = Field(1, ge=1, le=64)
     swap: bool = False
     temperature: float = Field(0.0, ge=0.0, le=2.0)
+    repetition_penalty: float = Field(DEFAULT_REPETITION_PENALTY, ge=1.0, le=2.0)
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=32768)
     seed: int = 0
     logprobs: bool = True
@@ -91,6 +92,10 @@ class JudgeOptions(BaseModel):
         return base.GenerationOptions(
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
+            # A backend that cannot apply a penalty (an OpenAI-compatible server) decodes as is.
+            repetition_penalty=(
+                self.repetition_penalty if backend.supports_repetition_penalty else 1.0
+            ),
             seed=self.seed + sample_index,
             top_logprobs=TOP_LOGPROBS if wants_logprobs else 0,
         )

@@ -53,6 +53,7 @@ class Judging:
             options=JudgeOptions(
                 protocol=settings.judge_protocol,
                 temperature=settings.temperature,
+                repetition_penalty=settings.repetition_penalty,
                 max_new_tokens=settings.max_new_tokens,
             ),
         )

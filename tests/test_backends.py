@@ -252,6 +252,18 @@ def test_stream_reports_length_when_max_new_tokens_is_hit(embedded_backend):
 
 
 @pytest.mark.slow
+def test_the_penalty_changes_the_choice_not_the_reported_logprobs(embedded_backend):
+    """transformers applies the penalty (its own processor); the log-probs stay the model's."""
+    options = GenerationOptions(max_new_tokens=16, top_logprobs=3)
+    plain = embedded_backend.generate_batch([CONVERSATIONS[1]], options)[0]
+    penalized = embedded_backend.generate_batch(
+        [CONVERSATIONS[1]], options.model_copy(update={"repetition_penalty": 2.0})
+    )[0]
+    assert penalized.text != plain.text
+    assert penalized.token_logprobs[0].top == pytest.approx(plain.token_logprobs[0].top)
+
+
+@pytest.mark.slow
 def test_batched_output_equals_unbatched_under_greedy(embedded_backend):
     options = GenerationOptions(max_new_tokens=24)
     conversations = CONVERSATIONS[:4]  # prompts of four different lengths; some stop early
@@ -446,13 +458,24 @@ def test_vllm_sampling_kwargs():
     from judges.backends.vllm_backend import sampling_kwargs
 
     greedy = sampling_kwargs(GenerationOptions(max_new_tokens=9, top_p=0.5))
-    assert greedy == {"max_tokens": 9, "temperature": 0.0, "top_p": 1.0, "seed": None}
-    sampled = sampling_kwargs(GenerationOptions(temperature=0.7, top_p=0.9, seed=3, top_logprobs=5))
+    assert greedy == {
+        "max_tokens": 9,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": None,
+        "repetition_penalty": 1.0,
+    }
+    sampled = sampling_kwargs(
+        GenerationOptions(
+            temperature=0.7, top_p=0.9, seed=3, top_logprobs=5, repetition_penalty=1.1
+        )
+    )
     assert sampled == {
         "max_tokens": 320,
         "temperature": 0.7,
         "top_p": 0.9,
         "seed": 3,
+        "repetition_penalty": 1.1,
         "logprobs": 5,
     }
 

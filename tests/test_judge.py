@@ -12,6 +12,7 @@ from judges.backends.base import TokenLogprob
 from judges.judge import SAMPLING_TEMPERATURE, JudgeOptions, judge_pairs, stream_judgment
 from judges.protocols import get_protocol, question_prefix, verdict_prefix
 from judges.types import PairInput, Section, Status, Verdict
+from vocabulary import DEFAULT_REPETITION_PENALTY
 
 GOOD = (
     "Principles: Be correct.\nCritique: Response A is wrong. Response B is right.\nVerdict: [[B]]"
@@ -114,6 +115,19 @@ def test_k_samples_use_their_own_seeds_and_a_sampling_temperature() -> None:
     list(stream_judgment(backend, PAIR, options))
     assert [o.seed for _, o in backend.streamed] == [10, 11, 12]
     assert {o.temperature for _, o in backend.streamed} == {SAMPLING_TEMPERATURE}
+
+
+def test_the_penalty_reaches_backends_that_apply_it_and_no_others() -> None:
+    options = JudgeOptions(repetition_penalty=1.3)
+    applies, cannot = FakeBackend([GOOD]), FakeBackend([GOOD])
+    applies.supports_repetition_penalty = True
+    list(stream_judgment(applies, PAIR, options))
+    list(stream_judgment(cannot, PAIR, options))
+    assert applies.streamed[0][1].repetition_penalty == 1.3
+    assert cannot.streamed[0][1].repetition_penalty == 1.0  # an OpenAI server would refuse it
+    assert JudgeOptions().repetition_penalty == DEFAULT_REPETITION_PENALTY
+    with pytest.raises(ValidationError):
+        JudgeOptions(repetition_penalty=0.9)  # below 1 would favour repeating
 
 
 # --- options --------------------------------------------------------------------------------------

@@ -5,13 +5,17 @@ PEFT in the transformers layout) changes llama.cpp's judge exactly as it changes
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from judges.backends.base import BackendError, GenerationOptions
 from tests.engine_checks import GREEDY, MESSAGES, PREFIX, collect, make_strong_adapter
+from vocabulary import DEFAULT_REPETITION_PENALTY
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +95,47 @@ def test_sampling_with_a_seed_repeats_and_differs_from_greedy(llamacpp):
     texts = {collect(llamacpp, MESSAGES, sampled.model_copy(update={"seed": s}))[1].text
              for s in range(4)}  # fmt: skip
     assert len(texts) > 1
+
+
+def _most_repeated_line(text: str) -> int:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return max(Counter(lines).values(), default=0)
+
+
+def test_the_repetition_penalty_breaks_the_judges_loop(llamacpp, llmbar_dir):
+    """Greedy, the embedded judge writes one line over and over on this LLMBar pair (17 times in
+    320 tokens when measured); the default penalty makes it write on instead."""
+    from judges.judge import JudgeOptions, judge_pairs
+    from judges.types import PairInput
+
+    row = json.loads((llmbar_dir / "LLMBar_Natural.jsonl").read_text().splitlines()[2])
+    pair = PairInput(row["input"], row["output_1"], row["output_2"])
+    options = JudgeOptions(prompt_version="pairwise-v3", max_new_tokens=160, logprobs=False)
+    assert options.repetition_penalty == DEFAULT_REPETITION_PENALTY > 1.0
+    unpenalized = options.model_copy(update={"repetition_penalty": 1.0})
+    texts = [
+        judge_pairs(llamacpp, [pair], o)[0].samples[0].raw_text for o in (unpenalized, options)
+    ]
+    assert _most_repeated_line(texts[0]) >= 4, texts[0]
+    assert _most_repeated_line(texts[1]) <= 2, texts[1]
+
+
+def test_the_penalty_changes_the_choice_not_the_reported_logprobs(llamacpp):
+    _, plain = collect(llamacpp, MESSAGES, GREEDY)
+    _, penalized = collect(
+        llamacpp, MESSAGES, GREEDY.model_copy(update={"repetition_penalty": 2.0})
+    )
+    assert penalized.text != plain.text
+    close_tables(plain.token_logprobs[0].top, penalized.token_logprobs[0].top, tolerance=0.05)
+
+
+def test_penalized_logits_follow_the_transformers_rule():
+    from judges.backends.llamacpp_backend import _penalized
+
+    logits = np.array([2.0, -1.0, 3.0, 0.5])
+    assert _penalized(logits, {0, 1}, 2.0).tolist() == [1.0, -2.0, 3.0, 0.5]
+    assert _penalized(logits, {0, 1}, 1.0) is logits
+    assert logits.tolist() == [2.0, -1.0, 3.0, 0.5]  # the model's own logits are not changed
 
 
 def test_a_prompt_longer_than_the_context_is_refused(llamacpp):

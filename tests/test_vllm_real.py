@@ -110,6 +110,17 @@ def test_streamed_pieces_are_the_text_with_each_tokens_logprobs(tuned_vllm):
         assert step.logprob <= 0
 
 
+def test_the_penalty_changes_the_choice_not_the_reported_logprobs(tuned_vllm):
+    _, plain = collect(tuned_vllm, MESSAGES)
+    stronger = GREEDY.model_copy(update={"repetition_penalty": 2.0})
+    _, penalized = collect(tuned_vllm, MESSAGES, stronger)
+    assert penalized.text != plain.text
+    first, reference = penalized.token_logprobs[0].top, plain.token_logprobs[0].top
+    assert first.keys() == reference.keys()  # the model's own table, not the penalized one
+    for token in first:
+        assert first[token] == pytest.approx(reference[token], abs=BF16_TOLERANCE)
+
+
 def test_a_batch_gives_each_conversation_its_own_greedy_answer(tuned_vllm):
     others = [
         [MESSAGES[0], {"role": "user", "content": "Say hello in French."}],

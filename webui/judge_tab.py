@@ -30,6 +30,7 @@ class JudgeFields:
     k: gr.Slider
     swap: gr.Checkbox
     temperature: gr.Slider
+    repetition_penalty: gr.Slider
     max_new_tokens: gr.Slider
     status: gr.HTML
 
@@ -37,7 +38,7 @@ class JudgeFields:
         """The settings in `JudgeHandlers.apply`'s order (the API's /configure_judge)."""
         return [
             *(self.backend, self.model, self.protocol, self.k, self.swap),
-            *(self.temperature, self.max_new_tokens),
+            *(self.temperature, self.repetition_penalty, self.max_new_tokens),
         ]
 
 
@@ -54,6 +55,7 @@ class JudgeHandlers(TabHandlers[JudgeFields]):
         k: float,
         swap: bool,
         temperature: float,
+        repetition_penalty: float,
         max_new_tokens: float,
     ) -> str:
         """Use these settings for every judgment from now on (everyone shares one judge)."""
@@ -65,6 +67,7 @@ class JudgeHandlers(TabHandlers[JudgeFields]):
                 k=int(k),
                 swap=bool(swap),
                 temperature=float(temperature),
+                repetition_penalty=float(repetition_penalty),
                 max_new_tokens=int(max_new_tokens),
             )
             self.services.configure_judge(backend, (model or "").strip() or None, options)
@@ -90,6 +93,7 @@ class JudgeHandlers(TabHandlers[JudgeFields]):
             ui.k: now["k"],
             ui.swap: now["swap"],
             ui.temperature: now["temperature"],
+            ui.repetition_penalty: now["repetition_penalty"],
             ui.max_new_tokens: now["max_new_tokens"],
             ui.status: self.status(),
         }
@@ -106,6 +110,7 @@ def judge_settings(services: Services) -> dict[str, Any]:
         "k": o.get("k"),
         "swap": o.get("swap"),
         "temperature": o.get("temperature"),
+        "repetition_penalty": o.get("repetition_penalty"),
         "max_new_tokens": o.get("max_new_tokens"),
     }
 
@@ -124,7 +129,9 @@ def status_html(services: Services) -> str:
     options = (
         f"protocol {o.get('protocol')}, k = {o.get('k')}, "
         f"swap {'on' if o.get('swap') else 'off'}, "
-        f"temperature {o.get('temperature')}, max new tokens {o.get('max_new_tokens')}"
+        f"temperature {o.get('temperature')}, "
+        f"repetition penalty {o.get('repetition_penalty')}, "
+        f"max new tokens {o.get('max_new_tokens')}"
     )
     return (
         f'<div class="grm-msg grm-msg-ok" id="grm-judge-status"><b>{safe_text(info["backend"])}'
@@ -166,6 +173,9 @@ def _layout(now: dict[str, Any], status: str) -> tuple[JudgeFields, gr.Button, g
         k = gr.Slider(1, 16, value=now["k"], step=1, label="Samples k (majority vote)")
         swap = gr.Checkbox(value=now["swap"], label="Swap: also judge with A and B exchanged")
         temperature = gr.Slider(0.0, 1.5, value=now["temperature"], step=0.05, label="Temperature")
+        penalty = gr.Slider(
+            1.0, 2.0, value=now["repetition_penalty"], step=0.05, label="Repetition penalty"
+        )
         max_new = gr.Slider(32, 2048, value=now["max_new_tokens"], step=16, label="Max new tokens")
     with gr.Row():
         apply = gr.Button("Apply", variant="primary", elem_id="grm-judge-apply")
@@ -177,6 +187,7 @@ def _layout(now: dict[str, Any], status: str) -> tuple[JudgeFields, gr.Button, g
         k=k,
         swap=swap,
         temperature=temperature,
+        repetition_penalty=penalty,
         max_new_tokens=max_new,
         status=gr.HTML(status, js_on_load=None),
     )

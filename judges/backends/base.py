@@ -36,6 +36,10 @@ class GenerationOptions(BaseModel):
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
+    # >1 makes a token already in the prompt or the answer less likely (CTRL's rule, as in
+    # transformers and vLLM: a positive logit is divided by it, a negative one multiplied).
+    # The log-probs a backend reports stay the model's own, before the penalty.
+    repetition_penalty: float = 1.0
     seed: int | None = None
     top_logprobs: int = 0  # >0: keep that many alternatives per generated token
 
@@ -68,6 +72,7 @@ class Backend(ABC):
     name: str = "base"
     supports_logprobs: bool = False
     supports_prefill: bool = False  # continues a final assistant message (see split_prefill)
+    supports_repetition_penalty: bool = False  # applies GenerationOptions.repetition_penalty
     max_batch_size: int = 1  # how many requests one batched call should carry
 
     @property

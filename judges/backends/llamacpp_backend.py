@@ -43,6 +43,7 @@ class LlamaCppBackend(base.Backend):
     name = "llamacpp"
     supports_logprobs = True
     supports_prefill = True
+    supports_repetition_penalty = True
     max_batch_size = 1  # one sequence at a time: llama.cpp's cache holds one conversation here
 
     def __init__(
@@ -177,12 +178,14 @@ class LlamaCppBackend(base.Backend):
         """Each next token with the log-probs it was chosen from, until max_new_tokens."""
         rng = np.random.default_rng(options.seed)
         logits = self._read(ids)
+        seen = set(ids)  # the penalty's tokens: the prompt's and the answer's so far
         for _ in range(options.max_new_tokens):
             logprobs = _log_softmax(logits)
-            token = _choose(logits, options, rng)
+            token = _choose(_penalized(logits, seen, options.repetition_penalty), options, rng)
             yield token, logprobs
             if token in self._stops:
                 return
+            seen.add(token)
             self.llm.eval([token])
             logits = self._last_logits()
 
@@ -249,6 +252,18 @@ def _choose(logits: np.ndarray, options: base.GenerationOptions, rng: np.random.
     keep = np.cumsum(probs[order]) - probs[order] < options.top_p  # at least the top token
     kept = order[keep]
     return int(rng.choice(kept, p=probs[kept] / probs[kept].sum()))
+
+
+def _penalized(logits: np.ndarray, seen: set[int], penalty: float) -> np.ndarray:
+    """`logits` with every `seen` token's made less likely by `penalty` (the rule transformers
+    and vLLM apply: a positive logit divided by it, a negative one multiplied)."""
+    if penalty == 1.0 or not seen:
+        return logits
+    ids = np.fromiter(seen, dtype=np.int64, count=len(seen))
+    penalized = logits.copy()
+    values = penalized[ids]
+    penalized[ids] = np.where(values > 0, values / penalty, values * penalty)
+    return penalized
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -55,6 +55,7 @@ class TransformersBackend(base.Backend):
     name = "transformers"
     supports_logprobs = True
     supports_prefill = True
+    supports_repetition_penalty = True
 
     def __init__(
         self,
@@ -320,6 +321,8 @@ def generate_kwargs(options: base.GenerationOptions, pad_token_id: int | None) -
     }
     if options.temperature > 0:
         kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=None)
+    if options.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = options.repetition_penalty
     return kwargs
 
 

@@ -37,6 +37,7 @@ class VLLMBackend(base.Backend):
     name = "vllm"
     supports_logprobs = True
     supports_prefill = True
+    supports_repetition_penalty = True
 
     def __init__(
         self,
@@ -214,6 +215,7 @@ def sampling_kwargs(options: base.GenerationOptions) -> dict[str, Any]:
         "temperature": options.temperature,
         "top_p": options.top_p if options.temperature > 0 else 1.0,
         "seed": options.seed,
+        "repetition_penalty": options.repetition_penalty,
     }
     if options.top_logprobs > 0:
         kwargs["logprobs"] = options.top_logprobs
