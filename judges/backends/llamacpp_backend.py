@@ -255,7 +255,7 @@ def _choose(logits: np.ndarray, options: base.GenerationOptions, rng: np.random.
 
 
 def _penalized(logits: np.ndarray, seen: set[int], penalty: float) -> np.ndarray:
-    """`logits` with every `seen` token's made less likely by `penalty` (the rule transformers
+    """`logits` with every `seen` token made less likely by `penalty` (the rule transformers
     and vLLM apply: a positive logit divided by it, a negative one multiplied)."""
     if penalty == 1.0 or not seen:
         return logits
