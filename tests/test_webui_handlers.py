@@ -45,6 +45,32 @@ def test_a_backend_that_cannot_load_shows_a_message_not_a_trace() -> None:
     assert "Traceback" not in html and "grm-msg-error" in html
 
 
+@dataclass
+class RecordingJudge:
+    """Services that keep the judge settings they are given and report them back."""
+
+    configured: list = field(default_factory=list)
+
+    def configure_judge(self, backend: str, model: str | None, options) -> None:
+        self.configured.append((backend, model, options))
+
+    def judge_info(self) -> dict:
+        backend, model, options = self.configured[-1]
+        return {"backend": backend, "model": model, "loaded": False, "load_seconds": None,
+                "options": options.model_dump(mode="json")}  # fmt: skip
+
+
+def test_the_judge_tab_applies_a_repetition_penalty_and_refuses_one_below_one() -> None:
+    services = RecordingJudge()
+    handlers = JudgeHandlers(services, stand_ins(JudgeFields))
+    html = handlers.apply("llamacpp", "", "pairwise", 1, False, 0.0, 1.3, 320)
+    assert services.configured[-1][2].repetition_penalty == 1.3
+    assert "repetition penalty 1.3," in html
+    refused = handlers.apply("llamacpp", "", "pairwise", 1, False, 0.0, 0.5, 320)
+    assert "Settings refused" in refused and "repetition_penalty" in refused
+    assert len(services.configured) == 1  # the refused settings were not applied
+
+
 def test_a_failing_judge_stream_ends_with_a_message_and_no_verdict() -> None:
     handler = label_handlers(FailingJudge())
     request = SimpleNamespace(session_hash="s1", username=None)

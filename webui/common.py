@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import gradio as gr
 from gradio.blocks import Block
+from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from services import Services
@@ -91,6 +92,10 @@ PLAIN_REASONS = {
 def explain(exc: BaseException) -> str:
     """A failure as one line for a person; the stack trace goes to the log only."""
     log.warning("request failed: %s", exc, exc_info=exc)
+    if isinstance(exc, ValidationError):  # its first line names only the model, not the field
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()
+        )
     message = (str(exc).strip() or type(exc).__name__).splitlines()[0]
     for needle, reason in PLAIN_REASONS.items():
         if needle in message.lower():
