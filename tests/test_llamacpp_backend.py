@@ -103,7 +103,7 @@ def _most_repeated_line(text: str) -> int:
 
 
 def test_the_repetition_penalty_breaks_the_judges_loop(llamacpp, llmbar_dir):
-    """Greedy, the embedded judge writes one line over and over on this LLMBar pair (17 times in
+    """Greedy, the embedded judge writes one line over and over on this LLMBar pair (13 times in
     320 tokens when measured); the default penalty makes it write on instead."""
     from judges.judge import JudgeOptions, judge_pairs
     from judges.types import PairInput
