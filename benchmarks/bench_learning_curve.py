@@ -53,8 +53,14 @@ GUARD = "LLMBar_Natural"
 # The base judge's verdicts, outside the project (never committed)
 BASE_CACHE = Path.home() / ".cache" / "grm-studio" / "bench_learning_curve_base.json"
 RESULTS = ROOT / "benchmarks" / "results"
+# A verdict alone is decoded without a repetition penalty (JudgeOptions.generation_options):
+# the options say so, so the saved figures record what ran.
 OPTIONS = JudgeOptions(
-    prompt_version=VERDICT_PROMPT, max_new_tokens=VERDICT_NEW_TOKENS, swap=True, logprobs=True
+    prompt_version=VERDICT_PROMPT,
+    max_new_tokens=VERDICT_NEW_TOKENS,
+    swap=True,
+    logprobs=True,
+    repetition_penalty=1.0,
 )
 
 

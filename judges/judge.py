@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 SAMPLING_TEMPERATURE = 0.7  # used when k > 1 is asked at temperature 0
 TOP_LOGPROBS = 10  # alternatives kept per generated token, where the backend offers them
+# Fields JudgeOptions gained after options were first stored (a job's, a training run's), with
+# the value the judge ran with before: stored options without them read back as they ran, not
+# with today's default (judgments made without a penalty are continued without one).
+ADDED_FIELDS: dict[str, Any] = {"repetition_penalty": 1.0}
 
 
 class JudgeOptions(BaseModel):
@@ -80,25 +84,38 @@ class JudgeOptions(BaseModel):
             )
         return self
 
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> JudgeOptions:
+        """Options read back from the database, filled as they ran (ADDED_FIELDS)."""
+        return cls(**stored_as_ran(data))
+
     def plan(self) -> list[tuple[int, bool]]:
         """(sample_index, swapped) of every sample of one pair, in the order they run."""
         orders = (False, True) if self.swap else (False,)
         return [(index, swapped) for index in range(self.k) for swapped in orders]
 
     def generation_options(
-        self, backend: base.Backend, sample_index: int
+        self, backend: base.Backend, sample_index: int, verdict_alone: bool = False
     ) -> base.GenerationOptions:
+        """`verdict_alone`: the answer is one verdict letter (a verdict-only prompt). It has
+        nothing to repeat, and the letters it may write are in its prompt, so a penalty would
+        only push it to a letter it was not offered: measured on the embedded judge, "[[D"
+        for 11 of 48 verdicts at 1.1 (24 pairs, both orders). It decodes without one."""
         wants_logprobs = self.logprobs and backend.supports_logprobs
+        # A backend that cannot apply a penalty (an OpenAI-compatible server) decodes as is.
+        penalized = backend.supports_repetition_penalty and not verdict_alone
         return base.GenerationOptions(
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
-            # A backend that cannot apply a penalty (an OpenAI-compatible server) decodes as is.
-            repetition_penalty=(
-                self.repetition_penalty if backend.supports_repetition_penalty else 1.0
-            ),
+            repetition_penalty=self.repetition_penalty if penalized else 1.0,
             seed=self.seed + sample_index,
             top_logprobs=TOP_LOGPROBS if wants_logprobs else 0,
         )
+
+
+def stored_as_ran(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored options dict with the fields added since it was stored, as it ran."""
+    return {**ADDED_FIELDS, **data}
 
 
 @dataclass(frozen=True)
@@ -139,7 +156,9 @@ def stream_judgment(
     for position, (sample_index, swapped) in enumerate(plan):
         shown = pair.swapped() if swapped else pair
         started = time.perf_counter()
-        gen_options = options.generation_options(backend, sample_index)
+        gen_options = options.generation_options(
+            backend, sample_index, protocol.answers_with_verdict_alone
+        )
         states: list[ParseState] = []
         generations: list[base.Generation] = []
         sent: list[base.Messages] = []
@@ -412,7 +431,9 @@ def _run_block(
             generations = _generate_safely(
                 backend,
                 [messages for _, messages in chunk],
-                options.generation_options(backend, sample_index),
+                options.generation_options(
+                    backend, sample_index, protocol.answers_with_verdict_alone
+                ),
             )
             share = (time.perf_counter() - started) / len(chunk)
             for (sample, messages), generation in zip(chunk, generations, strict=True):

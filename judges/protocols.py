@@ -150,6 +150,12 @@ class Protocol(ABC):
         return self.template.version
 
     @property
+    def answers_with_verdict_alone(self) -> bool:
+        """Whether the template starts the answer at the verdict bracket ("Verdict: [["), so
+        the judge's whole answer is one verdict letter."""
+        return self.template.answer_prefix.rstrip().endswith("[[")
+
+    @property
     def answer_prefix(self) -> str:
         """How the judge's answer starts: the template's prefix and, where that prefix opens
         the principles section, the guidelines' first rule after it, so a small judge starts

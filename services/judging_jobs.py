@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from judges.backends.base import Backend
-from judges.judge import JudgeOptions, judge_pairs
+from judges.judge import JudgeOptions, judge_pairs, stored_as_ran
 from judges.protocols import Protocol
 from judges.types import AggregateJudgment, Verdict
 from services.judging import Judging, store_runs
@@ -143,7 +143,8 @@ class JudgingJobs:
             found = [
                 job
                 for job in queries.unfinished_judging_jobs(s)
-                if (job["dataset_id"], job["judge_version_id"], job["options"]) == same
+                if (job["dataset_id"], job["judge_version_id"], stored_as_ran(job["options"]))
+                == same
             ]
             if not found:
                 job_id = queries.create_judging_job(
@@ -270,7 +271,7 @@ class JudgingJobs:
         on_progress: Progress | None,
     ) -> bool:
         """Judge and store `pending` a batch at a time; whether every pair was judged."""
-        options = JudgeOptions(**job["options"])
+        options = JudgeOptions.from_stored(job["options"])
         backend = self.judging.backend()
         protocols: dict[int, Protocol] = {}
         size = max(1, backend.max_batch_size)

@@ -90,7 +90,7 @@ def run_training_worker(run_id: int, services: Services | None = None) -> int:
             _stored_plan(config, records, run["label_snapshot"]),
             job["base_model_path"],
             _backend_maker(services.settings, job["base_model_path"]),
-            JudgeOptions(**job["judge_options"]),
+            JudgeOptions.from_stored(job["judge_options"]),
             progress,
             parent_adapter_path=job["parent_adapter_path"],
         )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from judges.backends.base import Generation, GenerationOptions
 
 MESSAGES = [
@@ -28,6 +30,17 @@ def collect(backend, messages, options=GREEDY) -> tuple[list[str], Generation]:
     assert isinstance(items[-1], Generation)
     assert all(isinstance(piece, str) for piece in items[:-1])
     return items[:-1], items[-1]
+
+
+def same_logprobs_other_text(plain: Generation, penalized: Generation, tolerance: float) -> None:
+    """A repetition penalty changes what greedy decoding chooses, not the log-probs the backend
+    reports: the first token's table (before anything was generated to penalize twice) is the
+    model's own in both, within `tolerance` (the engine's run-to-run arithmetic)."""
+    assert penalized.text != plain.text
+    first, reference = penalized.token_logprobs[0].top, plain.token_logprobs[0].top
+    assert first.keys() == reference.keys()  # the model's own table, not the penalized one
+    for token, value in first.items():
+        assert value == pytest.approx(reference[token], abs=tolerance), (token, first, reference)
 
 
 def make_strong_adapter(model_dir: Path, out: Path) -> Path:

@@ -133,6 +133,37 @@ def test_the_penalty_reaches_backends_that_apply_it_and_no_others() -> None:
 # --- options --------------------------------------------------------------------------------------
 
 
+def test_a_verdict_alone_is_decoded_without_the_penalty() -> None:
+    """A verdict-only answer is one letter from the prompt's own [[A]]/[[B]]/[[C]]: the
+    penalty would only push it off them. A reasoning answer keeps the options' penalty."""
+    options = JudgeOptions(repetition_penalty=1.3, max_new_tokens=4)
+    verdict_only = options.model_copy(update={"prompt_version": "pairwise-v3-verdict"})
+    streaming, batching = FakeBackend(["A]]"]), FakeBackend(["A]]"] * 2)
+    streaming.supports_repetition_penalty = batching.supports_repetition_penalty = True
+    list(stream_judgment(streaming, PAIR, verdict_only))
+    judge_pairs(batching, [PAIR], verdict_only.model_copy(update={"swap": True}))
+    assert streaming.streamed[0][1].repetition_penalty == 1.0
+    assert [o.repetition_penalty for o in batching.batch_options] == [1.0]
+    reasoning = FakeBackend([GOOD])
+    reasoning.supports_repetition_penalty = True
+    list(stream_judgment(reasoning, PAIR, options))
+    assert reasoning.streamed[0][1].repetition_penalty == 1.3
+
+
+def test_stored_options_read_back_as_they_ran() -> None:
+    """Options stored before `repetition_penalty` existed ran without one; stored values win."""
+    stored = JudgeOptions(k=2, swap=True).model_dump(mode="json")
+    without = {k: v for k, v in stored.items() if k != "repetition_penalty"}
+    assert JudgeOptions.from_stored(without).repetition_penalty == 1.0
+    assert JudgeOptions.from_stored(without).model_dump(mode="json") == {
+        **stored,
+        "repetition_penalty": 1.0,
+    }
+    assert JudgeOptions.from_stored(stored) == JudgeOptions(k=2, swap=True)
+    with pytest.raises(ValidationError, match="extra"):
+        JudgeOptions.from_stored({**stored, "protocl": "pairwise"})
+
+
 def test_options_refuse_unknown_keys_and_mismatched_prompts() -> None:
     with pytest.raises(ValidationError, match="extra"):
         JudgeOptions(protocl="pairwise")

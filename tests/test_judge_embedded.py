@@ -123,3 +123,27 @@ def test_k_samples_in_both_orders_combine_by_the_chosen_rule(embedded, rule) -> 
     assert result.aggregation == "mean" and result.margin == pytest.approx(margin, abs=1e-6)
     expected = Verdict.TIE if abs(margin) <= TIE_BAND else Verdict.A if margin > 0 else Verdict.B
     assert result.verdict is expected
+
+
+def test_a_verdict_alone_states_an_offered_letter(embedded, llmbar_dir) -> None:
+    """An MT-Bench pair on which the embedded judge, asked for its verdict alone under the
+    default penalty, wrote "[[D" in both orders: decoded without it, it states A, B or C."""
+    import json
+
+    from judges.backends.base import GenerationOptions
+    from judges.protocols import get_protocol
+
+    row = json.loads((llmbar_dir / "Processed_MT-Bench.jsonl").read_text().splitlines()[3])
+    pair = PairInput(row["input"], row["output_1"], row["output_2"])
+    options = JudgeOptions(prompt_version="pairwise-v3-verdict", max_new_tokens=4, swap=True)
+    assert options.repetition_penalty > 1.0  # the default
+
+    (messages,) = get_protocol("pairwise", "pairwise-v3-verdict").conversations(pair)
+    started = [*messages, {"role": "assistant", "content": "Verdict: [["}]
+    penalized = GenerationOptions(max_new_tokens=1, repetition_penalty=1.1)
+    assert embedded.generate_batch([started], penalized)[0].text.strip() not in "ABC"
+
+    (result,) = judge_pairs(embedded, [pair], options)
+    for sample in result.samples:
+        assert sample.verdict_source == "text" and sample.verdict in (Verdict.A, Verdict.B)
+        assert re.match(r"Verdict: \[\[[ABC]\]\]", sample.raw_text), sample.raw_text

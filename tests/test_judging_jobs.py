@@ -184,6 +184,30 @@ def test_a_job_with_other_options_is_not_continued(services):
     assert set(runs_per_pair(services).values()) == {1}
 
 
+def test_a_job_stored_before_the_penalty_existed_continues_as_it_ran(services):
+    """Options stored by an earlier version lack `repetition_penalty`: the judge then ran
+    without one, so the job continues at 1.0, not at today's default; a request at 1.0 is that
+    job, one at the default is another."""
+    job_id = killed_job(services)
+    stored = OPTIONS.model_dump(mode="json")
+    del stored["repetition_penalty"]  # as an earlier version stored it
+    with services.sessions.begin() as s:
+        s.execute(update(JudgingJob).where(JudgingJob.id == job_id).values(options=stored))
+    judge = judge_answering()
+    judge.supports_repetition_penalty = True
+    services.use_backend(judge)
+
+    assert OPTIONS.repetition_penalty > 1.0
+    other = services.judge_pending(dataset="jobs", options=OPTIONS, limit=1)
+    assert not other.resumed and other.job_id != job_id and other.judged == 1
+    as_ran = OPTIONS.model_copy(update={"repetition_penalty": 1.0})
+    same = services.judge_pending(dataset="jobs", options=as_ran)
+    assert same.resumed and same.job_id == job_id and same.judged == PAIRS - BATCH - 1
+    penalties = [o.repetition_penalty for o in judge.batch_options]  # the new job's first
+    assert penalties[0] == OPTIONS.repetition_penalty and set(penalties[1:]) == {1.0}
+    assert set(runs_per_pair(services).values()) == {1}
+
+
 def test_a_job_run_by_a_live_process_is_refused_and_a_claim_is_taken_once(services):
     job_id = killed_job(services)
     alive = process_owner()  # this process: alive

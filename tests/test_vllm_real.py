@@ -18,7 +18,14 @@ import pytest
 
 from judges.backends.base import GenerationOptions
 from settings import Settings
-from tests.engine_checks import GREEDY, MESSAGES, PREFIX, collect, make_strong_adapter
+from tests.engine_checks import (
+    GREEDY,
+    MESSAGES,
+    PREFIX,
+    collect,
+    make_strong_adapter,
+    same_logprobs_other_text,
+)
 from tests.served import free_port, start_server, stop_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -114,11 +121,7 @@ def test_the_penalty_changes_the_choice_not_the_reported_logprobs(tuned_vllm):
     _, plain = collect(tuned_vllm, MESSAGES)
     stronger = GREEDY.model_copy(update={"repetition_penalty": 2.0})
     _, penalized = collect(tuned_vllm, MESSAGES, stronger)
-    assert penalized.text != plain.text
-    first, reference = penalized.token_logprobs[0].top, plain.token_logprobs[0].top
-    assert first.keys() == reference.keys()  # the model's own table, not the penalized one
-    for token in first:
-        assert first[token] == pytest.approx(reference[token], abs=BF16_TOLERANCE)
+    same_logprobs_other_text(plain, penalized, tolerance=BF16_TOLERANCE)
 
 
 def test_a_batch_gives_each_conversation_its_own_greedy_answer(tuned_vllm):
