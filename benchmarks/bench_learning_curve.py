@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -131,6 +132,18 @@ def label_order(train_pool: list[dict], base_verdicts: list[dict], order: str, s
     return [train_pool[i] for i in indices]
 
 
+def one_order(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Each pair in one order, chosen by a seeded coin (the label flips with it): trained with
+    no swap copy, so half the examples, and response position still tells nothing on average."""
+    coin = random.Random(f"one-order:{seed}")
+    flipped = {"A": "B", "B": "A"}
+    return [
+        {**r, "pair": r["pair"].swapped(), "label": flipped[r["label"]]} if coin.random() < 0.5
+        else r
+        for r in rows
+    ]  # fmt: skip
+
+
 def records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
@@ -145,6 +158,17 @@ def records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def train_and_judge(args, base_model: Path, rows: list[dict], seed: int, evals: dict) -> dict:
+    # The trained weights are removed once judged: a whole model is 0.5 GB (--full-finetune).
+    work = Path(tempfile.mkdtemp(prefix="grm-curve-"))
+    try:
+        return _train_and_judge(args, base_model, rows, seed, evals, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _train_and_judge(
+    args, base_model: Path, rows: list[dict], seed: int, evals: dict, work: Path
+) -> dict:
     config = TrainConfig(
         method="verdict",
         epochs=args.epochs,
@@ -153,16 +177,23 @@ def train_and_judge(args, base_model: Path, rows: list[dict], seed: int, evals: 
         lora_rank=args.lora_rank,
         lora_layers=args.lora_layers,
         lora_alpha=2 * args.lora_rank,
+        include_swapped=not args.one_order,
         heldout_share=1 / len(rows),
         min_labels=2,
         seed=seed,
-        output_dir=str(Path(tempfile.mkdtemp(prefix="grm-curve-")) / "adapter"),
+        output_dir=str(work / "adapter"),
     )
     started = time.perf_counter()
     # The run's own held-out share is a single pair: the curve's held-out set is separate.
-    plan = plan_run(config, records(rows))
-    result = train(plan, base_model)
-    backend = TransformersBackend(base_model, adapter_path=result.adapter_path, max_batch_size=8)
+    plan = plan_run(config, records(one_order(rows, seed) if args.one_order else rows))
+    if args.full_finetune:
+        result = full_finetune(plan, base_model)
+        backend = TransformersBackend(result.adapter_path, max_batch_size=8)
+    else:
+        result = train(plan, base_model)
+        backend = TransformersBackend(
+            base_model, adapter_path=result.adapter_path, max_batch_size=8
+        )
     try:
         verdicts = {name: judged(backend, rows_) for name, (rows_, _) in evals.items()}
     finally:
@@ -174,6 +205,40 @@ def train_and_judge(args, base_model: Path, rows: list[dict], seed: int, evals: 
         "train_and_eval_seconds": round(time.perf_counter() - started, 1),
         "verdicts": verdicts,
     }
+
+
+def full_finetune(plan: Any, base_model: Path) -> Any:
+    """A trial outside the product: every weight of the judge trained (fp32 weights, bf16
+    autocast where this CPU runs it natively) on the verdict method's rows with its trainer,
+    and saved whole. Returns what `train` does, with the model's directory as adapter_path."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from judges.trainer import load_tokenizer, use_bf16
+    from judges.verdict_training import _trainer, verdict_rows
+
+    config = plan.config
+    tokenizer = load_tokenizer(base_model)
+    rows = verdict_rows(plan.training_side(), tokenizer, config)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(base_model), dtype="float32", local_files_only=True
+    )
+    out = Path(config.output_dir)
+    bf16 = use_bf16(config.bf16)
+    trainer = _trainer(config, rows, tokenizer, model, out.parent, autocast_bf16=bf16)
+    started = time.perf_counter()
+    trainer.train()
+    runtime = time.perf_counter() - started
+    trainer.model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    examples = trainer.state.global_step * config.batch_size
+    return SimpleNamespace(
+        adapter_path=out,
+        train_examples=len(rows),
+        examples_per_s=examples / runtime,
+        bf16=bf16,
+    )
 
 
 def figures(verdicts: dict, evals: dict, base: dict) -> dict:
@@ -290,6 +355,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--lora-layers", type=int, default=None, help="LoRA on the last N blocks only"
     )
+    parser.add_argument(
+        "--one-order",
+        action="store_true",
+        help="train each label once, in a seeded random order, with no swap copy",
+    )
+    parser.add_argument(
+        "--full-finetune",
+        action="store_true",
+        help="a trial outside the product: train every weight, not a LoRA adapter",
+    )
     parser.add_argument("--pool-limit", type=int, default=None, help="a quick try: fewer pairs")
     parser.add_argument("--guard-limit", type=int, default=None, help="a quick try: fewer pairs")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_learning_curve.json")
@@ -303,7 +378,7 @@ def parse_args() -> argparse.Namespace:
 
 # What a run's figures depend on besides its place in the plan: a resumed run must match them.
 SETTINGS_KEYS = ("heldout", "epochs", "batch_size", "learning_rate", "lora_rank", "lora_layers",
-                 "pool_limit", "guard_limit")  # fmt: skip
+                 "pool_limit", "guard_limit", "one_order", "full_finetune")  # fmt: skip
 
 
 def saved_runs(args: argparse.Namespace) -> list[dict]:

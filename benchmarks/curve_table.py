@@ -28,7 +28,8 @@ OUT = RESULTS / "learning_curve_settings.md"
 GUARD = curve.GUARD
 NOTES = ("trial", "stopped_early")
 COLUMNS = (
-    "file", "order", "N", "LoRA blocks", "lr", "rank", "batch", "epochs", "held-out per seed",
+    "file", "order", "N", "weights trained", "orders per label", "lr", "rank", "batch", "epochs",
+    "held-out per seed",
     "mean (gain)", "McNemar p per seed", f"{GUARD} change", "examples/s", "train + eval s",
     "load avg start / end",
 )  # fmt: skip
@@ -49,9 +50,10 @@ def setting_rows(name: str, report: dict[str, Any]) -> list[dict[str, str]]:
                 "file": name,
                 "order": order,
                 "N": str(size),
-                "LoRA blocks": str(args.get("lora_layers") or "all"),
+                "weights trained": _weights(args),
+                "orders per label": "1 (seeded coin)" if args.get("one_order") else "2 (swap)",
                 "lr": f"{args['learning_rate']:g}",
-                "rank": str(args["lora_rank"]),
+                "rank": "-" if args.get("full_finetune") else str(args["lora_rank"]),
                 "batch": str(args["batch_size"]),
                 "epochs": f"{args['epochs']:g}",
                 "held-out per seed": " / ".join(f"{a:.3f}" for a in accuracies),
@@ -64,6 +66,13 @@ def setting_rows(name: str, report: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+def _weights(args: dict[str, Any]) -> str:
+    if args.get("full_finetune"):
+        return "all (full fine-tuning)"
+    blocks = args.get("lora_layers")
+    return f"LoRA, last {blocks} blocks" if blocks else "LoRA, all blocks"
 
 
 def _load(report: dict[str, Any]) -> str:

@@ -75,8 +75,15 @@ def verdict_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
 
 
 def _trainer(
-    config: TrainConfig, rows: list[dict[str, Any]], tokenizer: Any, model: Any, work: Path
+    config: TrainConfig,
+    rows: list[dict[str, Any]],
+    tokenizer: Any,
+    model: Any,
+    work: Path,
+    autocast_bf16: bool = False,
 ) -> Any:
+    """`autocast_bf16`: an fp32 model computing under bf16 autocast (the learning curve's
+    full fine-tuning trial); the product's LoRA runs on a bf16 base instead (`_model`)."""
     import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
@@ -108,6 +115,7 @@ def _trainer(
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length",  # like lengths per batch: little padding
         dataloader_num_workers=0,
+        bf16=autocast_bf16,
     )
     trainer = VerdictTrainer(
         model=model,
@@ -150,10 +158,14 @@ def _lora_in_base_dtype(model: Any) -> Iterator[None]:
     import torch
     from peft.helpers import disable_input_dtype_casting
 
-    bf16 = model.dtype == torch.bfloat16
+    if model.dtype != torch.bfloat16:
+        # An fp32 model computes as the caller says: a disabled autocast here would also
+        # switch off the Trainer's own (`autocast_bf16`).
+        yield
+        return
     with (
-        torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16),
-        disable_input_dtype_casting(model, active=bf16),
+        torch.autocast(model.device.type, dtype=torch.bfloat16),
+        disable_input_dtype_casting(model),
     ):
         yield
 

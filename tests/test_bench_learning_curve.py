@@ -100,7 +100,12 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
     assert large["mean (gain)"] == "0.500 (+10.0)"
     assert large["McNemar p per seed"] == "0.04 / 0.6"
     assert large["LLMBar_Natural change"] == "+3.0"
-    assert (large["LoRA blocks"], large["lr"], large["examples/s"]) == ("20", "0.0003", "0.500")
+    assert (large["weights trained"], large["lr"], large["examples/s"]) == (
+        "LoRA, last 20 blocks",
+        "0.0003",
+        "0.500",
+    )
+    assert (large["orders per label"], large["rank"]) == ("2 (swap)", "16")
     assert (large["train + eval s"], large["load avg start / end"]) == ("1300", "0.50 / 1.75")
     loop = {
         "training": {"method": "sft", "train_examples": 78, "examples_per_s": 0.1106},
@@ -108,8 +113,30 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
         "llmbar_natural_after": {"accuracy": 0.075, "n": 40},
     }
     text = curve_table.markdown({"curve.json": report}, {"loop.json": loop})
-    assert "| curve.json | random | 300 | 20 |" in text
+    assert "| curve.json | random | 300 | LoRA, last 20 blocks | 2 (swap) |" in text
     assert "- `curve.json`: stopped after seed 1" in text
     assert "| loop.json | sft | 78 | 0.111 | 0.425 -> 0.075 (40 pairs) |" in text
     report["args"]["lora_layers"] = None
-    assert curve_table.setting_rows("curve.json", report)[0]["LoRA blocks"] == "all"
+    row = curve_table.setting_rows("curve.json", report)[0]
+    assert row["weights trained"] == "LoRA, all blocks"
+    report["args"] |= {"full_finetune": True, "one_order": True}
+    row = curve_table.setting_rows("curve.json", report)[0]
+    assert (row["weights trained"], row["orders per label"], row["rank"]) == (
+        "all (full fine-tuning)",
+        "1 (seeded coin)",
+        "-",
+    )
+
+
+def test_one_order_shows_each_pair_once_and_keeps_the_labeled_response_right() -> None:
+    rows = [
+        {"id": f"set:{i}", "pair": bench.PairInput(f"q{i}", f"good{i}", f"bad{i}"), "label": "A"}
+        for i in range(200)
+    ]
+    shown = bench.one_order(rows, seed=1)
+    assert shown == bench.one_order(rows, seed=1)  # seeded: the same order every run
+    assert shown != bench.one_order(rows, seed=2)
+    better = [r["pair"].response_a if r["label"] == "A" else r["pair"].response_b for r in shown]
+    assert better == [f"good{i}" for i in range(200)]
+    flipped = sum(r["label"] == "B" for r in shown)
+    assert 70 < flipped < 130  # a fair coin: about half are shown swapped

@@ -141,6 +141,26 @@ def test_an_accumulated_step_reports_the_mean_loss_of_all_its_rows(tiny_model, t
     assert trainer.state.log_history[0]["loss"] == pytest.approx(expected.item(), abs=1e-3)
 
 
+def test_an_fp32_model_trains_every_weight_under_the_trainers_bf16_autocast(tiny_model, tmp_path):
+    """The learning curve's full fine-tuning trial: a plain fp32 model (no adapter) computes its
+    forward pass in bf16 under the Trainer's autocast, and its fp32 weights move."""
+    from transformers import AutoModelForCausalLM
+
+    config, tokenizer, rows = _eight_rows(tiny_model, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype="float32")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    outputs = []
+    model.model.layers[0].mlp.down_proj.register_forward_hook(
+        lambda _m, _args, out: outputs.append(out.dtype)
+    )
+    trainer = _trainer(config, rows, tokenizer, model, tmp_path, autocast_bf16=True)
+    trainer.train()
+    assert outputs and set(outputs) == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert "model.layers.0.mlp.down_proj.weight" in moved and "model.norm.weight" in moved
+
+
 @pytest.mark.parametrize("method", ["verdict", "sft"])
 def test_lora_layers_puts_the_adapter_on_the_last_blocks_only(tiny_model, tmp_path, method):
     """lora_layers=1 on the tiny model's 2 blocks: every adapter weight is in block 1, trained."""
