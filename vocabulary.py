@@ -83,6 +83,14 @@ class TrainingMethod(Name):
     GRPO = "grpo"
 
 
+class TrainedWeights(Name):
+    """What a retraining run trains, and so what a judge version is: a LoRA adapter on the
+    base model, or every weight of the model (the version is then a whole model directory)."""
+
+    FULL = "full"
+    LORA = "lora"
+
+
 class QueueOrder(Name):
     """The order a person's label queue serves pairs in. "least sure" puts labels where the
     judge learns most: pairs whose two orders disagreed, then the smallest margin."""

@@ -8,7 +8,8 @@ Processed_FairEval (466 pairs), holds out about 150 pairs by a seeded hash of th
 (MT-Bench repeats prompts: no prompt is on both sides), and for each label order ("random", or
 "least-sure": the base judge's least decided pairs first, |mean log-odds of A over B| smallest,
 the two orders' disagreements among them), each number of labels N and each seed: trains the
-base judge with the product's own job (judges.train.main, method `verdict`) on the first N
+base judge with the product's own job (judges.train.main, method `verdict`, `--weights` as the
+product's setting: every weight by default, or a LoRA adapter) on the first N
 labels, then judges the held-out pairs and all of LLMBar_Natural (never trained on: a regression
 guard) with the judge's verdict-only prompt in both orders (swap, mean rule). Paired against the
 base judge on the same pairs: McNemar's exact p and a paired bootstrap CI of the difference.
@@ -43,7 +44,7 @@ from judges.judge import JudgeOptions, judge_pairs  # noqa: E402
 from judges.metrics import paired_comparison  # noqa: E402
 from judges.train import VERDICT_NEW_TOKENS, plan_run  # noqa: E402
 from judges.train import main as train  # noqa: E402
-from judges.train_config import TrainConfig  # noqa: E402
+from judges.train_config import TrainConfig, config_choices, config_default  # noqa: E402
 from judges.types import PairInput  # noqa: E402
 from judges.verdict_training import VERDICT_PROMPT  # noqa: E402
 from settings import load_settings  # noqa: E402
@@ -158,7 +159,7 @@ def records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def train_and_judge(args, base_model: Path, rows: list[dict], seed: int, evals: dict) -> dict:
-    # The trained weights are removed once judged: a whole model is 0.5 GB (--full-finetune).
+    # The trained weights are removed once judged: a whole model is 0.27 GB (--weights full).
     work = Path(tempfile.mkdtemp(prefix="grm-curve-"))
     try:
         return _train_and_judge(args, base_model, rows, seed, evals, work)
@@ -171,6 +172,7 @@ def _train_and_judge(
 ) -> dict:
     config = TrainConfig(
         method="verdict",
+        weights=args.weights,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -186,14 +188,8 @@ def _train_and_judge(
     started = time.perf_counter()
     # The run's own held-out share is a single pair: the curve's held-out set is separate.
     plan = plan_run(config, records(one_order(rows, seed) if args.one_order else rows))
-    if args.full_finetune:
-        result = full_finetune(plan, base_model)
-        backend = TransformersBackend(result.adapter_path, max_batch_size=8)
-    else:
-        result = train(plan, base_model)
-        backend = TransformersBackend(
-            base_model, adapter_path=result.adapter_path, max_batch_size=8
-        )
+    result = train(plan, base_model)
+    backend = TransformersBackend(base_model, adapter_path=result.adapter_path, max_batch_size=8)
     try:
         verdicts = {name: judged(backend, rows_) for name, (rows_, _) in evals.items()}
     finally:
@@ -205,40 +201,6 @@ def _train_and_judge(
         "train_and_eval_seconds": round(time.perf_counter() - started, 1),
         "verdicts": verdicts,
     }
-
-
-def full_finetune(plan: Any, base_model: Path) -> Any:
-    """A trial outside the product: every weight of the judge trained (fp32 weights, bf16
-    autocast where this CPU runs it natively) on the verdict method's rows with its trainer,
-    and saved whole. Returns what `train` does, with the model's directory as adapter_path."""
-    from types import SimpleNamespace
-
-    from transformers import AutoModelForCausalLM
-
-    from judges.trainer import load_tokenizer, use_bf16
-    from judges.verdict_training import _trainer, verdict_rows
-
-    config = plan.config
-    tokenizer = load_tokenizer(base_model)
-    rows = verdict_rows(plan.training_side(), tokenizer, config)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(base_model), dtype="float32", local_files_only=True
-    )
-    out = Path(config.output_dir)
-    bf16 = use_bf16(config.bf16)
-    trainer = _trainer(config, rows, tokenizer, model, out.parent, autocast_bf16=bf16)
-    started = time.perf_counter()
-    trainer.train()
-    runtime = time.perf_counter() - started
-    trainer.model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
-    examples = trainer.state.global_step * config.batch_size
-    return SimpleNamespace(
-        adapter_path=out,
-        train_examples=len(rows),
-        examples_per_s=examples / runtime,
-        bf16=bf16,
-    )
 
 
 def figures(verdicts: dict, evals: dict, base: dict) -> dict:
@@ -350,7 +312,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--heldout", type=int, default=150)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument(
+        "--weights",
+        choices=config_choices("weights"),
+        default=config_default("weights"),
+        help="what a run trains (the product's setting): every weight, or a LoRA adapter",
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="unset: the product's, for --weights"
+    )
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument(
         "--lora-layers", type=int, default=None, help="LoRA on the last N blocks only"
@@ -360,11 +330,6 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="train each label once, in a seeded random order, with no swap copy",
     )
-    parser.add_argument(
-        "--full-finetune",
-        action="store_true",
-        help="a trial outside the product: train every weight, not a LoRA adapter",
-    )
     parser.add_argument("--pool-limit", type=int, default=None, help="a quick try: fewer pairs")
     parser.add_argument("--guard-limit", type=int, default=None, help="a quick try: fewer pairs")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_learning_curve.json")
@@ -373,12 +338,15 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="keep the runs --out holds (same training settings) and run the rest of the plan",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.learning_rate is None:  # recorded as it runs, so a resumed run compares the rate
+        args.learning_rate = TrainConfig(weights=args.weights).resolved().learning_rate
+    return args
 
 
 # What a run's figures depend on besides its place in the plan: a resumed run must match them.
 SETTINGS_KEYS = ("heldout", "epochs", "batch_size", "learning_rate", "lora_rank", "lora_layers",
-                 "pool_limit", "guard_limit", "one_order", "full_finetune")  # fmt: skip
+                 "pool_limit", "guard_limit", "one_order", "weights")  # fmt: skip
 
 
 def saved_runs(args: argparse.Namespace) -> list[dict]:

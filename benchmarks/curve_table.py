@@ -53,7 +53,7 @@ def setting_rows(name: str, report: dict[str, Any]) -> list[dict[str, str]]:
                 "weights trained": _weights(args),
                 "orders per label": "1 (seeded coin)" if args.get("one_order") else "2 (swap)",
                 "lr": f"{args['learning_rate']:g}",
-                "rank": "-" if args.get("full_finetune") else str(args["lora_rank"]),
+                "rank": "-" if _every_weight(args) else str(args["lora_rank"]),
                 "batch": str(args["batch_size"]),
                 "epochs": f"{args['epochs']:g}",
                 "held-out per seed": " / ".join(f"{a:.3f}" for a in accuracies),
@@ -68,8 +68,14 @@ def setting_rows(name: str, report: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def _every_weight(args: dict[str, Any]) -> bool:
+    # Files from before full fine-tuning was a product setting name it `full_finetune`, and
+    # the oldest name neither: they trained LoRA.
+    return args.get("weights") == "full" or bool(args.get("full_finetune"))
+
+
 def _weights(args: dict[str, Any]) -> str:
-    if args.get("full_finetune"):
+    if _every_weight(args):
         return "all (full fine-tuning)"
     blocks = args.get("lora_layers")
     return f"LoRA, last {blocks} blocks" if blocks else "LoRA, all blocks"

@@ -17,7 +17,7 @@ from typing import Any
 
 from judges.parsing import parse
 from judges.train_config import TrainConfig
-from judges.trainer import AdapterInputs, common_args, is_peft, load_trainable_model, lora_config
+from judges.trainer import AdapterInputs, common_args, load_trainable_model, new_adapter
 from judges.training_data import MessageBuilder, TrainingRecord
 from judges.truncation import Measure, truncate_pair
 from judges.types import Verdict
@@ -83,12 +83,12 @@ def grpo_rows(
 
 
 def grpo_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
-    """TRL's GRPO trainer for the inputs, a LoRA adapter like the other methods'."""
+    """TRL's GRPO trainer for the inputs, training what the other methods train (LoRA or all)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     config = inputs.config
-    model = load_trainable_model(inputs.base_model_path, inputs.parent_adapter_path)
+    model = load_trainable_model(config, inputs.base_model_path, inputs.parent_adapter_path)
     settings = common_args(config, work, bf16)
     # The prompts were cut to their budget already, and max_completion_length cuts the judgment.
     del settings["max_length"]
@@ -105,5 +105,5 @@ def grpo_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
         args=args,
         train_dataset=Dataset.from_list(inputs.rows),
         processing_class=inputs.tokenizer,
-        peft_config=None if is_peft(model) else lora_config(config, model),
+        peft_config=new_adapter(config, model),
     )

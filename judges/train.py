@@ -1,5 +1,5 @@
-"""The retraining job: labels in, a LoRA adapter out (verdict, SFT, RFT, DPO, DPO+SFT, GRPO),
-in TRL's shape.
+"""The retraining job: labels in, a new judge version out (verdict, SFT, RFT, DPO, DPO+SFT,
+GRPO), in TRL's shape: a LoRA adapter, or the whole model when every weight trains.
 
 A `TrainConfig` dataclass with help text (judges.train_config), `make_parser` that turns its
 fields into the `grm train` options, and `main(plan, ...)`. `plan_run` makes every check a run
@@ -8,7 +8,7 @@ needs, once, before anything is stored or any model loads; `main` and `run_job` 
 the held-out pairs. The job never touches the database: it receives records
 (judges.training_data.TrainingRecord) and reports through callbacks; services record the run.
 
-Nothing half-made is left behind: the adapter is written to a temporary directory and renamed
+Nothing half-made is left behind: the version is written to a temporary directory and renamed
 into `output_dir` only when complete (judges.trainer), and an existing `output_dir` is never
 overwritten.
 """
@@ -33,6 +33,7 @@ from judges.trainer import (
     AdapterInputs,
     ProgressCallback,
     TrainerMaker,
+    check_parent,
     load_tokenizer,
     train_and_save,
     trl_trainer,
@@ -125,12 +126,17 @@ class TrainResult:
 # ---------------------------------------------------------------- checks before anything heavy
 
 
-def plan_run(config: TrainConfig, records: Records) -> RunPlan:
-    """Check the config and the labels and split them: the run's plan, or TrainingRefused.
+def plan_run(
+    config: TrainConfig, records: Records, parent_adapter_path: str | Path | None = None
+) -> RunPlan:
+    """Check the config, the version it continues and the labels, and split them: the run's
+    plan (its learning rate filled in), or TrainingRefused.
 
     The one place a run is checked; it loads nothing, so it runs before anything is stored.
     """
+    config = config.resolved()
     config.validate()
+    check_parent(config, parent_adapter_path)
     usable = check_labels(parse_records(records), config.min_labels)
     return RunPlan(config, tuple(usable), prepare_split(usable, config))
 
@@ -198,15 +204,17 @@ def main(
     sample_more: SampleMore | None = None,
     build_messages: MessageBuilder | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter on the plan's training side; return where it is and how it went.
+    """Train a judge version on the plan's training side; return where it is and how it went.
 
-    `parent_adapter_path`: the active judge's adapter, trained further (so the new adapter stands
-    alone on the base model); None starts a new adapter. `sample_more`: the judge's sampler
-    (see training_data), which the rft method needs and sft / dpo use for pairs lacking a
-    positive.
+    `parent_adapter_path`: the active judge version's weights, trained further (a new adapter
+    stands alone on the base model; a whole model is trained on); None starts from the base.
+    `sample_more`: the judge's sampler (see training_data), which the rft method needs and
+    sft / dpo use for pairs lacking a positive.
     """
-    config = plan.config
+    config = plan.config.resolved()  # a plan made without plan_run may leave the rate unset
+    plan = replace(plan, config=config)
     refuse_existing_output(config)
+    check_parent(config, parent_adapter_path)
     if config.method == TrainingMethod.RFT and sample_more is None:
         raise TrainingRefused("the rft method trains on the judge's own samples: give a sampler")
     tokenizer = load_tokenizer(base_model_path)
@@ -407,13 +415,14 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
     not the run's config, such as --wait); without, a parser of its own.
     """
     description = (
-        "Retrain the judge on the labels: a LoRA adapter, measured on held-out labeled pairs "
-        "before and after. The new judge version is registered, not activated."
+        "Retrain the judge on the labels (every weight, or a LoRA adapter), measured on "
+        "held-out labeled pairs before and after. The new judge version is registered, not "
+        "activated."
     )
     if subparsers is None:
         parser = argparse.ArgumentParser(prog="grm train", description=description)
     else:
-        help_text = "retrain the judge on the labels (a LoRA adapter)"
+        help_text = "retrain the judge on the labels (a new judge version)"
         parser = subparsers.add_parser("train", help=help_text, description=description)
     add_dataclass_arguments(parser, TrainConfig)
     return parser

@@ -13,11 +13,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from vocabulary import TrainingMethod
+from vocabulary import TrainedWeights, TrainingMethod
 
 # The protocols whose answers a human A/B/tie label can check (judges.training_data.target_format).
 TRAINABLE_PROTOCOLS = ("pairwise", "pointwise")
 BF16_SETTINGS = ("auto", "true", "false")
+# Measured by benchmarks/bench_learning_curve.py: LoRA at 1e-3 did no better than 3e-4; full
+# fine-tuning at 5e-5 (the one rate tried) beat both. A small model's every weight takes a
+# much smaller step than an adapter initialised at zero.
+DEFAULT_LEARNING_RATES = {TrainedWeights.FULL: 5e-5, TrainedWeights.LORA: 3e-4}
 
 
 class TrainingRefused(ValueError):
@@ -28,10 +32,12 @@ class TrainingRefused(ValueError):
 class TrainConfig:
     """Everything one retraining run is told; stored with the run as `dataclasses.asdict`."""
 
-    # The defaults are the setting benchmarks/bench_learning_curve.py measured on this CPU:
-    # verdict, batches of 8, lr 3e-4, rank 16 (alpha 32) on every block lifted held-out
-    # agreement by 11 points at 300 labels (mean of 3 seeds); with fewer labels
-    # (bench_retrain_loop, 40) sft made the judge worse and dpo left it level.
+    # The defaults are the setting benchmarks/bench_learning_curve.py measured best on this CPU
+    # (benchmarks/results/learning_curve_settings.md): verdict, batches of 8, every weight
+    # trained at lr 5e-5 lifted held-out agreement by 12.8 points at 300 labels (mean of 3
+    # seeds; LoRA rank 16 on every block at 3e-4: 11.3 and 9.5) and LLMBar_Natural by 11.7
+    # (LoRA: 2.0 and 6.7), at the same speed; with fewer labels (bench_retrain_loop, 40) sft
+    # made the judge worse and dpo left it level.
     method: str = field(
         default=TrainingMethod.VERDICT.value,
         metadata={
@@ -58,7 +64,23 @@ class TrainConfig:
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Batches accumulated per optimizer step."}
     )
-    learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate (LoRA)."})
+    weights: str = field(
+        default=TrainedWeights.FULL.value,
+        metadata={
+            "help": "full: train every weight (the version is a whole model, ~270 MB for the "
+            "embedded judge); lora: a LoRA adapter on the base model (a few MB). A run on a "
+            "whole-model version trains it whole.",
+            "choices": tuple(TrainedWeights.values()),
+        },
+    )
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "AdamW learning rate (unset: the measured default of the weights trained, "
+            f"{DEFAULT_LEARNING_RATES[TrainedWeights.FULL]} full, "
+            f"{DEFAULT_LEARNING_RATES[TrainedWeights.LORA]} lora)."
+        },
+    )
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank r (a new adapter only)."})
     lora_layers: int | None = field(
         default=None,
@@ -131,7 +153,10 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.lora_rank >= 1, "lora_rank must be at least 1"),
             (self.lora_layers is None or self.lora_layers >= 1, "lora_layers must be at least 1"),
-            (self.learning_rate > 0, "learning_rate must be positive"),
+            (
+                self.learning_rate is None or self.learning_rate > 0,
+                "learning_rate must be positive",
+            ),
             (0.0 < self.heldout_share < 1.0, "heldout_share must be between 0 and 1"),
             (self.max_prompt_tokens >= 64, "max_prompt_tokens must be at least 64"),
             (self.max_target_tokens >= 8, "max_target_tokens must be at least 8"),
@@ -150,6 +175,14 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise TrainingRefused(f"training config: {message}")
+
+    def resolved(self) -> TrainConfig:
+        """This config with its unset learning rate filled in for the weights it trains, so a
+        stored run records the rate it ran with."""
+        if self.learning_rate is not None or not self._chosen("weights"):
+            return self
+        rate = DEFAULT_LEARNING_RATES[TrainedWeights(self.weights)]
+        return dataclasses.replace(self, learning_rate=rate)
 
     def _chosen(self, name: str) -> bool:
         return getattr(self, name) in config_field(name).metadata["choices"]

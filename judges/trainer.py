@@ -1,8 +1,9 @@
-"""Fit a LoRA adapter with TRL (SFT or DPO) on rows the job built, and write it safely.
+"""Fit a judge version with TRL (SFT or DPO) on rows the job built, and write it safely.
 
 The model side of a run, kept apart from the job (judges.train) that decides what to train on:
-tokenizer and model loading, the trainer's settings, progress reports, the adapter written to a
-temporary directory and renamed into place only when complete.
+tokenizer and model loading, the trainer's settings, progress reports, the version (a LoRA
+adapter, or the whole model when every weight trains) written to a temporary directory and
+renamed into place only when complete.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from judges.backends.adapters import weights_kind
 from judges.train_config import TrainConfig, TrainingRefused
-from vocabulary import TrainingMethod
+from vocabulary import TrainedWeights, TrainingMethod
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,8 @@ def trl_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
     """TRL's trainer for the inputs: SFT for sft and rft, DPO for dpo and dpo+sft."""
     from datasets import Dataset
 
-    model = load_trainable_model(inputs.base_model_path, inputs.parent_adapter_path)
+    config = inputs.config
+    model = load_trainable_model(config, inputs.base_model_path, inputs.parent_adapter_path)
     dataset = Dataset.from_list(inputs.rows)
     return _make_trainer(inputs.config, model, inputs.tokenizer, dataset, work, bf16)
 
@@ -102,7 +105,7 @@ def train_and_save(
             started = time.perf_counter()
             output = trainer.train()
             runtime = time.perf_counter() - started
-        save_adapter(trainer.model, work / "adapter")
+        save_version(trainer.model, inputs.tokenizer, work / "adapter")
         os.replace(work / "adapter", output_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -121,20 +124,54 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def load_trainable_model(base_model_path: Path, parent_adapter_path: str | Path | None) -> Any:
-    """The base model in fp32, with the adapter it continues (trainable) when there is one."""
+def load_trainable_model(
+    config: TrainConfig,
+    base_model_path: Path,
+    parent_adapter_path: str | Path | None,
+    dtype: str = "float32",
+) -> Any:
+    """The model a run trains (fp32 unless told: bf16, when chosen, runs as autocast, which
+    keeps the trained weights exact). It starts from the version it continues: a whole-model
+    parent is loaded in the base's place; a LoRA parent is loaded on the base, trainable for
+    a LoRA run (so the new adapter stands alone on the base model) or merged in for a full one.
+    """
     from transformers import AutoModelForCausalLM
 
-    # fp32 weights; bf16 (when chosen) runs as autocast, which keeps the LoRA master weights exact.
-    model = AutoModelForCausalLM.from_pretrained(
-        str(base_model_path), dtype="float32", local_files_only=True
-    )
-    if parent_adapter_path is None:
+    check_parent(config, parent_adapter_path)
+    parent = Path(parent_adapter_path) if parent_adapter_path else None
+    whole_parent = parent is not None and weights_kind(parent) is TrainedWeights.FULL
+    start = parent if whole_parent else base_model_path
+    model = AutoModelForCausalLM.from_pretrained(str(start), dtype=dtype, local_files_only=True)
+    if parent is None or whole_parent:
         return model
     from peft import PeftModel
 
-    # Continue the active adapter, so the new one stands alone on the base model.
-    return PeftModel.from_pretrained(model, str(parent_adapter_path), is_trainable=True)
+    lora = config.weights == TrainedWeights.LORA
+    tuned = PeftModel.from_pretrained(model, str(parent), is_trainable=lora)
+    if lora:
+        return tuned
+    # PEFT froze the base weights when it loaded the adapter; a full run trains them all.
+    return tuned.merge_and_unload().requires_grad_(True)
+
+
+def check_parent(config: TrainConfig, parent_adapter_path: str | Path | None) -> None:
+    """A LoRA run needs a parent that stands on the base model: none, or a LoRA adapter."""
+    if parent_adapter_path is None or config.weights != TrainedWeights.LORA:
+        return
+    if weights_kind(Path(parent_adapter_path)) is TrainedWeights.FULL:
+        raise TrainingRefused(
+            "the active judge version is a whole fine-tuned model, which a LoRA adapter on the "
+            "base model cannot continue; train it with weights full, or activate the base "
+            "model or a LoRA version first"
+        )
+
+
+def new_adapter(config: TrainConfig, model: Any) -> Any:
+    """The LoRA config a trainer adds to `model`: None when every weight trains or the model
+    already carries the adapter it continues."""
+    if config.weights == TrainedWeights.FULL or is_peft(model):
+        return None
+    return lora_config(config, model)
 
 
 def lora_config(config: TrainConfig, model: Any) -> Any:
@@ -200,7 +237,7 @@ def common_args(config: TrainConfig, work: Path, bf16: bool) -> dict[str, Any]:
 def _make_trainer(
     config: TrainConfig, model: Any, tokenizer: Any, dataset: Any, work: Path, bf16: bool
 ) -> Any:
-    peft_config = None if is_peft(model) else lora_config(config, model)
+    peft_config = new_adapter(config, model)
     if config.method in (TrainingMethod.SFT, TrainingMethod.RFT):
         from trl import SFTConfig, SFTTrainer
 
@@ -235,12 +272,26 @@ def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_adapter(model: Any, directory: Path) -> None:
-    """Write only the trained adapter ("default"), as safetensors; never pickle files."""
-    model.save_pretrained(str(directory), safe_serialization=True, selected_adapters=["default"])
+def save_version(model: Any, tokenizer: Any, directory: Path) -> None:
+    """Write what the run trained as safetensors, never pickle files: the adapter ("default")
+    of a LoRA model, or a whole model with its tokenizer (so any engine loads the directory)."""
+    if is_peft(model):
+        model.save_pretrained(
+            str(directory), safe_serialization=True, selected_adapters=["default"]
+        )
+        expected = directory / "adapter_model.safetensors"
+    else:
+        import torch
+
+        # bf16 halves the file; the judge reads weights in bf16 on a CPU with native bf16, and
+        # there the learning curve's full fine-tunes (fp32 weights, judged in bf16) kept their
+        # gain, so nothing it learned is lost to this rounding.
+        model.to(torch.bfloat16).save_pretrained(str(directory), safe_serialization=True)
+        tokenizer.save_pretrained(str(directory))
+        expected = directory / "config.json"
     pickles = [p.name for p in directory.rglob("*") if p.suffix in (".bin", ".pt", ".pth")]
-    if pickles or not (directory / "adapter_model.safetensors").is_file():
-        raise RuntimeError(f"adapter save produced {pickles or 'no safetensors file'}")
+    if pickles or not expected.is_file():
+        raise RuntimeError(f"saving the judge version produced {pickles or 'no ' + expected.name}")
 
 
 class ProgressReporter:

@@ -18,10 +18,10 @@ from typing import Any
 
 from judges.protocols import get_protocol
 from judges.train_config import TrainConfig, TrainingRefused
-from judges.trainer import AdapterInputs, lora_config
+from judges.trainer import AdapterInputs, is_peft, load_trainable_model, lora_config
 from judges.training_data import TrainingRecord
 from judges.types import PairInput, Verdict
-from vocabulary import ProtocolName
+from vocabulary import ProtocolName, TrainedWeights
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,14 @@ def verdict_rows(
 
 
 def verdict_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
-    """The verdict-letter trainer for the inputs (a LoRA adapter on the base model)."""
-    model = _model(inputs.config, inputs.base_model_path, inputs.parent_adapter_path, bf16)
-    return _trainer(inputs.config, inputs.rows, inputs.tokenizer, model, work)
+    """The verdict-letter trainer for the inputs: every weight (fp32 weights under the
+    Trainer's bf16 autocast, when chosen) or a LoRA adapter (on a bf16 base, see `_lora_model`)."""
+    config = inputs.config
+    if config.weights == TrainedWeights.FULL:
+        model = load_trainable_model(config, inputs.base_model_path, inputs.parent_adapter_path)
+        return _trainer(config, inputs.rows, inputs.tokenizer, model, work, autocast_bf16=bf16)
+    model = _lora_model(config, inputs.base_model_path, inputs.parent_adapter_path, bf16)
+    return _trainer(config, inputs.rows, inputs.tokenizer, model, work)
 
 
 def _trainer(
@@ -82,8 +87,8 @@ def _trainer(
     work: Path,
     autocast_bf16: bool = False,
 ) -> Any:
-    """`autocast_bf16`: an fp32 model computing under bf16 autocast (the learning curve's
-    full fine-tuning trial); the product's LoRA runs on a bf16 base instead (`_model`)."""
+    """`autocast_bf16`: an fp32 model computing under bf16 autocast (full fine-tuning); LoRA
+    runs on a bf16 base instead (`_lora_model`)."""
     import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
@@ -170,22 +175,17 @@ def _lora_in_base_dtype(model: Any) -> Iterator[None]:
         yield
 
 
-def _model(
+def _lora_model(
     config: TrainConfig, base_model_path: Path, parent_adapter_path: str | Path | None, bf16: bool
 ) -> Any:
     """The base model (bf16 where measured faster) with a trainable LoRA adapter; the adapter's
     own weights stay fp32 (PEFT upcasts them), so small updates are not rounded away
     (`_lora_in_base_dtype` computes with them in bf16)."""
-    from peft import PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from peft import get_peft_model
 
     dtype = "bfloat16" if bf16 else "float32"
-    model = AutoModelForCausalLM.from_pretrained(
-        str(base_model_path), dtype=dtype, local_files_only=True
-    )
-    if parent_adapter_path is not None:
-        return PeftModel.from_pretrained(model, str(parent_adapter_path), is_trainable=True)
-    return get_peft_model(model, lora_config(config, model))
+    model = load_trainable_model(config, base_model_path, parent_adapter_path, dtype)
+    return model if is_peft(model) else get_peft_model(model, lora_config(config, model))
 
 
 class _LeftPadding:

@@ -69,7 +69,8 @@ class TrainingRuns:
             self._refuse_if_running(s)
             active = queries.active_judge_version(s) or {}
             records = training_records(s, version_id, config.protocol)
-            plan = plan_run(config, records)  # the run's checks, made once: the worker trusts them
+            parent = active.get("adapter_path")
+            plan = plan_run(config, records, parent)  # checked once here: the worker trusts it
             run_id = queries.create_training_run(s, config.method, {}, version_id)
             snapshot = json.dumps([r.to_json() for r in records])
             run_dir = self.runs_dir() / str(run_id)
@@ -78,11 +79,11 @@ class TrainingRuns:
             job = {
                 "records_path": str(run_dir / "records.json"),
                 "base_model_path": str(base_model),
-                "parent_adapter_path": active.get("adapter_path"),
+                "parent_adapter_path": parent,
                 "base_model_name": active.get("base_model") or str(base_model),
                 "judge_options": options.model_dump(),
             }
-            config = dataclasses.replace(config, output_dir=str(run_dir / "adapter"))
+            config = dataclasses.replace(plan.config, output_dir=str(run_dir / "adapter"))
             queries.update_training_run(
                 s,
                 run_id,
@@ -247,16 +248,16 @@ class TrainingRuns:
     ) -> Backend | None:
         """The version's judge, loaded and checked (None: checked, loaded on first use);
         VersionRefused when it cannot be."""
-        from judges.backends.adapters import check_adapter_files
+        from judges.backends.adapters import check_version_files
 
         backend = self.judging.judge.backend
         try:
             if backend not in ADAPTER_BACKENDS:
                 raise ValueError(
-                    f"the {backend} backend cannot load a LoRA adapter; choose "
+                    f"the {backend} backend cannot load a retrained judge version; choose "
                     f"{' or '.join(sorted(ADAPTER_BACKENDS))} in the Judge tab first"
                 )
-            check_adapter_files(Path(version["adapter_path"]))  # no model needed, never unpickles
+            check_version_files(Path(version["adapter_path"]))  # no model needed, never unpickles
             if backend not in LOCAL_BACKENDS:
                 return None  # a GPU engine is not loaded twice; it checks shapes when it loads
             return self.judging.make_backend(version["adapter_path"])

@@ -119,12 +119,18 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
     report["args"]["lora_layers"] = None
     row = curve_table.setting_rows("curve.json", report)[0]
     assert row["weights trained"] == "LoRA, all blocks"
-    report["args"] |= {"full_finetune": True, "one_order": True}
+    report["args"] |= {"weights": "full", "one_order": True}
     row = curve_table.setting_rows("curve.json", report)[0]
     assert (row["weights trained"], row["orders per label"], row["rank"]) == (
         "all (full fine-tuning)",
         "1 (seeded coin)",
         "-",
+    )
+    # A file from before full fine-tuning was a setting of the product names it its own way.
+    report["args"] = {k: v for k, v in report["args"].items() if k != "weights"}
+    report["args"]["full_finetune"] = True
+    assert curve_table.setting_rows("curve.json", report)[0]["weights trained"] == (
+        "all (full fine-tuning)"
     )
 
 

@@ -20,6 +20,7 @@ from tests.engine_checks import (
     PREFIX,
     collect,
     make_strong_adapter,
+    make_whole_version,
     same_logprobs_other_text,
 )
 from vocabulary import DEFAULT_REPETITION_PENALTY
@@ -45,6 +46,13 @@ def llamacpp(request, embedded_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def strong_adapter(embedded_model_dir, tmp_path_factory) -> Path:
     return make_strong_adapter(embedded_model_dir, tmp_path_factory.mktemp("strong-adapter"))
+
+
+@pytest.fixture(scope="module")
+def whole(embedded_model_dir, strong_adapter, tmp_path_factory) -> Path:
+    """A whole-model version (the strong adapter merged in), made once for both GGUF files."""
+    out = tmp_path_factory.mktemp("whole-version") / "version"
+    return make_whole_version(embedded_model_dir, strong_adapter, out)
 
 
 def close_tables(a: dict[str, float], b: dict[str, float], tolerance: float) -> None:
@@ -180,6 +188,41 @@ def test_a_retrained_adapter_judges_on_llamacpp_as_on_transformers(
     # The adapter moves both engines' verdict the same way, by much more than they differ.
     shift, shift_hf = got["A"] - base["A"], expected["A"] - base_hf["A"]
     assert abs(shift_hf) > 0.2 and shift == pytest.approx(shift_hf, abs=0.15)
+
+
+def test_a_whole_model_version_judges_on_llamacpp_as_on_transformers(
+    llamacpp, embedded_model_dir, whole
+):
+    """What full fine-tuning saves (bf16, here the strong adapter merged into every weight):
+    llama.cpp runs it as a GGUF model made once beside it, with the base file's tokenizer and
+    template, and judges as transformers does with it."""
+    from gguf import GGUFReader
+
+    from judges.backends.gguf_model import GGUF_FILE
+    from judges.backends.llamacpp_backend import LlamaCppBackend
+    from judges.backends.transformers_backend import TransformersBackend
+
+    request = [(MESSAGES, PREFIX)]
+    reference = TransformersBackend(embedded_model_dir, dtype="float32", adapter_path=whole)
+    try:
+        expected = reference.next_token_logprobs(request, top_k=5)[0]
+    finally:
+        reference.close()
+    tuned = LlamaCppBackend(llamacpp.gguf_path, embedded_model_dir, adapter_path=whole)
+    try:
+        got = tuned.next_token_logprobs(request, top_k=5)[0]
+        pieces, summary = collect(tuned, MESSAGES)
+    finally:
+        tuned.close()
+    base = llamacpp.next_token_logprobs(request, top_k=5)[0]
+    assert max(got, key=got.get) == max(expected, key=expected.get)
+    assert got["A"] == pytest.approx(expected["A"], abs=0.15)
+    assert abs(got["A"] - base["A"]) > 0.2  # the version's judge, not the base's
+    assert "".join(pieces) == summary.text and summary.text.strip()
+    made, shipped = GGUFReader(whole / GGUF_FILE), GGUFReader(llamacpp.gguf_path)
+    for key in ("tokenizer.chat_template", "tokenizer.ggml.eos_token_id", "llama.block_count"):
+        assert made.fields[key].contents() == shipped.fields[key].contents()
+    assert sorted(t.name for t in made.tensors) == sorted(t.name for t in shipped.tensors)
 
 
 def test_the_adapter_changes_the_judge_and_a_pickle_is_never_loaded(

@@ -47,6 +47,7 @@ def sum_pair(i: int) -> dict[str, str]:
 def tiny_config(**overrides) -> TrainConfig:
     values = {
         "method": "sft",
+        "weights": "lora",
         "max_steps": 2,
         "batch_size": 2,
         "min_labels": 4,
@@ -149,6 +150,7 @@ def test_start_checks_the_run_once_and_stores_the_split_the_worker_trains_on(ser
         r["pair_id"] for r in json.loads(Path(run["config"]["job"]["records_path"]).read_text())
     )
     assert split["heldout_share"] == 0.3 and split["heldout"] and split["train"]
+    assert run["config"]["learning_rate"] == 3e-4  # left unset: stored as it will run (lora)
 
 
 # ---------------------------------------------------------------- the worker process
@@ -217,6 +219,38 @@ def test_a_short_run_registers_an_inactive_version_that_can_be_activated(service
     services.reload_judge()
 
 
+def test_a_full_run_makes_a_whole_model_version_that_judges_when_activated(services):
+    """Every weight trained (the default): the version is a whole model directory, the active
+    engine judges with it once activated, and a LoRA run cannot continue it (refused, nothing
+    stored)."""
+    from tests.engine_checks import MESSAGES, PREFIX
+
+    add_labeled_pairs(services, ["A", "B"] * 4)
+    short_judging(services)
+    # A rate the two tiny steps can show at the embedded judge's bf16 precision.
+    run_id = services.start_training_run(tiny_config(weights="full", learning_rate=1e-4))
+    run = wait_for(services, run_id, ended)
+    assert run["status"] == "done", f"{run['error']}\n{Path(run['log_path']).read_text()[-3000:]}"
+    assert run["config"]["weights"] == "full"
+    (new,) = [v for v in services.versions() if v["training_run_id"] == run_id]
+    version_dir = Path(new["adapter_path"])
+    assert {"config.json", "model.safetensors"} <= {p.name for p in version_dir.iterdir()}
+    request = [(MESSAGES, PREFIX)]
+    before = services.backend().next_token_logprobs(request, top_k=5)[0]
+
+    services.activate_version(new["id"])
+    judge = services.backend()
+    assert Path(judge.adapter_path) == version_dir
+    after = judge.next_token_logprobs(request, top_k=5)[0]
+    assert after != pytest.approx(before, abs=1e-3)
+    count = runs_count(services)
+    with pytest.raises(TrainingRefused, match="whole fine-tuned model"):
+        services.start_training_run(tiny_config())  # weights lora
+    assert runs_count(services) == count
+    services.rollback_version()
+    services.reload_judge()
+
+
 # ---------------------------------------------------------------- versions on the command line
 
 
@@ -277,7 +311,7 @@ def test_retrain_tab_handlers_render_runs_and_versions(services):
     assert "No training run yet" in status and losses.empty and curve.empty
     assert list(metrics["figure"])[0] == "accuracy"
     assert "Nothing is running" in h.cancel()
-    assert "Not started: only 0 usable labels" in h.start("sft", 1, 8, 1e-4, 0.2)
+    assert "Not started: only 0 usable labels" in h.start("sft", "lora", 1, 8, 1e-4, 0.2)
     message, versions = h.rollback()
     assert "no parent to roll back to" in message and list(versions["active"]) == ["yes"]
 

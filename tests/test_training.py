@@ -106,6 +106,7 @@ def make_records(count: int = 12, labels: Sequence[str] = "AB") -> list[dict]:
 def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
     settings = {
         "method": "dpo",
+        "weights": "lora",  # full fine-tuning has its own tests (test_full_finetune)
         "max_steps": 2,
         "batch_size": 2,
         "min_labels": 4,

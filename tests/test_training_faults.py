@@ -274,7 +274,9 @@ def test_an_adapter_cannot_be_activated_on_a_served_judge(services, models):
     base = services.judge_version_id()
     services.configure_judge("openai", "some-model", OPTIONS)
     version = register(services, models.good, "run4-sft")
-    with pytest.raises(VersionRefused, match="openai backend cannot load a LoRA adapter"):
+    with pytest.raises(
+        VersionRefused, match="openai backend cannot load a retrained judge version"
+    ):
         services.activate_version(version)
     assert active_id(services) == base
 
@@ -321,7 +323,7 @@ def test_an_active_adapter_damaged_on_disk_fails_visibly_and_labeling_goes_on(
 
 def test_retrain_tab_refuses_one_class_and_stores_no_run(services):
     add_pairs(services, ["B"] * 25)  # enough labels (the tab's minimum is 20), one class
-    message = RetrainHandlers(services).start("sft", 1, 4, 1e-4, 0.3)
+    message = RetrainHandlers(services).start("sft", "lora", 1, 4, 1e-4, 0.3)
     assert "Not started: every usable label is &#x27;B&#x27;" in message, message
     assert services.training_runs() == []
 
@@ -358,6 +360,7 @@ def queued_run(
         max_prompt_tokens=128,
         max_target_tokens=8,
         lora_rank=4,
+        weights="lora",
         output_dir=str(tmp_path / "run" / "adapter"),
     )
     records_path = tmp_path / "records.json"

@@ -16,7 +16,7 @@ from judges.trainer import load_tokenizer
 from judges.types import PairInput, Verdict
 from judges.verdict_training import (
     _LeftPadding,
-    _model,
+    _lora_model,
     _trainer,
     letter_ids,
     verdict_logits,
@@ -93,7 +93,7 @@ def test_verdict_logits_are_each_rows_last_position(tiny_model, tmp_path) -> Non
     config, tokenizer, rows = _eight_rows(tiny_model, tmp_path)
     batch = _LeftPadding(tokenizer.pad_token_id)(rows)
     batch.pop("labels")
-    model = _model(config, tiny_model, None, bf16=False)
+    model = _lora_model(config, tiny_model, None, bf16=False)
     expected = model(**batch).logits[:, -1, :]  # every position's logits, the last kept
     torch.testing.assert_close(verdict_logits(model, batch), expected.float())
 
@@ -104,7 +104,7 @@ def test_on_a_bf16_base_lora_computes_in_bf16_and_trains_fp32_weights(tiny_model
     config, tokenizer, rows = _eight_rows(tiny_model, tmp_path)
     batch = _LeftPadding(tokenizer.pad_token_id)(rows)
     labels = batch.pop("labels")
-    model = _model(config, tiny_model, None, bf16=True)
+    model = _lora_model(config, tiny_model, None, bf16=True)
     for name, param in model.named_parameters():
         if "lora_B" in name:  # a trained adapter: its path changes the logits
             torch.nn.init.normal_(param, std=0.5)
@@ -131,7 +131,7 @@ def test_an_accumulated_step_reports_the_mean_loss_of_all_its_rows(tiny_model, t
     config, tokenizer, rows = _eight_rows(tiny_model, tmp_path)
     config = replace(config, batch_size=4, gradient_accumulation_steps=2)
     assert len(rows) == 8
-    model = _model(config, tiny_model, None, bf16=False)
+    model = _lora_model(config, tiny_model, None, bf16=False)
     batch = _LeftPadding(tokenizer.pad_token_id)(rows)
     labels = batch.pop("labels")
     with torch.no_grad():

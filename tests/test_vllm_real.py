@@ -24,6 +24,7 @@ from tests.engine_checks import (
     PREFIX,
     collect,
     make_strong_adapter,
+    make_whole_version,
     same_logprobs_other_text,
 )
 from tests.served import free_port, start_server, stop_server
@@ -174,6 +175,33 @@ def test_the_retrained_adapter_judges_on_vllm_as_on_transformers(tuned_vllm, tra
     engine = tuned_vllm._engine.vllm_config
     assert engine.model_config.model == str(tuned_vllm.adapter_path / "merged-model")
     assert engine.lora_config is None
+
+
+def test_a_whole_model_version_is_the_engines_model(
+    embedded_model_dir, strong_adapter, transformers_judges, tmp_path
+):
+    """What full fine-tuning saves (bf16 safetensors and its tokenizer; here the strong adapter
+    merged into every weight) is loaded as vLLM's model and judges as the LoRA version does."""
+    from judges.backends.vllm_backend import VLLMBackend
+
+    whole = make_whole_version(embedded_model_dir, strong_adapter, tmp_path / "version")
+    backend = VLLMBackend(
+        embedded_model_dir,
+        max_batch_size=2,
+        max_model_len=2048,
+        kv_cache_gib=KV_CACHE_GIB,
+        adapter_path=whole,
+        enforce_eager=ENFORCE_EAGER,
+    )
+    try:
+        ours = backend.next_token_logprobs([(MESSAGES, PREFIX)], top_k=5)[0]
+        assert backend._engine.vllm_config.model_config.model == str(whole)
+    finally:
+        backend.close()
+    _base, tuned = transformers_judges
+    theirs = tuned.next_token_logprobs([(MESSAGES, PREFIX)], top_k=5)[0]
+    assert max(ours, key=ours.get) == max(theirs, key=theirs.get)
+    assert p_a(ours) == pytest.approx(p_a(theirs), abs=0.1)
 
 
 def test_a_prefilled_answer_is_continued_not_restarted(tuned_vllm):

@@ -110,13 +110,23 @@ class RetrainHandlers:
     def __init__(self, services: Any) -> None:
         self.services = services
 
-    def start(self, method: str, epochs: float, rank: float, lr: float, share: float) -> str:
+    def start(
+        self,
+        method: str,
+        weights: str,
+        epochs: float,
+        rank: float,
+        lr: float | None,
+        share: float,
+    ) -> str:
+        """`lr` None (the field left blank): the measured default for the weights trained."""
         try:
             config = TrainConfig(
                 method=method,
+                weights=weights,
                 epochs=float(epochs),
                 lora_rank=int(rank),
-                learning_rate=float(lr),
+                learning_rate=float(lr) if lr else None,
                 heldout_share=float(share),
             )
             run_id = self.services.start_training_run(config)
@@ -175,18 +185,25 @@ def build_retrain_tab(services: Any) -> gr.Tab:
     h = RetrainHandlers(services)
     with gr.Tab("Retrain", id="retrain", elem_id="grm-tab-retrain") as tab:
         gr.Markdown(
-            "Train a LoRA adapter on your labels, measured on held-out labeled pairs before and "
-            "after. The new judge is registered but not used until you activate it."
+            "Retrain the judge on your labels (every weight, or a LoRA adapter), measured on "
+            "held-out labeled pairs before and after. The new judge is registered but not used "
+            "until you activate it."
         )
         with gr.Row():
             method = gr.Dropdown(
                 config_choices("method"), value=config_default("method"), label="Method"
             )
+            weights = gr.Dropdown(
+                config_choices("weights"), value=config_default("weights"), label="Weights trained"
+            )
             epochs = gr.Number(value=config_default("epochs"), label="Epochs", minimum=0.1)
             rank = gr.Number(
                 value=config_default("lora_rank"), label="LoRA rank", precision=0, minimum=1
             )
-            lr = gr.Number(value=config_default("learning_rate"), label="Learning rate")
+            lr = gr.Number(
+                value=config_default("learning_rate"),
+                label="Learning rate (blank: measured default)",
+            )
             share = gr.Slider(
                 0.05, 0.5, value=config_default("heldout_share"), step=0.05, label="Held-out share"
             )
@@ -217,7 +234,9 @@ def build_retrain_tab(services: Any) -> gr.Tab:
             rollback = gr.Button("Roll back to parent", elem_id="grm-retrain-rollback")
         timer = gr.Timer(POLL_S)
     outputs = [status, loss, metrics, versions, curve]
-    start.click(h.start, [method, epochs, rank, lr, share], [message], api_name="start_training")
+    start.click(
+        h.start, [method, weights, epochs, rank, lr, share], [message], api_name="start_training"
+    )
     cancel.click(h.cancel, None, [message], api_name="cancel_training")
     activate.click(
         h.activate, [version_id, force], [message, versions], api_name="activate_version"

@@ -1,6 +1,9 @@
-"""Check a LoRA adapter directory before loading it: safetensors only, same base, same shapes.
+"""Check a judge version's weights before loading them: safetensors only, same base, same shapes.
 
-Pickle files (`adapter_model.bin`) can run code when loaded, and a mismatched adapter would
+A version made by retraining is a LoRA adapter (adapter_config.json) or, when every weight was
+trained, a whole model directory (config.json); `weights_kind` tells which.
+
+Pickle files (`adapter_model.bin`) can run code when loaded, and mismatched weights would
 either crash mid-load or, worse, load partly and silently; both are refused here with a message
 that says which file and what is wrong.
 """
@@ -12,10 +15,84 @@ from pathlib import Path
 from typing import Any
 
 from judges.backends.base import BackendError
+from vocabulary import TrainedWeights
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+MODEL_CONFIG_FILE = "config.json"  # a whole model's (transformers' save_pretrained)
+# What must agree for a whole model to stand in for the base: its shape and vocabulary.
+SAME_SHAPE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+
+
+def weights_kind(version_path: Path) -> TrainedWeights:
+    """A LoRA adapter, or a whole model (a config.json and no adapter config)."""
+    version_path = Path(version_path)
+    if not (version_path / CONFIG_FILE).is_file() and (version_path / MODEL_CONFIG_FILE).is_file():
+        return TrainedWeights.FULL
+    return TrainedWeights.LORA  # also what is neither: read_adapter_config says what is missing
+
+
+def check_version_files(version_path: Path, model_path: Path | None = None) -> None:
+    """Every check of a version's weights that needs no model loaded: its files and format
+    (never a pickle) and, given the base model's directory, that it was made from it."""
+    version_path = Path(version_path)
+    if weights_kind(version_path) is TrainedWeights.LORA:
+        config = check_adapter_files(version_path)
+        if model_path is not None:
+            check_base_model(config, version_path, Path(model_path))
+    elif model_path is not None:
+        check_whole_model(version_path, Path(model_path))
+    else:
+        for path in model_weight_files(version_path):
+            read_weight_shapes(path)
+
+
+def check_whole_model(model_dir: Path, base_model_path: Path) -> None:
+    """A whole fine-tuned model that can stand in for the base: safetensors only, readable,
+    and the base's shape and vocabulary (so its tokenizer and prompts fit)."""
+    model_dir = Path(model_dir)
+    for path in model_weight_files(model_dir):
+        read_weight_shapes(path)
+    own, base = _model_config(model_dir), _model_config(Path(base_model_path))
+    differ = [k for k in SAME_SHAPE_KEYS if own.get(k) != base.get(k)]
+    if differ:
+        shown = ", ".join(f"{k} {own.get(k)} (base {base.get(k)})" for k in differ)
+        raise BackendError(
+            f"model {model_dir} is not a fine-tune of {Path(base_model_path).name}: {shown}"
+        )
+
+
+def model_weight_files(model_dir: Path) -> list[Path]:
+    """A whole model's safetensors files; BackendError when it has none (or holds pickles)."""
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        pickles = [p.name for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise BackendError(
+                f"model {model_dir} holds pickle weights ({', '.join(pickles)}), which can run "
+                "code when loaded; only .safetensors files are accepted"
+            )
+        raise BackendError(f"model {model_dir} has no .safetensors weights")
+    return files
+
+
+def _model_config(model_dir: Path) -> dict:
+    try:
+        return json.loads((model_dir / MODEL_CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise BackendError(f"{model_dir} has no {MODEL_CONFIG_FILE}") from None
+    except json.JSONDecodeError as exc:
+        raise BackendError(f"{model_dir / MODEL_CONFIG_FILE} is not valid JSON: {exc}") from None
 
 
 def check_adapter(adapter_path: Path, model: Any, model_path: Path) -> dict:

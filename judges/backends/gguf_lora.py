@@ -43,7 +43,7 @@ def write_gguf_adapter(adapter_dir: Path, base_gguf: Path, out: Path) -> None:
     from safetensors.numpy import load_file
 
     config = json.loads((adapter_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-    base = _base_shape(base_gguf)
+    base = base_shape(base_gguf)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, base["blocks"])
     writer = gguf.GGUFWriter(str(out), arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     writer.add_type(gguf.GGUFType.ADAPTER)
@@ -74,7 +74,7 @@ def rotary_permute(rows: np.ndarray, heads: int) -> np.ndarray:
     return rows.reshape(heads, 2, shape[0] // heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
-def _base_shape(base_gguf: Path) -> dict[str, int]:
+def base_shape(base_gguf: Path) -> dict[str, int]:
     """Blocks and attention heads of the base model, read from its GGUF header."""
     import gguf
 

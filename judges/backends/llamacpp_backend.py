@@ -14,8 +14,8 @@ cost: llama-cpp-python's own completion API computes log-probs only with logits 
 prompt position. llama.cpp keeps the last prompt's cache; a new prompt that starts the same
 way (the same pair judged again, or a prompt read ahead by `warm`) only reads what differs.
 
-A LoRA adapter made by the retraining job is converted to a GGUF adapter once (gguf_lora.py)
-and applied by llama.cpp at load.
+A judge version made by the retraining job is converted once: a LoRA adapter to a GGUF adapter
+llama.cpp applies at load (gguf_lora.py), a whole fine-tuned model to a GGUF model (gguf_model.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from judges.backends import base
-from judges.backends.adapters import check_adapter_files
+from judges.backends.adapters import check_version_files, weights_kind
+from vocabulary import TrainedWeights
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ CONTEXT_TOKENS = 4096  # the judge prompts' budgets plus an answer fit (SmolLM2 
 
 
 class LlamaCppBackend(base.Backend):
-    """A GGUF model run by llama.cpp on the CPU, optionally with a LoRA adapter."""
+    """A GGUF model run by llama.cpp on the CPU, optionally as a retrained judge version."""
 
     name = "llamacpp"
     supports_logprobs = True
@@ -60,9 +61,10 @@ class LlamaCppBackend(base.Backend):
             raise base.BackendError(f"no GGUF model file at {self.gguf_path}")
         self.adapter_path = Path(adapter_path) if adapter_path else None
         self._lock = threading.Lock()
-        self.tokenizer = _load_tokenizer(Path(tokenizer_path))
-        lora = self._converted_adapter() if self.adapter_path else None
-        self.llm = _load_model(self.gguf_path, threads, context_tokens, lora)
+        self.tokenizer_path = Path(tokenizer_path)  # the base model's directory
+        self.tokenizer = _load_tokenizer(self.tokenizer_path)
+        model_file, lora = self._version_files()
+        self.llm = _load_model(model_file, threads, context_tokens, lora)
         self.threads = (self.llm.n_threads, self.llm.n_threads_batch)  # decoding, reading
         self._stops = {self.llm.token_eos(), *_eos_ids(self.tokenizer)}
         self.load_seconds = time.perf_counter() - started
@@ -214,12 +216,19 @@ class LlamaCppBackend(base.Backend):
             table[text] = float(np.logaddexp(table[text], value)) if text in table else value
         return table
 
-    def _converted_adapter(self) -> Path:
+    def _version_files(self) -> tuple[Path, Path | None]:
+        """The GGUF model to load and the GGUF adapter to apply for the judge version (its
+        safetensors checked first, never a pickle; converted once, beside its weights)."""
+        if self.adapter_path is None:
+            return self.gguf_path, None
+        check_version_files(self.adapter_path, self.tokenizer_path)
+        if weights_kind(self.adapter_path) is TrainedWeights.FULL:
+            from judges.backends.gguf_model import converted_model
+
+            return converted_model(self.adapter_path, self.gguf_path), None
         from judges.backends.gguf_lora import converted_adapter
 
-        assert self.adapter_path is not None
-        check_adapter_files(self.adapter_path)  # safetensors only, never a pickle
-        return converted_adapter(self.adapter_path, self.gguf_path)
+        return self.gguf_path, converted_adapter(self.adapter_path, self.gguf_path)
 
 
 class _TextDecoder:

@@ -40,9 +40,10 @@ from transformers import (  # noqa: E402
 from judges.backends import base  # noqa: E402
 from judges.backends.adapters import (  # noqa: E402
     check_adapter,
-    check_base_model,
-    read_adapter_config,
+    check_version_files,
+    weights_kind,
 )
+from vocabulary import TrainedWeights  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ WARM_PROMPTS_KEPT = 4  # read-ahead prompts kept (one per person about to judge,
 
 
 class TransformersBackend(base.Backend):
-    """A local model directory (safetensors), optionally with a LoRA adapter merged in."""
+    """A local model directory (safetensors), optionally with a judge version's weights: a LoRA
+    adapter merged in, or a whole fine-tuned model loaded in the base's place."""
 
     name = "transformers"
     supports_logprobs = True
@@ -79,8 +81,8 @@ class TransformersBackend(base.Backend):
         self._lock = threading.Lock()
         # Prompts read ahead of a click (see `warm`): token ids -> the model's cache after them.
         self._warm: OrderedDict[tuple[int, ...], DynamicCache] = OrderedDict()
-        if self.adapter_path is not None:  # refuse a bad adapter before spending the model load
-            check_base_model(read_adapter_config(self.adapter_path), self.adapter_path, model_path)
+        if self.adapter_path is not None:  # refuse bad weights before spending the model load
+            check_version_files(self.adapter_path, self.model_path)
         self.tokenizer = _load_tokenizer(self.model_path)
         self.model = _load_model(self.model_path, self.device, self.dtype, self.adapter_path)
         self.load_seconds = time.perf_counter() - started
@@ -377,8 +379,10 @@ def _load_tokenizer(model_path: Path):
 
 
 def _load_model(model_path: Path, device: str, dtype: torch.dtype, adapter_path: Path | None):
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, local_files_only=True)
-    if adapter_path is not None:
+    whole = adapter_path is not None and weights_kind(adapter_path) is TrainedWeights.FULL
+    weights = adapter_path if whole else model_path  # a whole fine-tune replaces the base
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, local_files_only=True)
+    if adapter_path is not None and not whole:
         check_adapter(adapter_path, model, model_path)
         from peft import PeftModel
 

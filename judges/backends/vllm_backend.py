@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from judges.backends import base
-from judges.backends.adapters import check_adapter_files, check_base_model
+from judges.backends.adapters import check_version_files, weights_kind
 from judges.backends.merged_lora import merged_model
+from vocabulary import TrainedWeights
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,12 @@ class VLLMBackend(base.Backend):
         engine_model = self.model_path
         if self.adapter_path is not None:
             # Config and safetensors header checked here (never unpickled): vLLM's own errors
-            # for a corrupt adapter come late and deep in the engine.
-            check_base_model(check_adapter_files(self.adapter_path), self.adapter_path, model_path)
+            # for corrupt weights come late and deep in the engine.
+            check_version_files(self.adapter_path, Path(model_path))
             merge = _platform_is_cpu() if merge_adapter is None else merge_adapter
-            if merge:
+            if weights_kind(self.adapter_path) is TrainedWeights.FULL:
+                engine_model = str(self.adapter_path)  # a whole fine-tune: the engine's model
+            elif merge:
                 engine_model = str(merged_model(self.adapter_path, Path(model_path)))
             else:
                 self._lora = _lora_request(self.adapter_path)
