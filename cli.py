@@ -219,14 +219,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
+    from judges.backends.adapters import weights_label
     from webui.figures import metric_value
 
-    print(f"{'id':>4} {'':1} {'name':32} {'parent':>6} {'run':>4}  accuracy")
+    print(f"{'id':>4} {'':1} {'name':32} {'parent':>6} {'run':>4} {'weights':7}  accuracy")
     for v in _services().versions():
         mark = "*" if v["is_active"] else ""
+        weights = weights_label(v["adapter_path"]) or "base"
         print(
             f"{v['id']:>4} {mark:1} {v['name'][:32]:32} {v['parent_id'] or '-':>6} "
-            f"{v['training_run_id'] or '-':>4}  {metric_value(v['metrics'], 'accuracy')}"
+            f"{v['training_run_id'] or '-':>4} {weights:7}  "
+            f"{metric_value(v['metrics'], 'accuracy')}"
         )
     return 0
 

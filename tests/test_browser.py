@@ -365,6 +365,30 @@ def test_auto_judge_judges_each_pair_as_it_opens(browser, running_app, scripted_
     page.context.close()
 
 
+def test_the_retrain_tab_sends_the_weights_chosen_and_a_bad_setting_stores_nothing(
+    browser, running_app
+) -> None:
+    """The Retrain form as a person fills it: the weights trained default to the measured
+    setting (full) and can be changed, the form's values reach the run's config in their
+    places, and a setting that cannot make a run is refused by name with nothing stored."""
+    services = running_app.services
+    runs_before = len(services.training_runs())
+    page = open_desk(browser, running_app.url, "browser-retrain")
+    page.get_by_role("tab", name="Retrain").click()
+    weights = page.get_by_label("Weights trained")
+    assert weights.input_value() == "full"
+    weights.click()
+    page.locator("li[role=option]", has_text="lora").first.click()
+    assert weights.input_value() == "lora"
+    page.get_by_label("Learning rate (blank: measured default)").fill("-1")
+    page.click("#grm-retrain-start")
+    message = page.locator("#grm-retrain-message")
+    message.get_by_text("Not started").wait_for()
+    assert "learning_rate must be positive" in message.inner_text()
+    assert len(services.training_runs()) == runs_before
+    page.context.close()
+
+
 def test_screenshots_of_label_and_agreement_tabs(
     browser, running_app, scripted_judge, tmp_path: Path
 ) -> None:

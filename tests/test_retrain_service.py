@@ -198,7 +198,7 @@ def test_a_short_run_registers_an_inactive_version_that_can_be_activated(service
     assert len(new) == 1 and not new[0]["is_active"]
     assert new[0]["parent_id"] == base_id
     assert "accuracy" in new[0]["metrics"] and new[0]["metrics"]["training"]["steps"] == 2
-    from webui.retrain_tab import curve_frame
+    from webui.retrain_tab import curve_frame, versions_frame
 
     curve = curve_frame(services.versions())  # the Retrain tab's curve shows the new version
     used = len(run["label_snapshot"]["split"]["train"])
@@ -209,6 +209,7 @@ def test_a_short_run_registers_an_inactive_version_that_can_be_activated(service
         paired["second_accuracy"],
     ]
     assert Path(new[0]["adapter_path"], "adapter_model.safetensors").is_file()
+    assert versions_frame(new)["weights"].tolist() == ["lora"]
     assert services.judge_version_id() == base_id
 
     services.activate_version(new[0]["id"])
@@ -224,6 +225,7 @@ def test_a_full_run_makes_a_whole_model_version_that_judges_when_activated(servi
     engine judges with it once activated, and a LoRA run cannot continue it (refused, nothing
     stored)."""
     from tests.engine_checks import MESSAGES, PREFIX
+    from webui.retrain_tab import versions_frame
 
     add_labeled_pairs(services, ["A", "B"] * 4)
     short_judging(services)
@@ -235,6 +237,9 @@ def test_a_full_run_makes_a_whole_model_version_that_judges_when_activated(servi
     (new,) = [v for v in services.versions() if v["training_run_id"] == run_id]
     version_dir = Path(new["adapter_path"])
     assert {"config.json", "model.safetensors"} <= {p.name for p in version_dir.iterdir()}
+    shown = versions_frame(services.versions()).set_index("id")  # the Retrain tab's table
+    assert shown.loc[new["id"], "weights"] == "full"
+    assert shown.loc[services.judge_version_id(), "weights"] == ""  # the base model
     request = [(MESSAGES, PREFIX)]
     before = services.backend().next_token_logprobs(request, top_k=5)[0]
 
@@ -276,6 +281,7 @@ def test_cli_versions_and_activate(services, settings, capsys):
     out = capsys.readouterr().out
     assert "run1-sft" in out and "0.750" in out
     assert [line.split()[1] for line in out.splitlines()[1:]] == ["*", "run1-sft"]
+    assert [line.split()[-2] for line in out.splitlines()[1:]] == ["base", "base"]  # no weights
 
     assert cli.main(["activate", str(child)]) == 0
     assert f"active judge version: {child} run1-sft" in capsys.readouterr().out

@@ -7,13 +7,14 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from judges.backends.adapters import weights_label
 from judges.train_config import TrainConfig, config_choices, config_default
 from vocabulary import UNFINISHED_RUN_STATUSES, RunStatus
 from webui.common import explain
 from webui.render import error_box, ok_box
 
 POLL_S = 2.0
-VERSION_COLUMNS = ["id", "name", "active", "parent", "run", "accuracy", "kappa", "adapter"]
+VERSION_COLUMNS = ["id", "name", "active", "parent", "run", "accuracy", "kappa", "weights", "path"]
 LOSS_COLUMNS = ["step", "loss"]
 PHASES = {
     "starting": "Starting",
@@ -74,6 +75,7 @@ def versions_frame(versions: list[dict[str, Any]]) -> pd.DataFrame:
             v["training_run_id"] or "",
             metric_value(v["metrics"], "accuracy"),
             metric_value(v["metrics"], "kappa"),
+            weights_label(v["adapter_path"]),
             v["adapter_path"] or "",
         ]
         for v in versions

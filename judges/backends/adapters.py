@@ -41,6 +41,11 @@ def weights_kind(version_path: Path) -> TrainedWeights:
     return TrainedWeights.LORA  # also what is neither: read_adapter_config says what is missing
 
 
+def weights_label(version_path: str | Path | None) -> str:
+    """How a version is shown: full (a whole fine-tuned model), lora, or blank (the base)."""
+    return weights_kind(Path(version_path)).value if version_path else ""
+
+
 def check_version_files(version_path: Path, model_path: Path | None = None) -> None:
     """Every check of a version's weights that needs no model loaded: its files and format
     (never a pickle) and, given the base model's directory, that it was made from it."""
