@@ -87,6 +87,7 @@ def _llamacpp_args(settings: Settings, overrides: dict[str, Any]) -> dict[str, A
         "gguf_path": gguf,
         "tokenizer_path": _local_model(settings, {}),
         "threads": settings.judge_threads,
+        "max_batch_size": settings.judge_batch_size,
     }
 
 

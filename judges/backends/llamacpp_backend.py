@@ -13,6 +13,8 @@ distribution (before temperature or top-p), like the transformers backend's, at 
 cost: llama-cpp-python's own completion API computes log-probs only with logits for every
 prompt position. llama.cpp keeps the last prompt's cache; a new prompt that starts the same
 way (the same pair judged again, or a prompt read ahead by `warm`) only reads what differs.
+A batch of conversations (`generate_batch`) is decoded together in a second context, one token
+of each per step (llamacpp_batch.py).
 
 A judge version made by the retraining job is converted once: a LoRA adapter to a GGUF adapter
 llama.cpp applies at load (gguf_lora.py), a whole fine-tuned model to a GGUF model (gguf_model.py).
@@ -45,7 +47,6 @@ class LlamaCppBackend(base.Backend):
     supports_logprobs = True
     supports_prefill = True
     supports_repetition_penalty = True
-    max_batch_size = 1  # one sequence at a time: llama.cpp's cache holds one conversation here
 
     def __init__(
         self,
@@ -54,6 +55,7 @@ class LlamaCppBackend(base.Backend):
         threads: int | None = None,
         adapter_path: str | Path | None = None,
         context_tokens: int = CONTEXT_TOKENS,
+        max_batch_size: int = 8,
     ) -> None:
         started = time.perf_counter()
         self.gguf_path = Path(gguf_path)
@@ -61,6 +63,9 @@ class LlamaCppBackend(base.Backend):
             raise base.BackendError(f"no GGUF model file at {self.gguf_path}")
         self.adapter_path = Path(adapter_path) if adapter_path else None
         self._lock = threading.Lock()
+        self.max_batch_size = max_batch_size  # sequences decoded together by generate_batch
+        self.batch_tokens_per_sequence = context_tokens // 2  # prompt and answer of each
+        self._batch = None  # llamacpp_batch.BatchContext, made at the first batch
         self.tokenizer_path = Path(tokenizer_path)  # the base model's directory
         self.tokenizer = _load_tokenizer(self.tokenizer_path)
         model_file, lora = self._version_files()
@@ -79,36 +84,51 @@ class LlamaCppBackend(base.Backend):
         self, messages: base.Messages, options: base.GenerationOptions
     ) -> Iterator[str | base.Generation]:
         """Yield text as tokens are decoded, then the summary (with log-probs if asked)."""
-        pieces: list[str] = []
         with self._lock:
             ids = self._ids(self._prompt(messages), options.max_new_tokens)
-            decoder = _TextDecoder(self.llm)
-            steps: list[tuple[int, np.ndarray]] = []
-            finish = "length"
+            answer = _Answer(ids, options, self._stops, self.llm)
             try:
-                for token, logprobs in self._decode(ids, options):
-                    steps.append((token, logprobs))
-                    if token in self._stops:
-                        finish = "stop"
-                        break
-                    piece = decoder.add(token)
+                logits = self._read(ids)
+                while not answer.finish:
+                    piece = answer.take(logits)
                     if piece:
-                        pieces.append(piece)
                         yield piece
+                    if not answer.finish:
+                        self.llm.eval([answer.last_token])
+                        logits = self._last_logits()
             except (RuntimeError, ValueError) as exc:  # llama.cpp's decode failures
                 raise base.BackendError(f"generation failed: {exc}") from exc
-            tail = decoder.flush()
+            tail = answer.flush()
             if tail:
-                pieces.append(tail)
                 yield tail
-            summary = base.Generation(
-                text="".join(pieces),
-                finish_reason=finish,
-                prompt_tokens=len(ids),
-                completion_tokens=len(steps),
-                token_logprobs=self._logprob_table(steps, options.top_logprobs),
-            )
+            summary = self._summary(answer, options)
         yield summary  # after the lock is released: a caller that stops here blocks no one
+
+    def generate_batch(
+        self, conversations: list[base.Messages], options: base.GenerationOptions
+    ) -> list[base.Generation]:
+        """Answer conversations `max_batch_size` at a time, decoded together (llamacpp_batch);
+        a prompt too long for a batch sequence is answered alone, in the streaming context.
+        A failure mid-batch keeps what each answer said so far, marked as an error."""
+        results: list[base.Generation | None] = [None] * len(conversations)
+        batched: list[tuple[int, list[int]]] = []
+        for index, messages in enumerate(conversations):
+            try:
+                ids = self._ids(self._prompt(messages), options.max_new_tokens)
+            except base.BackendError as exc:
+                results[index] = base.Generation(text="", finish_reason="error", error=str(exc))
+                continue
+            if len(ids) + options.max_new_tokens > self.batch_tokens_per_sequence:
+                results[index] = self._collect(messages, options)
+            else:
+                batched.append((index, ids))
+        for start in range(0, len(batched), self.max_batch_size):
+            chunk = batched[start : start + self.max_batch_size]
+            with self._lock:
+                answers = self._decode_together([ids for _, ids in chunk], options)
+            for (index, _), generation in zip(chunk, answers, strict=True):
+                results[index] = generation
+        return results
 
     def next_token_logprobs(
         self, requests: list[tuple[base.Messages, str]], top_k: int = 20
@@ -134,6 +154,9 @@ class LlamaCppBackend(base.Backend):
         return True
 
     def close(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            batch.close()  # before its model
         llm, self.llm = self.llm, None
         if llm is not None:
             llm.close()
@@ -174,22 +197,50 @@ class LlamaCppBackend(base.Backend):
         vocab = self.llm.n_vocab()
         return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(vocab,)).copy()
 
-    def _decode(
-        self, ids: list[int], options: base.GenerationOptions
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Each next token with the log-probs it was chosen from, until max_new_tokens."""
-        rng = np.random.default_rng(options.seed)
-        logits = self._read(ids)
-        seen = set(ids)  # the penalty's tokens: the prompt's and the answer's so far
-        for _ in range(options.max_new_tokens):
-            logprobs = _log_softmax(logits)
-            token = _choose(_penalized(logits, seen, options.repetition_penalty), options, rng)
-            yield token, logprobs
-            if token in self._stops:
-                return
-            seen.add(token)
-            self.llm.eval([token])
-            logits = self._last_logits()
+    def _decode_together(
+        self, prompts: list[list[int]], options: base.GenerationOptions
+    ) -> list[base.Generation]:
+        """Each prompt's answer, one token of every unfinished answer per llama.cpp step."""
+        context = self._batch_context()
+        answers = [_Answer(ids, options, self._stops, self.llm) for ids in prompts]
+        live: list[int] = []
+        try:
+            context.clear()
+            logits = [context.read(sequence, ids) for sequence, ids in enumerate(prompts)]
+            live = list(range(len(prompts)))  # the answers whose next logits are in hand
+            while live:
+                for sequence, row in zip(live, logits, strict=True):
+                    if not answers[sequence].finish:
+                        answers[sequence].take(row)
+                live = [sequence for sequence in live if not answers[sequence].finish]
+                if live:
+                    logits = context.step([answers[s].next_entry(s) for s in live])
+        except (RuntimeError, ValueError) as exc:
+            error = f"generation failed: {exc}"
+            for sequence in live or range(len(prompts)):
+                answers[sequence].fail(error)
+        return [self._summary(answer, options) for answer in answers]
+
+    def _batch_context(self):
+        """The multi-sequence context, made at the first batch (its cache costs memory)."""
+        if self._batch is None:
+            from judges.backends.llamacpp_batch import BatchContext
+
+            self._batch = BatchContext(
+                self.llm, self.max_batch_size, self.batch_tokens_per_sequence, self.threads
+            )
+        return self._batch
+
+    def _summary(self, answer: _Answer, options: base.GenerationOptions) -> base.Generation:
+        answer.flush()
+        return base.Generation(
+            text="".join(answer.pieces),
+            finish_reason=answer.finish or "length",
+            prompt_tokens=len(answer.prompt),
+            completion_tokens=len(answer.steps),
+            token_logprobs=self._logprob_table(answer.steps, options.top_logprobs),
+            error=answer.error,
+        )
 
     def _logprob_table(
         self, steps: list[tuple[int, np.ndarray]], top: int
@@ -229,6 +280,60 @@ class LlamaCppBackend(base.Backend):
         from judges.backends.gguf_lora import converted_adapter
 
         return self.gguf_path, converted_adapter(self.adapter_path, self.gguf_path)
+
+
+class _Answer:
+    """One answer being decoded: its sampling state, its tokens with the log-probs each was
+    chosen from, and its text so far. The streaming and the batched paths share it, so both
+    choose tokens by one rule."""
+
+    def __init__(
+        self, prompt: list[int], options: base.GenerationOptions, stops: set[int], llm
+    ) -> None:
+        self.prompt, self.options, self.stops = prompt, options, stops
+        self.rng = np.random.default_rng(options.seed)
+        self.seen = set(prompt)  # the penalty's tokens: the prompt's and the answer's so far
+        self.steps: list[tuple[int, np.ndarray]] = []
+        self.pieces: list[str] = []
+        self.decoder = _TextDecoder(llm)
+        # "stop", "length" or "error" once done
+        self.finish: str | None = "length" if options.max_new_tokens <= 0 else None
+        self.error: str | None = None
+
+    @property
+    def last_token(self) -> int:
+        return self.steps[-1][0]
+
+    def take(self, logits: np.ndarray) -> str:
+        """Choose the next token from `logits`; the text it completes ("" while a character
+        waits for its last byte, or for a stop token)."""
+        options = self.options
+        penalized = _penalized(logits, self.seen, options.repetition_penalty)
+        token = _choose(penalized, options, self.rng)
+        self.steps.append((token, _log_softmax(logits)))
+        if token in self.stops:
+            self.finish = "stop"
+            return ""
+        self.seen.add(token)
+        if len(self.steps) >= options.max_new_tokens:
+            self.finish = "length"
+        piece = self.decoder.add(token)
+        if piece:
+            self.pieces.append(piece)
+        return piece
+
+    def next_entry(self, sequence: int) -> tuple[int, int, int]:
+        """(sequence, token, position) that feeds this answer's last token back."""
+        return sequence, self.last_token, len(self.prompt) + len(self.steps) - 1
+
+    def fail(self, error: str) -> None:
+        self.finish, self.error = "error", error
+
+    def flush(self) -> str:
+        tail = self.decoder.flush()
+        if tail:
+            self.pieces.append(tail)
+        return tail
 
 
 class _TextDecoder:
@@ -304,6 +409,9 @@ def _load_model(path: Path, threads: int | None, context_tokens: int, lora: Path
             model_path=str(path),
             n_ctx=context_tokens,
             lora_path=str(lora) if lora else None,
+            # Reads a prompt faster and decodes as fast: 493 tokens in 0.5-0.6 s against 0.65 on
+            # 2 cores, BF16 copy. Its f16 sums move a verdict's log-prob by a few hundredths.
+            flash_attn=True,
             verbose=False,
         )
     except (RuntimeError, ValueError) as exc:
