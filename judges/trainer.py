@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from judges.backends.adapters import weights_kind
+from judges.backends.merged_lora import merge_adapter
 from judges.train_config import TrainConfig, TrainingRefused
 from vocabulary import TrainedWeights, TrainingMethod
 
@@ -78,7 +79,7 @@ def trl_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
     config = inputs.config
     model = load_trainable_model(config, inputs.base_model_path, inputs.parent_adapter_path)
     dataset = Dataset.from_list(inputs.rows)
-    return _make_trainer(inputs.config, model, inputs.tokenizer, dataset, work, bf16)
+    return _make_trainer(config, model, inputs.tokenizer, dataset, work, bf16)
 
 
 def train_and_save(
@@ -134,24 +135,22 @@ def load_trainable_model(
     keeps the trained weights exact). It starts from the version it continues: a whole-model
     parent is loaded in the base's place; a LoRA parent is loaded on the base, trainable for
     a LoRA run (so the new adapter stands alone on the base model) or merged in for a full one.
+    (`check_parent` refused a LoRA run on a whole-model parent before anything was loaded.)
     """
     from transformers import AutoModelForCausalLM
 
-    check_parent(config, parent_adapter_path)
     parent = Path(parent_adapter_path) if parent_adapter_path else None
     whole_parent = parent is not None and weights_kind(parent) is TrainedWeights.FULL
     start = parent if whole_parent else base_model_path
     model = AutoModelForCausalLM.from_pretrained(str(start), dtype=dtype, local_files_only=True)
     if parent is None or whole_parent:
         return model
-    from peft import PeftModel
+    if config.weights == TrainedWeights.LORA:
+        from peft import PeftModel
 
-    lora = config.weights == TrainedWeights.LORA
-    tuned = PeftModel.from_pretrained(model, str(parent), is_trainable=lora)
-    if lora:
-        return tuned
+        return PeftModel.from_pretrained(model, str(parent), is_trainable=True)
     # PEFT froze the base weights when it loaded the adapter; a full run trains them all.
-    return tuned.merge_and_unload().requires_grad_(True)
+    return merge_adapter(model, parent).requires_grad_(True)
 
 
 def check_parent(config: TrainConfig, parent_adapter_path: str | Path | None) -> None:

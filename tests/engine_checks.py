@@ -65,12 +65,11 @@ def make_whole_version(model_dir: Path, adapter: Path, out: Path) -> Path:
     """A whole-model judge version as full fine-tuning saves it (judges.trainer.save_version:
     bf16 safetensors with the training tokenizer): here the base with `adapter` merged in, so
     its judgments are the LoRA version's."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from judges.backends.merged_lora import merge_adapter
     from judges.trainer import load_tokenizer, save_version
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32", local_files_only=True)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    save_version(merged, load_tokenizer(model_dir), out)
+    save_version(merge_adapter(model, adapter), load_tokenizer(model_dir), out)
     return out

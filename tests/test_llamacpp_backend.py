@@ -102,9 +102,8 @@ def test_a_prompt_read_ahead_gives_the_same_judgment(llamacpp):
     assert llamacpp.warm(MESSAGES) is True
     _, warmed = collect(llamacpp, MESSAGES)
     assert warmed.text == fresh.text
-    # The prompt's last token was read alone, by other kernels (flash attention's among them).
     assert [t.logprob for t in warmed.token_logprobs] == pytest.approx(
-        [t.logprob for t in fresh.token_logprobs], abs=ARITHMETIC
+        [t.logprob for t in fresh.token_logprobs], abs=1e-4
     )
 
 
@@ -234,6 +233,27 @@ def test_a_failure_mid_batch_keeps_what_each_answer_said(llamacpp, monkeypatch):
     ]  # and the backend judges on
 
 
+def test_without_a_batch_context_a_batch_is_answered_one_by_one(embedded_model_dir, monkeypatch):
+    from judges.backends import llamacpp_batch
+    from judges.backends.llamacpp_backend import LlamaCppBackend
+    from judges.embedded import embedded_gguf_path
+
+    def no_memory(*args):
+        raise BackendError("llama.cpp could not make a context for 8 sequences")
+
+    monkeypatch.setattr(llamacpp_batch.BatchContext, "__init__", no_memory)
+    backend = LlamaCppBackend(embedded_gguf_path(), embedded_model_dir)
+    try:
+        conversations = [MESSAGES, *_demo_conversations(1)]
+        answers = backend.generate_batch(conversations, GREEDY)
+        alone = [collect(backend, messages)[1] for messages in conversations]
+        assert [(g.text, g.finish_reason) for g in answers] == [
+            (g.text, g.finish_reason) for g in alone
+        ]
+    finally:
+        backend.close()
+
+
 def test_a_prompt_too_long_for_a_batch_is_answered_alone(embedded_model_dir):
     from judges.backends.llamacpp_backend import LlamaCppBackend
     from judges.embedded import embedded_gguf_path
@@ -285,8 +305,7 @@ def test_a_retrained_adapter_judges_on_llamacpp_as_on_transformers(
     base = llamacpp.next_token_logprobs(request, top_k=5)[0]
     assert (strong_adapter / GGUF_FILE).is_file()  # converted once, beside the adapter
     assert max(got, key=got.get) == max(expected, key=expected.get)
-    # 4-bit weights and flash attention's f16 sums against fp32: measured 0.15 on the Q4_1 file.
-    assert got["A"] == pytest.approx(expected["A"], abs=0.2)
+    assert got["A"] == pytest.approx(expected["A"], abs=0.15)
     # The adapter moves both engines' verdict the same way, by much more than they differ.
     shift, shift_hf = got["A"] - base["A"], expected["A"] - base_hf["A"]
     assert abs(shift_hf) > 0.2 and shift == pytest.approx(shift_hf, abs=0.15)

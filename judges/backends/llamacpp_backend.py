@@ -65,7 +65,7 @@ class LlamaCppBackend(base.Backend):
         self._lock = threading.Lock()
         self.max_batch_size = max_batch_size  # sequences decoded together by generate_batch
         self.batch_tokens_per_sequence = context_tokens // 2  # prompt and answer of each
-        self._batch = None  # llamacpp_batch.BatchContext, made at the first batch
+        self._batch = None  # llamacpp_batch.BatchContext at the first batch; False: cannot
         self.tokenizer_path = Path(tokenizer_path)  # the base model's directory
         self.tokenizer = _load_tokenizer(self.tokenizer_path)
         model_file, lora = self._version_files()
@@ -107,27 +107,31 @@ class LlamaCppBackend(base.Backend):
     def generate_batch(
         self, conversations: list[base.Messages], options: base.GenerationOptions
     ) -> list[base.Generation]:
-        """Answer conversations `max_batch_size` at a time, decoded together (llamacpp_batch);
-        a prompt too long for a batch sequence is answered alone, in the streaming context.
-        A failure mid-batch keeps what each answer said so far, marked as an error."""
+        """Answer conversations `max_batch_size` at a time, decoded together (llamacpp_batch).
+        One is answered alone, in the streaming context, when its prompt is too long for a
+        batch sequence or llama.cpp cannot make the batch context (too little memory for its
+        cache). A failure mid-batch keeps what each answer said so far, marked as an error."""
         results: list[base.Generation | None] = [None] * len(conversations)
-        batched: list[tuple[int, list[int]]] = []
+        together: list[tuple[int, list[int]]] = []
         for index, messages in enumerate(conversations):
             try:
                 ids = self._ids(self._prompt(messages), options.max_new_tokens)
             except base.BackendError as exc:
                 results[index] = base.Generation(text="", finish_reason="error", error=str(exc))
                 continue
-            if len(ids) + options.max_new_tokens > self.batch_tokens_per_sequence:
-                results[index] = self._collect(messages, options)
-            else:
-                batched.append((index, ids))
-        for start in range(0, len(batched), self.max_batch_size):
-            chunk = batched[start : start + self.max_batch_size]
+            if len(ids) + options.max_new_tokens <= self.batch_tokens_per_sequence:
+                together.append((index, ids))
+        for start in range(0, len(together), self.max_batch_size):
+            chunk = together[start : start + self.max_batch_size]
             with self._lock:
-                answers = self._decode_together([ids for _, ids in chunk], options)
-            for (index, _), generation in zip(chunk, answers, strict=True):
-                results[index] = generation
+                context = self._batch_context()
+                if context is not None:
+                    answers = self._decode_together(context, [ids for _, ids in chunk], options)
+                    for (index, _), generation in zip(chunk, answers, strict=True):
+                        results[index] = generation
+        for index, messages in enumerate(conversations):
+            if results[index] is None:
+                results[index] = self._collect(messages, options)
         return results
 
     def next_token_logprobs(
@@ -155,7 +159,7 @@ class LlamaCppBackend(base.Backend):
 
     def close(self) -> None:
         batch, self._batch = self._batch, None
-        if batch is not None:
+        if batch:
             batch.close()  # before its model
         llm, self.llm = self.llm, None
         if llm is not None:
@@ -198,10 +202,9 @@ class LlamaCppBackend(base.Backend):
         return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(vocab,)).copy()
 
     def _decode_together(
-        self, prompts: list[list[int]], options: base.GenerationOptions
+        self, context, prompts: list[list[int]], options: base.GenerationOptions
     ) -> list[base.Generation]:
         """Each prompt's answer, one token of every unfinished answer per llama.cpp step."""
-        context = self._batch_context()
         answers = [_Answer(ids, options, self._stops, self.llm) for ids in prompts]
         live: list[int] = []
         try:
@@ -222,14 +225,20 @@ class LlamaCppBackend(base.Backend):
         return [self._summary(answer, options) for answer in answers]
 
     def _batch_context(self):
-        """The multi-sequence context, made at the first batch (its cache costs memory)."""
-        if self._batch is None:
+        """The multi-sequence context, made at the first batch (its cache costs memory); None
+        when batches are answered one conversation at a time (a batch size of 1, or llama.cpp
+        could not make it)."""
+        if self._batch is None and self.max_batch_size > 1:
             from judges.backends.llamacpp_batch import BatchContext
 
-            self._batch = BatchContext(
-                self.llm, self.max_batch_size, self.batch_tokens_per_sequence, self.threads
-            )
-        return self._batch
+            try:
+                self._batch = BatchContext(
+                    self.llm, self.max_batch_size, self.batch_tokens_per_sequence, self.threads
+                )
+            except base.BackendError as exc:
+                log.warning("llama.cpp will answer a batch one by one: %s", exc)
+                self._batch = False
+        return self._batch or None
 
     def _summary(self, answer: _Answer, options: base.GenerationOptions) -> base.Generation:
         answer.flush()
@@ -409,9 +418,8 @@ def _load_model(path: Path, threads: int | None, context_tokens: int, lora: Path
             model_path=str(path),
             n_ctx=context_tokens,
             lora_path=str(lora) if lora else None,
-            # Reads a prompt faster and decodes as fast: 493 tokens in 0.5-0.6 s against 0.65 on
-            # 2 cores, BF16 copy. Its f16 sums move a verdict's log-prob by a few hundredths.
-            flash_attn=True,
+            # No flash attention: it read a prompt 10% faster, but a prompt read in two parts
+            # (part of it cached) then judged differently from one read whole.
             verbose=False,
         )
     except (RuntimeError, ValueError) as exc:

@@ -1,10 +1,11 @@
 """Several sequences decoded together by llama.cpp, one token of each per step.
 
 A step of one sequence reads every weight to make one token; a step of eight reads them once
-for eight tokens, so a batch of pairs is judged several times faster than one pair after
-another (benchmarks/bench_judge_speed.py). This is llama.cpp's own multi-sequence batch
-(`llama_batch` with a sequence id per token) in a second context on the loaded model: the
-streaming context keeps its one conversation's cache for the Label tab.
+for eight tokens. Measured on 2 cores (BF16 copy of the embedded judge, prompts of 350 tokens):
+8 sequences decode 220 tokens/s together against 84 for one alone; prompts are read no faster,
+so a batch of judgments gains less (benchmarks/bench_judge_speed.py). This is llama.cpp's own
+multi-sequence batch (`llama_batch` with a sequence id per token) in a second context on the
+loaded model: the streaming context keeps its one conversation's cache for the Label tab.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ class BatchContext:
         params.n_batch = tokens_per_sequence  # one prompt per call
         params.n_seq_max = sequences
         # Each sequence attends to its own cells only: faster when they share no prefix
-        # (measured with 8 sequences: 31 ms a step against 41 for one shared cache).
+        # (measured with 8 sequences: 36 ms a step against 49 for one shared cache).
         params.kv_unified = False
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        # No flash attention, as in the streaming context: a batch then says what one does.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_threads, params.n_threads_batch = threads
         self.ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
         if self.ctx is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from judges.backends.adapters import WEIGHTS_FILE
 from judges.backends.base import BackendError
@@ -41,12 +42,18 @@ def merged_model(adapter_dir: Path, base_model: Path) -> Path:
     return out
 
 
+def merge_adapter(model: Any, adapter_dir: str | Path) -> Any:
+    """`model` (the adapter's base, loaded) with the PEFT adapter's weights added into its own:
+    a plain model again, running at the base model's speed."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
 def merge_into(adapter_dir: Path, base_model: Path, out: Path) -> None:
     """Write base + adapter as one model directory (weights, config, tokenizer) at `out`."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(base_model), local_files_only=True)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(out)
+    merge_adapter(model, adapter_dir).save_pretrained(out)
     AutoTokenizer.from_pretrained(str(base_model), local_files_only=True).save_pretrained(out)

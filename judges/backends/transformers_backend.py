@@ -384,10 +384,9 @@ def _load_model(model_path: Path, device: str, dtype: torch.dtype, adapter_path:
     model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, local_files_only=True)
     if adapter_path is not None and not whole:
         check_adapter(adapter_path, model, model_path)
-        from peft import PeftModel
+        from judges.backends.merged_lora import merge_adapter
 
-        # Merged once at load: generation then runs at the base model's speed.
-        model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+        model = merge_adapter(model, adapter_path)  # once at load, not at every token
     return model.to(device).eval()
 
 
