@@ -17,7 +17,8 @@ every linear layer) applied as LoRA; `vllm+merged` loads it merged into the weig
 does on vLLM's CPU build (its load time then includes the merge).
 Judge prompts are the real pairwise prompt (judges.prompts) over the demo pairs shipped in
 assets/. Greedy decoding; sequential = one pair per call, batched = all pairs in batches of
-`--batch-size` (llama.cpp here answers one sequence at a time, so its two are the same). Prints
+`--batch-size` (each engine's own batching: llama.cpp decodes a batch together in a second
+context, one token of each sequence per step; vLLM schedules them continuously). Prints
 the figures and saves them to benchmarks/results/bench_judge_speed.json.
 """
 
