@@ -113,19 +113,22 @@ def share_cores_with_saves(settings: Settings, cores: int | None = None) -> Sett
     """While serving, a local judge runs on all cores but one (GRM_JUDGE_THREADS overrides),
     so label saves and page updates always find a free core. Measured with 20 annotators and
     3 of them judging on 2 cores: with the judge on every core, saves waited 2.4-3.8 s (p50)
-    instead of 0.18 s. Returns the settings with `judge_threads` filled in for transformers.
-    llama.cpp picks its own by measurement when it loads (one decoding thread on the 2-core
-    machine here: faster, and it leaves the other core to saves) unless GRM_JUDGE_THREADS says."""
-    if settings.judge_backend != BackendName.TRANSFORMERS:
+    instead of 0.18 s. Returns the settings with `judge_threads` filled in for the local
+    judges. llama.cpp decodes on that many threads and reads a prompt (a burst of under a
+    second) on every core; outside the app (`grm judge`) it measures its own."""
+    if settings.judge_backend not in (BackendName.TRANSFORMERS, BackendName.LLAMACPP):
         return settings
     threads = settings.judge_threads or max(1, (cores or os.cpu_count() or 1) - 1)
+    settings = settings.model_copy(update={"judge_threads": threads})
+    if settings.judge_backend != BackendName.TRANSFORMERS:
+        return settings
     import judges  # noqa: F401 (sets OpenMP's passive waits, which must precede torch)
 
     # isort: split
     import torch
 
     torch.set_num_threads(threads)
-    return settings.model_copy(update={"judge_threads": threads})
+    return settings
 
 
 def main(host: str | None = None, port: int | None = None) -> int:

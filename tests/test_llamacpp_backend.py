@@ -394,7 +394,7 @@ def test_threads_are_measured_once_unless_the_settings_name_them(llamacpp, embed
     assert llamacpp.threads == measured
     named = LlamaCppBackend(llamacpp.gguf_path, embedded_model_dir, threads=1)
     try:
-        assert named.threads == (1, 1)
+        assert named.threads == (1, cores)  # decoding as named; prompts read on every core
         _, summary = collect(named, MESSAGES)
         assert summary.text  # and it still judges
     finally:
