@@ -37,7 +37,12 @@ from judges.embedded import resolve_model_path  # noqa: E402
 from judges.train import load_tokenizer, plan_run  # noqa: E402
 from judges.train_config import TrainConfig  # noqa: E402
 from judges.trainer import use_bf16  # noqa: E402
-from judges.verdict_training import _LeftPadding, _model, verdict_logits, verdict_rows  # noqa: E402
+from judges.verdict_training import (  # noqa: E402
+    _LeftPadding,
+    _lora_model,
+    verdict_logits,
+    verdict_rows,
+)
 from settings import load_settings  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_train_step.json"
@@ -70,8 +75,8 @@ def training_rows(base: Path) -> tuple[list[dict], object]:
 def time_steps(base: Path, rows: list[dict], tokenizer, blocks: int, bf16: bool) -> dict:
     import torch
 
-    config = TrainConfig(method="verdict", lora_layers=blocks)
-    model = _model(config, base, None, bf16)
+    config = TrainConfig(method="verdict", weights="lora", lora_layers=blocks).resolved()
+    model = _lora_model(config, base, None, bf16)
     block_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
