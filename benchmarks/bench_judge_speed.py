@@ -8,7 +8,8 @@ Engines: `transformers:DTYPE` (the transformers backend on the embedded model co
 safetensors), `llamacpp[:THREADS]` (llama.cpp on the embedded GGUF as the app runs it: a
 BF16 copy on a CPU with native bf16, else the shipped file; THREADS decode and every core
 reads a prompt, as in the app, which names cores - 1; without THREADS it measures its own,
-as `grm judge` does), `llamacpp-shipped[:THREADS]` (the Q4_1 file as the wheel ships it)
+as `grm judge` does), `llamacpp-shipped[:THREADS]` (the Q4_1 file as the wheel ships it),
+`llamacpp-q8[:THREADS]` (a Q8_0 copy of it, made once: a candidate for the app's copy)
 and `vllm[:THREADS]` (vLLM's CPU build on the same safetensors, in bf16 with its compiled
 graphs; without THREADS its worker leaves a core free for the engine's own loop, as vLLM does
 by default; it lives in .venv-vllm, `make install-vllm`, so this script runs itself there for
@@ -170,15 +171,27 @@ def load_engine(engine: str, model_dir: Path, config: SpeedConfig, adapter_dir: 
         return TransformersBackend(
             model_dir, dtype=arg, max_batch_size=config.batch_size, adapter_path=adapter_path
         )
-    if kind in ("llamacpp", "llamacpp-shipped"):
-        from judges.backends.llamacpp_backend import LlamaCppBackend, fastest_embedded_gguf
+    if kind in ("llamacpp", "llamacpp-shipped", "llamacpp-q8"):
+        from judges.backends.llamacpp_backend import (
+            LlamaCppBackend,
+            fastest_embedded_gguf,
+            gguf_copy,
+        )
         from judges.embedded import embedded_gguf_path
 
         gguf = embedded_gguf_path()  # llamacpp-shipped: the Q4_1 file as the wheel ships it
         if kind == "llamacpp":  # the file the app runs on this CPU
             gguf = fastest_embedded_gguf(gguf, load_settings().model_cache)
+        if kind == "llamacpp-q8":  # a Q8_0 copy of the shipped file, made once
+            gguf = gguf_copy(gguf, load_settings().model_cache, "q8_0")
         threads = int(arg or 0) or None
-        return LlamaCppBackend(gguf, model_dir, threads, adapter_path=adapter_path)
+        return LlamaCppBackend(
+            gguf,
+            model_dir,
+            threads,
+            adapter_path=adapter_path,
+            max_batch_size=config.batch_size,
+        )
     if kind == "vllm":
         from judges.backends.vllm_backend import VLLMBackend
 
@@ -195,7 +208,7 @@ def load_engine(engine: str, model_dir: Path, config: SpeedConfig, adapter_dir: 
             merge_adapter=adapter == "merged" if adapter else None,
         )
     raise SystemExit(
-        f"unknown engine {engine!r}: transformers:DTYPE, llamacpp[-shipped]:THREADS or vllm"
+        f"unknown engine {engine!r}: transformers:DTYPE, llamacpp[-shipped|-q8]:THREADS or vllm"
     )
 
 

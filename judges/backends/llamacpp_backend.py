@@ -496,17 +496,27 @@ def fastest_embedded_gguf(gguf_path: Path, model_cache: Path) -> Path:
 
 
 def bf16_copy(gguf_path: Path, model_cache: Path) -> Path:
-    """A BF16 copy of `gguf_path` in `model_cache`, made once per file content: the same
-    dequantized values the transformers backend reads in bf16. Made under a file lock into a
-    temporary file renamed into place, so a crash never leaves half a model to be read (and
-    the next copy deletes what a killed one left)."""
+    """A BF16 copy of `gguf_path` in `model_cache`: the same dequantized values the
+    transformers backend reads in bf16."""
+    return gguf_copy(gguf_path, model_cache, "bf16")
+
+
+# llama.cpp's LLAMA_FTYPE_MOSTLY_* by name (1-D tensors stay f32 in each).
+COPY_FILE_TYPES = {"bf16": 32, "q8_0": 7}
+
+
+def gguf_copy(gguf_path: Path, model_cache: Path, kind: str) -> Path:
+    """A copy of `gguf_path` re-encoded as `kind` (COPY_FILE_TYPES) in `model_cache`, made once
+    per file content. Made under a file lock into a temporary file renamed into place, so a
+    crash never leaves half a model to be read (and the next copy deletes what a killed one
+    left)."""
     from filelock import FileLock
 
     from judges.embedded import content_key
 
     gguf_path = Path(gguf_path).resolve()
     target = Path(model_cache).expanduser() / f"gguf-{content_key(gguf_path)}"
-    target /= f"{gguf_path.stem}.bf16.gguf"
+    target /= f"{gguf_path.stem}.{kind}.gguf"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -517,15 +527,12 @@ def bf16_copy(gguf_path: Path, model_cache: Path) -> Path:
             leftover.unlink()
         partial = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         try:
-            _requantize(gguf_path, partial, BF16_FILE_TYPE)
+            _requantize(gguf_path, partial, COPY_FILE_TYPES[kind])
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
-    log.info("made a bf16 copy of %s at %s", gguf_path.name, target)
+    log.info("made a %s copy of %s at %s", kind, gguf_path.name, target)
     return target
-
-
-BF16_FILE_TYPE = 32  # llama.cpp's LLAMA_FTYPE_MOSTLY_BF16 (1-D tensors stay f32)
 
 
 def _requantize(source: Path, target: Path, file_type: int) -> None:
