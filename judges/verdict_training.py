@@ -90,7 +90,6 @@ def _trainer(
     """`autocast_bf16`: an fp32 model computing under bf16 autocast (full fine-tuning); LoRA
     runs on a bf16 base instead (`_lora_model`)."""
     import torch
-    from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
     class VerdictTrainer(Trainer):
@@ -125,7 +124,9 @@ def _trainer(
     trainer = VerdictTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(rows),
+        # A plain list is a Trainer dataset: the length-grouped sampler reads each row's
+        # input_ids, as it would from a `datasets.Dataset` without a length column.
+        train_dataset=rows,
         data_collator=_LeftPadding(tokenizer.pad_token_id),
     )
     return trainer
