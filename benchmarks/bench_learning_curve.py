@@ -441,7 +441,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "benchmark": "bench_learning_curve",
         "load_average_at_start": os.getloadavg(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "options": OPTIONS.model_dump(mode="json"),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "pool": len(pool),
@@ -466,6 +466,14 @@ def main() -> None:
         plot(report, args.out.with_suffix(".png"))
     print(json.dumps(report["summary"], indent=2))
     print(f"saved {args.out} and {args.out.with_suffix('.png')}")
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were taken: the CPU count, and the GPU the trainer used, if any."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu}
 
 
 def run_plan(args: argparse.Namespace) -> list[tuple[str, int, int]]:

@@ -106,6 +106,7 @@ def train_and_save(
             started = time.perf_counter()
             output = trainer.train()
             runtime = time.perf_counter() - started
+        check_finite(trainer.model, trainer.state.log_history)
         save_version(trainer.model, inputs.tokenizer, work / "adapter")
         os.replace(work / "adapter", output_dir)
     finally:
@@ -125,16 +126,49 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+class TrainingDiverged(RuntimeError):
+    """Training turned weights into NaN or infinity: such a version could give no verdict."""
+
+
+def check_finite(model: Any, log_history: list[dict[str, Any]]) -> None:
+    """TrainingDiverged, before anything is saved, when a trained weight is not a finite number;
+    the message names the first logged step whose loss or gradient norm was not finite."""
+    import torch
+
+    broken = [
+        name
+        for name, weight in model.named_parameters()
+        if weight.requires_grad and not torch.isfinite(weight).all()
+    ]
+    if not broken:
+        return
+    step = next(
+        (
+            entry.get("step")
+            for entry in log_history
+            if any(not math.isfinite(entry[k]) for k in ("loss", "grad_norm") if k in entry)
+        ),
+        None,
+    )
+    raise TrainingDiverged(
+        f"training diverged: {len(broken)} trained weight tensors are NaN or infinite "
+        f"(first non-finite loss or gradient at step {step}), so nothing was saved; "
+        "train again with a lower learning_rate or with bf16 false"
+    )
+
+
 def load_trainable_model(
     config: TrainConfig,
     base_model_path: Path,
     parent_adapter_path: str | Path | None,
     dtype: str = "float32",
+    attention: str | None = None,
 ) -> Any:
     """The model a run trains (fp32 unless told: bf16, when chosen, runs as autocast, which
-    keeps the trained weights exact). It starts from the version it continues: a whole-model
-    parent is loaded in the base's place; a LoRA parent is loaded on the base, trainable for
-    a LoRA run (so the new adapter stands alone on the base model) or merged in for a full one.
+    keeps the trained weights exact), with transformers' attention unless `attention` names
+    one. It starts from the version it continues: a whole-model parent is loaded in the base's
+    place; a LoRA parent is loaded on the base, trainable for a LoRA run (so the new adapter
+    stands alone on the base model) or merged in for a full one.
     (`check_parent` refused a LoRA run on a whole-model parent before anything was loaded.)
     """
     from transformers import AutoModelForCausalLM
@@ -142,7 +176,9 @@ def load_trainable_model(
     parent = Path(parent_adapter_path) if parent_adapter_path else None
     whole_parent = parent is not None and weights_kind(parent) is TrainedWeights.FULL
     start = parent if whole_parent else base_model_path
-    model = AutoModelForCausalLM.from_pretrained(str(start), dtype=dtype, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(start), dtype=dtype, local_files_only=True, attn_implementation=attention
+    )
     if parent is None or whole_parent:
         return model
     if config.weights == TrainedWeights.LORA:

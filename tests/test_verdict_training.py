@@ -201,3 +201,31 @@ def test_the_real_judge_reads_each_verdict_letter_as_one_token(embedded_model_di
     ]
     text = verdict_prompt_text(tokenizer, PairInput("Q?", "a", "b"))
     assert text.endswith("<|im_start|>assistant\nVerdict: [[")
+
+
+@pytest.mark.parametrize("weights", ["full", "lora"])
+def test_a_run_whose_weights_turn_nan_says_so_and_saves_nothing(tiny_model, tmp_path, weights):
+    """A learning rate so large that the second step overflows: the run fails with the step
+    where the gradient stopped being finite, and no version appears to be activated."""
+    from judges.trainer import TrainingDiverged
+
+    config = tiny_config(tmp_path, method="verdict", weights=weights, learning_rate=1e30)
+    with pytest.raises(TrainingDiverged, match=r"NaN or infinite \(first non-finite .* step 2\)"):
+        train_main(plan_run(config, make_records()), tiny_model)
+    assert not (tmp_path / "adapter").exists()
+    assert list(tmp_path.iterdir()) == []  # the work directory beside it is gone too
+
+
+def test_bf16_training_on_a_gpu_uses_eager_attention(tiny_model, monkeypatch) -> None:
+    """SDPA's bf16 backward gave NaN gradients on left-padded rows on an H200; a CPU keeps it."""
+    from judges.trainer import load_trainable_model
+    from judges.verdict_training import verdict_attention
+
+    assert verdict_attention(bf16=True) is None  # no GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert verdict_attention(bf16=True) == "eager"
+    assert verdict_attention(bf16=False) is None
+    config = tiny_config(tiny_model, method="verdict", weights="full")
+    model = load_trainable_model(config, tiny_model, None, attention="eager")
+    assert model.config._attn_implementation == "eager"
+    assert load_trainable_model(config, tiny_model, None).config._attn_implementation == "sdpa"
