@@ -28,8 +28,8 @@ OUT = RESULTS / "learning_curve_settings.md"
 GUARD = curve.GUARD
 NOTES = ("trial", "stopped_early")
 COLUMNS = (
-    "file", "order", "N", "weights trained", "orders per label", "lr", "rank", "batch", "epochs",
-    "held-out per seed",
+    "file", "ran on", "order", "N", "weights trained", "orders per label", "lr", "rank", "batch",
+    "epochs", "held-out per seed",
     "mean (gain)", "McNemar p per seed", f"{GUARD} change", "examples/s", "train + eval s",
     "load avg start / end",
 )  # fmt: skip
@@ -48,6 +48,7 @@ def setting_rows(name: str, report: dict[str, Any]) -> list[dict[str, str]]:
         rows.append(
             {
                 "file": name,
+                "ran on": _machine(report),
                 "order": order,
                 "N": str(size),
                 "weights trained": _weights(args),
@@ -66,6 +67,11 @@ def setting_rows(name: str, report: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+def _machine(report: dict[str, Any]) -> str:
+    machine = report.get("machine", {})
+    return machine.get("gpu") or f"CPU, {machine.get('cpus', '?')} cores"
 
 
 def _every_weight(args: dict[str, Any]) -> bool:
