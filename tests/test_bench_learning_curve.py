@@ -91,6 +91,9 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
     }
     report["args"]["epochs"] = 1.0
     small, large = curve_table.setting_rows("curve.json", report)
+    assert large["ran on"] == "CPU, ? cores"  # an older report, before the machine was kept
+    report["machine"] = {"cpus": 16, "gpu": "NVIDIA H200"}
+    assert curve_table.setting_rows("curve.json", report)[1]["ran on"] == "NVIDIA H200"
     assert (small["N"], small["held-out per seed"], small["mean (gain)"]) == (
         "100",
         "0.420",
@@ -113,7 +116,7 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
         "llmbar_natural_after": {"accuracy": 0.075, "n": 40},
     }
     text = curve_table.markdown({"curve.json": report}, {"loop.json": loop})
-    assert "| curve.json | random | 300 | LoRA, last 20 blocks | 2 (swap) |" in text
+    assert "| curve.json | NVIDIA H200 | random | 300 | LoRA, last 20 blocks | 2 (swap) |" in text
     assert "- `curve.json`: stopped after seed 1" in text
     assert "| loop.json | sft | 78 | 0.111 | 0.425 -> 0.075 (40 pairs) |" in text
     report["args"]["lora_layers"] = None
