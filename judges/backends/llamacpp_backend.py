@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -251,22 +252,17 @@ class LlamaCppBackend(base.Backend):
             error=answer.error,
         )
 
-    def _logprob_table(
-        self, steps: list[tuple[int, np.ndarray]], top: int
-    ) -> list[base.TokenLogprob] | None:
+    def _logprob_table(self, steps: list[_Step], top: int) -> list[base.TokenLogprob] | None:
         if top <= 0:
             return None
-        tokens = []
-        for token, logprobs in steps:
-            best = np.argsort(logprobs)[::-1][:top]
-            tokens.append(
-                base.TokenLogprob(
-                    token=self.tokenizer.decode([token]),
-                    logprob=float(logprobs[token]),
-                    top=self._token_table(best.tolist(), logprobs[best].tolist()),
-                )
+        return [
+            base.TokenLogprob(
+                token=self.tokenizer.decode([step.token]),
+                logprob=step.logprob,
+                top=self._token_table(step.best_ids, step.best_logprobs),
             )
-        return tokens
+            for step in steps
+        ]
 
     def _token_table(self, ids: list[int], values: list[float]) -> dict[str, float]:
         """Token text -> logprob; ids that decode to the same text add up (log-sum-exp)."""
@@ -291,6 +287,26 @@ class LlamaCppBackend(base.Backend):
         return self.gguf_path, converted_adapter(self.adapter_path, self.gguf_path)
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One chosen token, with its log-prob and the likeliest tokens' (empty when the options
+    ask for no table): kept instead of the whole vocabulary's log-probs, 0.4 MB a token."""
+
+    token: int
+    logprob: float = 0.0
+    best_ids: list[int] = field(default_factory=list)
+    best_logprobs: list[float] = field(default_factory=list)
+
+    @classmethod
+    def chosen(cls, token: int, logits: np.ndarray, top: int) -> _Step:
+        if top <= 0:
+            return cls(token)
+        logprobs = _log_softmax(logits)
+        best = np.argpartition(-logprobs, top)[:top]  # the top, then only they are sorted
+        best = best[np.argsort(-logprobs[best])]
+        return cls(token, float(logprobs[token]), best.tolist(), logprobs[best].tolist())
+
+
 class _Answer:
     """One answer being decoded: its sampling state, its tokens with the log-probs each was
     chosen from, and its text so far. The streaming and the batched paths share it, so both
@@ -302,7 +318,7 @@ class _Answer:
         self.prompt, self.options, self.stops = prompt, options, stops
         self.rng = np.random.default_rng(options.seed)
         self.seen = set(prompt)  # the penalty's tokens: the prompt's and the answer's so far
-        self.steps: list[tuple[int, np.ndarray]] = []
+        self.steps: list[_Step] = []
         self.pieces: list[str] = []
         self.decoder = _TextDecoder(llm)
         # "stop", "length" or "error" once done
@@ -311,7 +327,7 @@ class _Answer:
 
     @property
     def last_token(self) -> int:
-        return self.steps[-1][0]
+        return self.steps[-1].token
 
     def take(self, logits: np.ndarray) -> str:
         """Choose the next token from `logits`; the text it completes ("" while a character
@@ -319,7 +335,7 @@ class _Answer:
         options = self.options
         penalized = _penalized(logits, self.seen, options.repetition_penalty)
         token = _choose(penalized, options, self.rng)
-        self.steps.append((token, _log_softmax(logits)))
+        self.steps.append(_Step.chosen(token, logits, options.top_logprobs))
         if token in self.stops:
             self.finish = "stop"
             return ""
