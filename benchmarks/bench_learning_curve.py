@@ -42,7 +42,7 @@ from judges.backends.transformers_backend import TransformersBackend  # noqa: E4
 from judges.embedded import resolve_model_path  # noqa: E402
 from judges.judge import JudgeOptions, judge_pairs  # noqa: E402
 from judges.metrics import paired_comparison  # noqa: E402
-from judges.train import VERDICT_NEW_TOKENS, plan_run  # noqa: E402
+from judges.train import VERDICT_NEW_TOKENS, TrainingDiverged, plan_run  # noqa: E402
 from judges.train import main as train  # noqa: E402
 from judges.train_config import TrainConfig, config_choices, config_default  # noqa: E402
 from judges.types import PairInput  # noqa: E402
@@ -349,15 +349,16 @@ SETTINGS_KEYS = ("heldout", "epochs", "batch_size", "learning_rate", "lora_rank"
                  "pool_limit", "guard_limit", "one_order", "weights")  # fmt: skip
 
 
-def saved_runs(args: argparse.Namespace) -> list[dict]:
-    """--resume: the runs a stopped run with the same settings saved in --out."""
+def saved_runs(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """--resume: the runs, and the diverged runs, a stopped run with the same settings saved
+    in --out."""
     if not args.resume or not args.out.exists():
-        return []
+        return [], []
     saved = json.loads(args.out.read_text())
     differ = [k for k in SETTINGS_KEYS if saved["args"].get(k) != getattr(args, k)]
     if differ:
         raise SystemExit(f"--resume: {args.out} was made with other settings ({differ})")
-    return saved["runs"]
+    return saved["runs"], saved.get("diverged", [])
 
 
 def base_cache_key(base_model: Path, evals: dict, train_pool: list) -> str:
@@ -449,13 +450,20 @@ def main() -> None:
         "heldout_pairs": len(heldout),
         "base": base_acc,
         "orders": args.orders,
-        "runs": saved_runs(args),
     }
-    done = {(r["order"], r["seed"], r["labels"]) for r in report["runs"]}
+    report["runs"], report["diverged"] = saved_runs(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for order, seed, size in [point for point in run_plan(args) if point not in done]:
+    for order, seed, size in points_left(args, report["runs"], report["diverged"]):
         ordered = label_order(train_pool, base_on_pool, order, seed)
-        entry = run_point(args, base_model, ordered, evals, base, order=order, seed=seed, size=size)
+        try:
+            entry = run_point(
+                args, base_model, ordered, evals, base, order=order, seed=seed, size=size
+            )
+        except TrainingDiverged as exc:
+            print(f"{order:10s} seed {seed} N={size:3d}: {exc}", flush=True)
+            point = {"order": order, "labels": size, "seed": seed, "error": str(exc)}
+            report["diverged"].append(point)
+            continue
         report["runs"].append(entry)
         # Summary, plot and figures are rewritten after every run: a run stopped part-way
         # (the whole plan takes hours on 2 cores) still leaves what it measured, complete.
@@ -464,7 +472,7 @@ def main() -> None:
         report["load_average_at_end"] = os.getloadavg()
         args.out.write_text(json.dumps(report, indent=2))
         plot(report, args.out.with_suffix(".png"))
-    print(json.dumps(report["summary"], indent=2))
+    print(json.dumps(report.get("summary"), indent=2))
     print(f"saved {args.out} and {args.out.with_suffix('.png')}")
 
 
@@ -474,6 +482,14 @@ def machine() -> dict[str, Any]:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu}
+
+
+def points_left(args: argparse.Namespace, runs: list, diverged: list) -> list[tuple]:
+    """The plan's points not run yet. A diverged run (TrainingDiverged: NaN weights, nothing
+    saved) is recorded apart from the runs, with no figures, and not retried on --resume: the
+    same seed would diverge again."""
+    done = {(r["order"], r["seed"], r["labels"]) for r in runs + diverged}
+    return [point for point in run_plan(args) if point not in done]
 
 
 def run_plan(args: argparse.Namespace) -> list[tuple[str, int, int]]:

@@ -138,6 +138,12 @@ def markdown(reports: dict[str, dict[str, Any]], loops: dict[str, dict[str, Any]
         for key in NOTES
         if report.get(key)
     ]
+    notes += [
+        f"- `{name}`: diverged, no figures: {d['order']} N={d['labels']} seed {d['seed']} "
+        f"({d['error']})"
+        for name, report in reports.items()
+        for d in report.get("diverged", [])
+    ]
     lines += [""] + notes if notes else []
     if loops:
         lines += ["", "## Other methods (bench_retrain_loop, 40 labels)", ""]

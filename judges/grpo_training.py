@@ -17,7 +17,13 @@ from typing import Any
 
 from judges.parsing import parse
 from judges.train_config import TrainConfig
-from judges.trainer import AdapterInputs, common_args, load_trainable_model, new_adapter
+from judges.trainer import (
+    AdapterInputs,
+    common_args,
+    left_padded_attention,
+    load_trainable_model,
+    new_adapter,
+)
 from judges.training_data import MessageBuilder, TrainingRecord
 from judges.truncation import Measure, truncate_pair
 from judges.types import Verdict
@@ -88,7 +94,12 @@ def grpo_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
     from trl import GRPOConfig, GRPOTrainer
 
     config = inputs.config
-    model = load_trainable_model(config, inputs.base_model_path, inputs.parent_adapter_path)
+    model = load_trainable_model(
+        config,
+        inputs.base_model_path,
+        inputs.parent_adapter_path,
+        attention=left_padded_attention(bf16),  # TRL pads GRPO's prompts on the left
+    )
     settings = common_args(config, work, bf16)
     # The prompts were cut to their budget already, and max_completion_length cuts the judgment.
     del settings["max_length"]

@@ -18,7 +18,13 @@ from typing import Any
 
 from judges.protocols import get_protocol
 from judges.train_config import TrainConfig, TrainingRefused
-from judges.trainer import AdapterInputs, is_peft, load_trainable_model, lora_config
+from judges.trainer import (
+    AdapterInputs,
+    is_peft,
+    left_padded_attention,
+    load_trainable_model,
+    lora_config,
+)
 from judges.training_data import TrainingRecord
 from judges.types import PairInput, Verdict
 from vocabulary import ProtocolName, TrainedWeights
@@ -77,26 +83,11 @@ def verdict_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
             config,
             inputs.base_model_path,
             inputs.parent_adapter_path,
-            attention=verdict_attention(bf16),
+            attention=left_padded_attention(bf16),
         )
         return _trainer(config, inputs.rows, inputs.tokenizer, model, work, autocast_bf16=bf16)
     model = _lora_model(config, inputs.base_model_path, inputs.parent_adapter_path, bf16)
     return _trainer(config, inputs.rows, inputs.tokenizer, model, work)
-
-
-def verdict_attention(bf16: bool) -> str | None:
-    """Eager attention for bf16 training on a GPU; transformers' default (SDPA) elsewhere.
-
-    The verdict rows are padded on the left, so a pad position attends to nothing. Measured on
-    an H200 (torch 2.11, the embedded judge, every weight trained on 200-300 labels): with
-    SDPA under bf16, 4 of the learning curve's 12 runs ended with every weight NaN; rerun, three
-    of them got a NaN gradient norm at step 38, 29 and 2 while their loss was still finite.
-    The same three runs trained with finite gradients with eager attention, and with SDPA in
-    fp32. On a CPU SDPA never did this, and it is the faster one there.
-    """
-    import torch
-
-    return "eager" if bf16 and torch.cuda.is_available() else None
 
 
 def _trainer(
@@ -133,6 +124,7 @@ def _trainer(
         seed=config.seed,
         use_cpu=not torch.cuda.is_available(),
         logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN loss is shown and checked, not hidden as 0.0
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -206,7 +198,7 @@ def _lora_model(
 
     dtype = "bfloat16" if bf16 else "float32"
     model = load_trainable_model(
-        config, base_model_path, parent_adapter_path, dtype, verdict_attention(bf16)
+        config, base_model_path, parent_adapter_path, dtype, left_padded_attention(bf16)
     )
     return model if is_peft(model) else get_peft_model(model, lora_config(config, model))
 

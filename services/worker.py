@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 from judges.backends import make_backend
 from judges.backends.base import Backend
 from judges.judge import JudgeOptions
-from judges.train import RunPlan, TrainConfig, TrainingRefused, TrainResult, plan_run, run_job
+from judges.train import (
+    RunPlan,
+    TrainConfig,
+    TrainingDiverged,
+    TrainingRefused,
+    TrainResult,
+    plan_run,
+    run_job,
+)
 from services.training_runs import finish_run
 from settings import Settings, load_settings
 from storage import queries
@@ -96,6 +104,8 @@ def run_training_worker(run_id: int, services: Services | None = None) -> int:
         )
     except TrainingRefused as exc:
         return _fail(services, run_id, f"refused: {exc}", 2)
+    except TrainingDiverged as exc:  # the message says what to change; no traceback to read
+        return _fail(services, run_id, str(exc), 1)
     except Exception as exc:  # any crash: the run says why, nothing is registered
         log.exception("training run %d failed", run_id)
         return _fail(services, run_id, f"{type(exc).__name__}: {exc}", 1)

@@ -15,10 +15,11 @@ def args_for(out: Path, *argv: str, monkeypatch: pytest.MonkeyPatch):
     return bench.parse_args()
 
 
-def saved(out: Path, args, points: list[tuple[str, int, int]]) -> None:
+def saved(out: Path, args, points: list[tuple[str, int, int]], diverged=()) -> None:
     runs = [{"order": o, "seed": s, "labels": n} for o, s, n in points]
+    failed = [{"order": o, "seed": s, "labels": n, "error": "NaN"} for o, s, n in diverged]
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    out.write_text(json.dumps({"args": settings, "runs": runs}))
+    out.write_text(json.dumps({"args": settings, "runs": runs, "diverged": failed}))
 
 
 def test_a_resumed_curve_keeps_saved_runs_and_plans_only_the_rest(
@@ -28,14 +29,14 @@ def test_a_resumed_curve_keeps_saved_runs_and_plans_only_the_rest(
     argv = ["--sizes", "100", "300", "--seeds", "0", "1", "2", "--replicate-orders", "random"]
     args = args_for(out, *argv, "--resume", monkeypatch=monkeypatch)
     first_seed = [("random", 0, 100), ("random", 0, 300), ("least-sure", 0, 100)]
-    saved(out, args, first_seed)
-    kept = bench.saved_runs(args)
-    done = {(r["order"], r["seed"], r["labels"]) for r in kept}
-    left = [point for point in bench.run_plan(args) if point not in done]
+    saved(out, args, first_seed, diverged=[("random", 1, 300)])
+    kept, diverged = bench.saved_runs(args)
+    left = bench.points_left(args, kept, diverged)
     assert [r["labels"] for r in kept] == [100, 300, 100]
-    assert left == [("least-sure", 0, 300), ("random", 1, 300), ("random", 2, 300)]
+    # a diverged run is not retried: the same seed would diverge again
+    assert left == [("least-sure", 0, 300), ("random", 2, 300)]
     # without --resume the saved runs are not taken
-    assert bench.saved_runs(args_for(out, *argv, monkeypatch=monkeypatch)) == []
+    assert bench.saved_runs(args_for(out, *argv, monkeypatch=monkeypatch)) == ([], [])
 
 
 def test_a_curve_made_with_other_training_settings_is_not_resumed(
@@ -91,7 +92,9 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
     }
     report["args"]["epochs"] = 1.0
     small, large = curve_table.setting_rows("curve.json", report)
-    assert large["ran on"] == "CPU, ? cores"  # an older report, before the machine was kept
+    assert large["ran on"] == "CPU, ? cores"  # no machine recorded
+    report["machine"] = {"cpus": 2, "platform": "Linux"}  # before the GPU was recorded
+    assert curve_table.setting_rows("curve.json", report)[1]["ran on"] == "CPU, 2 cores"
     report["machine"] = {"cpus": 16, "gpu": "NVIDIA H200"}
     assert curve_table.setting_rows("curve.json", report)[1]["ran on"] == "NVIDIA H200"
     assert (small["N"], small["held-out per seed"], small["mean (gain)"]) == (
@@ -119,6 +122,10 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
     assert "| curve.json | NVIDIA H200 | random | 300 | LoRA, last 20 blocks | 2 (swap) |" in text
     assert "- `curve.json`: stopped after seed 1" in text
     assert "| loop.json | sft | 78 | 0.111 | 0.425 -> 0.075 (40 pairs) |" in text
+    report["diverged"] = [{"order": "random", "labels": 200, "seed": 0, "error": "NaN weights"}]
+    text = curve_table.markdown({"curve.json": report}, {})
+    assert "- `curve.json`: diverged, no figures: random N=200 seed 0 (NaN weights)" in text
+    report.pop("diverged")
     report["args"]["lora_layers"] = None
     row = curve_table.setting_rows("curve.json", report)[0]
     assert row["weights trained"] == "LoRA, all blocks"

@@ -346,6 +346,7 @@ def queued_run(
     records: list[TrainingRecord],
     tmp_path: Path,
     label_snapshot: dict | None = None,
+    config_changes: dict | None = None,
     **job,
 ) -> int:
     """A run row as start_training_run leaves it, with `records` as its snapshot; without a
@@ -363,6 +364,7 @@ def queued_run(
         weights="lora",
         output_dir=str(tmp_path / "run" / "adapter"),
     )
+    config = dataclasses.replace(config, **(config_changes or {}))
     records_path = tmp_path / "records.json"
     records_path.write_text(json.dumps([r.to_json() for r in records]))
     active = services.judge_version_id()
@@ -433,6 +435,24 @@ def test_the_worker_trains_on_the_split_start_checked_without_checking_again(
     assert (plan.split.train, plan.split.heldout) == ((records[0].pair_id,), (records[1].pair_id,))
     assert [r.pair_id for r in plan.records] == [r.pair_id for r in records]
     assert plan.config.output_dir == str(tmp_path / "run" / "adapter")
+
+
+def test_a_run_whose_weights_turn_nan_fails_with_the_reason_and_registers_nothing(
+    services, tmp_path
+):
+    """A learning rate so large that the second step overflows: the person reads why (without
+    the exception's class name), the base stays active and no version directory appears."""
+    add_pairs(services, ["A", "B"] * 3)
+    base = services.judge_version_id()
+    changes = {"method": "verdict", "learning_rate": 1e30, "max_steps": 2}
+    run_id = queued_run(services, snapshot(services), tmp_path, config_changes=changes)
+    assert run_training_worker(run_id, services) == 1
+    run = services.training_run(run_id)
+    assert run["status"] == "failed", run["error"]
+    assert run["error"].startswith("training diverged: "), run["error"]
+    assert "gradient norm at step 2" in run["error"] and "lower learning_rate" in run["error"]
+    assert [v["id"] for v in services.versions()] == [base] and active_id(services) == base
+    assert not (tmp_path / "run" / "adapter").exists()
 
 
 @pytest.mark.parametrize(

@@ -210,22 +210,33 @@ def test_a_run_whose_weights_turn_nan_says_so_and_saves_nothing(tiny_model, tmp_
     from judges.trainer import TrainingDiverged
 
     config = tiny_config(tmp_path, method="verdict", weights=weights, learning_rate=1e30)
-    with pytest.raises(TrainingDiverged, match=r"NaN or infinite \(first non-finite .* step 2\)"):
+    expected = r"infinite values \(the first non-finite .* step 2\)"
+    with pytest.raises(TrainingDiverged, match=expected):
         train_main(plan_run(config, make_records()), tiny_model)
     assert not (tmp_path / "adapter").exists()
     assert list(tmp_path.iterdir()) == []  # the work directory beside it is gone too
 
 
-def test_bf16_training_on_a_gpu_uses_eager_attention(tiny_model, monkeypatch) -> None:
-    """SDPA's bf16 backward gave NaN gradients on left-padded rows on an H200; a CPU keeps it."""
-    from judges.trainer import load_trainable_model
-    from judges.verdict_training import verdict_attention
+def test_bf16_training_on_a_gpu_uses_eager_attention(tiny_model, tmp_path, monkeypatch) -> None:
+    """SDPA's bf16 backward gave NaN gradients on left-padded rows on an H200; a CPU keeps it.
+    The verdict trainer asks for that choice, for every weight and for LoRA."""
+    from judges import verdict_training
+    from judges.trainer import AdapterInputs, left_padded_attention, load_trainable_model
 
-    assert verdict_attention(bf16=True) is None  # no GPU here
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert verdict_attention(bf16=True) == "eager"
-    assert verdict_attention(bf16=False) is None
-    config = tiny_config(tiny_model, method="verdict", weights="full")
-    model = load_trainable_model(config, tiny_model, None, attention="eager")
-    assert model.config._attn_implementation == "eager"
+    assert left_padded_attention(bf16=True) == "eager"
+    assert left_padded_attention(bf16=False) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the Trainer runs here
+    assert left_padded_attention(bf16=True) is None
+
+    asked: list[bool] = []
+    monkeypatch.setattr(
+        verdict_training, "left_padded_attention", lambda bf16: asked.append(bf16) or "eager"
+    )
+    config, tokenizer, rows = _eight_rows(tiny_model, tmp_path)
+    for weights in ("full", "lora"):
+        inputs = AdapterInputs(replace(config, weights=weights), rows, tokenizer, tiny_model, None)
+        trainer = verdict_training.verdict_trainer(inputs, tmp_path / weights, False)
+        assert trainer.model.config._attn_implementation == "eager", weights
+    assert asked == [False, False]
     assert load_trainable_model(config, tiny_model, None).config._attn_implementation == "sdpa"

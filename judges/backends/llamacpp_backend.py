@@ -302,14 +302,15 @@ class _Step:
         if top <= 0:
             return cls(token)
         logprobs = _log_softmax(logits)
-        best = np.argpartition(-logprobs, top)[:top]  # the top, then only they are sorted
+        top = min(top, logprobs.size)
+        best = np.argpartition(-logprobs, top - 1)[:top]  # the top, then only they are sorted
         best = best[np.argsort(-logprobs[best])]
         return cls(token, float(logprobs[token]), best.tolist(), logprobs[best].tolist())
 
 
 class _Answer:
-    """One answer being decoded: its sampling state, its tokens with the log-probs each was
-    chosen from, and its text so far. The streaming and the batched paths share it, so both
+    """One answer being decoded: its sampling state, its chosen tokens (`_Step`s) and its text
+    so far. The streaming and the batched paths share it, so both
     choose tokens by one rule."""
 
     def __init__(
