@@ -1,6 +1,6 @@
 """How close one `verdict` training step comes to this CPU's matmul peak, by where LoRA sits.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--blocks 30 10 6] [--batches 6]
+    .venv/bin/python benchmarks/bench_train_step.py [--full] [--blocks 30 10 6] [--batches 6]
 
 Measures the machine's bf16 (or fp32, as training would choose) matmul peak with a 2048 x 2048
 product, then times training steps of the product's `verdict` method on the embedded judge:
@@ -12,13 +12,15 @@ not counted.
 
 Share of peak counts the matmul work a step must do: 2 x (parameters of the transformer blocks)
 per token forward, and twice that again backward through the blocks that carry LoRA (the
-gradient of each input; LoRA's own weight gradients are small). Prints and saves
-benchmarks/results/bench_train_step.json.
+gradient of each input; LoRA's own weight gradients are small); with --full, every weight
+trained as the product's default does, the weight gradients of every block once more. Prints
+and saves benchmarks/results/bench_train_step.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -36,7 +38,7 @@ from bench_learning_curve import load, records, split_by_prompt  # noqa: E402
 from judges.embedded import resolve_model_path  # noqa: E402
 from judges.train import load_tokenizer, plan_run  # noqa: E402
 from judges.train_config import TrainConfig  # noqa: E402
-from judges.trainer import use_bf16  # noqa: E402
+from judges.trainer import load_trainable_model, use_bf16  # noqa: E402
 from judges.verdict_training import (  # noqa: E402
     _LeftPadding,
     _lora_model,
@@ -72,11 +74,24 @@ def training_rows(base: Path) -> tuple[list[dict], object]:
     return verdict_rows(plan.training_side(), tokenizer, config), tokenizer
 
 
-def time_steps(base: Path, rows: list[dict], tokenizer, blocks: int, bf16: bool) -> dict:
+def trained_model(base: Path, blocks: int | None, bf16: bool):
+    """LoRA on the last `blocks` blocks as the verdict trainer builds it, or (None) every weight:
+    fp32 weights, computed under bf16 autocast where bf16 is chosen, as the Trainer runs it."""
     import torch
 
-    config = TrainConfig(method="verdict", weights="lora", lora_layers=blocks).resolved()
-    model = _lora_model(config, base, None, bf16)
+    weights = "full" if blocks is None else "lora"
+    config = TrainConfig(method="verdict", weights=weights, lora_layers=blocks).resolved()
+    if blocks is not None:
+        return config, _lora_model(config, base, None, bf16), contextlib.nullcontext()
+    model = load_trainable_model(config, base, None)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    return config, model, autocast
+
+
+def time_steps(base: Path, rows: list[dict], tokenizer, blocks: int | None, bf16: bool) -> dict:
+    import torch
+
+    config, model, autocast = trained_model(base, blocks, bf16)
     block_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
@@ -86,18 +101,24 @@ def time_steps(base: Path, rows: list[dict], tokenizer, blocks: int, bf16: bool)
         batch = collate(rows[index : index + BATCH])
         labels = batch.pop("labels")
         start = time.perf_counter()
-        torch.nn.functional.cross_entropy(verdict_logits(model, batch), labels).backward()
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(verdict_logits(model, batch), labels)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         if index:  # the first batch warms up
             seconds.append(time.perf_counter() - start)
             tokens += batch["input_ids"].numel()
     total_blocks = model.config.num_hidden_layers
-    trained = min(blocks, total_blocks)
-    flops_per_token = 2 * block_params * (1 + 2 * trained / total_blocks)
+    trained = total_blocks if blocks is None else min(blocks, total_blocks)
+    # Forward, the input gradients through the trained blocks, and (every weight) the weight
+    # gradients of every block.
+    weight_grads = 1 if blocks is None else 0
+    flops_per_token = 2 * block_params * (1 + 2 * trained / total_blocks + weight_grads)
     tokens_per_s = tokens / sum(seconds)
     return {
-        "lora_blocks": trained,
+        "weights": config.weights,
+        "lora_blocks": None if blocks is None else trained,
         "examples_per_s": round(BATCH * len(seconds) / sum(seconds), 3),
         "tokens_per_s": round(tokens_per_s, 1),
         "step_s_median": round(statistics.median(seconds), 3),
@@ -107,7 +128,10 @@ def time_steps(base: Path, rows: list[dict], tokenizer, blocks: int, bf16: bool)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, nargs="+", default=[30, 10, 6])
+    parser.add_argument("--blocks", type=int, nargs="*", default=[30, 10, 6])
+    parser.add_argument(
+        "--full", action="store_true", help="also every weight (the product's default)"
+    )
     parser.add_argument("--batches", type=int, default=6, help="batches of 8, the first warms up")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -122,7 +146,7 @@ def main() -> None:
     sample = random.Random(0).sample(rows, BATCH * args.batches)
     sample.sort(key=lambda row: len(row["input_ids"]))  # like lengths per batch
     runs = []
-    for blocks in args.blocks:
+    for blocks in [None] * args.full + args.blocks:
         run = time_steps(base, sample, tokenizer, blocks, bf16)
         run["share_of_peak"] = round(run["gflops"] / peak, 3)
         print(json.dumps(run), flush=True)
