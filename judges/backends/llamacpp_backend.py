@@ -310,8 +310,7 @@ class _Step:
 
 class _Answer:
     """One answer being decoded: its sampling state, its chosen tokens (`_Step`s) and its text
-    so far. The streaming and the batched paths share it, so both
-    choose tokens by one rule."""
+    so far. The streaming and the batched paths share it, so both choose tokens by one rule."""
 
     def __init__(
         self, prompt: list[int], options: base.GenerationOptions, stops: set[int], llm
