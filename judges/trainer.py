@@ -262,8 +262,8 @@ def block_linear_names(model: Any) -> list[str]:
     )
 
 
-def common_args(config: TrainConfig, work: Path, bf16: bool) -> dict[str, Any]:
-    """The TRL trainer settings every method shares (SFT, DPO, GRPO)."""
+def trainer_args(config: TrainConfig, work: Path, bf16: bool) -> dict[str, Any]:
+    """The `TrainingArguments` settings every method shares, the verdict method's included."""
     import torch
 
     return {
@@ -281,9 +281,15 @@ def common_args(config: TrainConfig, work: Path, bf16: bool) -> dict[str, Any]:
         "save_strategy": "no",
         "report_to": "none",
         "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
+def common_args(config: TrainConfig, work: Path, bf16: bool) -> dict[str, Any]:
+    """The TRL trainer settings every TRL method shares (SFT, DPO, GRPO)."""
+    return trainer_args(config, work, bf16) | {
         # Activations of a 135M model fit easily; recomputing them would cost a third more time.
         "activation_checkpointing": False,
-        "dataloader_num_workers": 0,
         "max_length": config.max_prompt_tokens + config.max_target_tokens,
     }
 

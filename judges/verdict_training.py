@@ -24,6 +24,7 @@ from judges.trainer import (
     left_padded_attention,
     load_trainable_model,
     lora_config,
+    trainer_args,
 )
 from judges.training_data import TrainingRecord
 from judges.types import PairInput, Verdict
@@ -115,23 +116,9 @@ def _trainer(
             return (loss, {"logits": logits}) if return_outputs else loss
 
     args = TrainingArguments(
-        output_dir=str(work / "trainer"),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        seed=config.seed,
-        use_cpu=not torch.cuda.is_available(),
-        logging_steps=1,
-        logging_nan_inf_filter=False,  # a NaN loss is shown and checked, not hidden as 0.0
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
+        **trainer_args(config, work, autocast_bf16),
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length",  # like lengths per batch: little padding
-        dataloader_num_workers=0,
-        bf16=autocast_bf16,
     )
     trainer = VerdictTrainer(
         model=model,
