@@ -34,6 +34,7 @@ import numpy as np
 
 from judges.backends import base
 from judges.backends.adapters import check_version_files, weights_kind
+from judges.backends.llamacpp_batch import logits_copy
 from vocabulary import TrainedWeights
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,7 @@ class LlamaCppBackend(base.Backend):
         return self._last_logits()
 
     def _last_logits(self) -> np.ndarray:
-        vocab = self.llm.n_vocab()
-        return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(vocab,)).copy()
+        return logits_copy(self.llm._ctx.get_logits_ith(-1), self.llm.n_vocab())
 
     def _decode_together(
         self, context, prompts: list[list[int]], options: base.GenerationOptions

@@ -76,5 +76,10 @@ class BatchContext:
             raise base.BackendError(f"llama.cpp could not decode a batch (code {code})")
 
     def _logits(self, index: int) -> np.ndarray:
-        row = self._llama.llama_get_logits_ith(self.ctx, index)
-        return np.ctypeslib.as_array(row, shape=(self.vocab,)).copy()
+        return logits_copy(self._llama.llama_get_logits_ith(self.ctx, index), self.vocab)
+
+
+def logits_copy(row, vocab: int) -> np.ndarray:
+    """A row of llama.cpp's logits as an array of our own: the row points into the context,
+    which the next decode overwrites."""
+    return np.ctypeslib.as_array(row, shape=(vocab,)).copy()
