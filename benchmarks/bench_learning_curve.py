@@ -411,6 +411,8 @@ def run_point(
         "order": order,
         "labels": size,
         "seed": seed,
+        # Per run: a --resume may run on another machine than the runs it keeps.
+        "machine": machine(),
         "figures": figures(run.pop("verdicts"), evals, base),
         **run,
     }

@@ -26,7 +26,7 @@ from benchmarks import bench_learning_curve as curve  # noqa: E402
 RESULTS = curve.RESULTS
 OUT = RESULTS / "learning_curve_settings.md"
 GUARD = curve.GUARD
-NOTES = ("trial", "stopped_early")
+NOTES = ("provenance", "trial", "stopped_early")
 COLUMNS = (
     "file", "ran on", "order", "N", "weights trained", "orders per label", "lr", "rank", "batch",
     "epochs", "held-out per seed",
@@ -48,7 +48,7 @@ def setting_rows(name: str, report: dict[str, Any]) -> list[dict[str, str]]:
         rows.append(
             {
                 "file": name,
-                "ran on": _machine(report),
+                "ran on": _machines(report, runs),
                 "order": order,
                 "N": str(size),
                 "weights trained": _weights(args),
@@ -69,8 +69,12 @@ def setting_rows(name: str, report: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def _machine(report: dict[str, Any]) -> str:
-    machine = report.get("machine", {})
+def _machines(report: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """Where the runs ran: each run's own machine, or the file's for runs that predate it."""
+    return " / ".join(sorted({_where(r.get("machine") or report.get("machine", {})) for r in runs}))
+
+
+def _where(machine: dict[str, Any]) -> str:
     return machine.get("gpu") or f"CPU, {machine.get('cpus', '?')} cores"
 
 

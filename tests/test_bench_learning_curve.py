@@ -97,6 +97,12 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
     assert curve_table.setting_rows("curve.json", report)[1]["ran on"] == "CPU, 2 cores"
     report["machine"] = {"cpus": 16, "gpu": "NVIDIA H200"}
     assert curve_table.setting_rows("curve.json", report)[1]["ran on"] == "NVIDIA H200"
+    # A --resume on the CPU kept a GPU run: each run says where it ran.
+    report["runs"][2]["machine"] = {"cpus": 2, "gpu": None}
+    assert (
+        curve_table.setting_rows("curve.json", report)[1]["ran on"] == "CPU, 2 cores / NVIDIA H200"
+    )
+    report["runs"][2].pop("machine")
     assert (small["N"], small["held-out per seed"], small["mean (gain)"]) == (
         "100",
         "0.420",
