@@ -38,11 +38,11 @@ from bench_learning_curve import load, records, split_by_prompt  # noqa: E402
 from judges.embedded import resolve_model_path  # noqa: E402
 from judges.train import load_tokenizer, plan_run  # noqa: E402
 from judges.train_config import TrainConfig  # noqa: E402
-from judges.trainer import load_trainable_model, use_bf16  # noqa: E402
+from judges.trainer import use_bf16  # noqa: E402
 from judges.verdict_training import (  # noqa: E402
     _LeftPadding,
-    _lora_model,
     verdict_logits,
+    verdict_model,
     verdict_rows,
 )
 from settings import load_settings  # noqa: E402
@@ -75,17 +75,18 @@ def training_rows(base: Path) -> tuple[list[dict], object]:
 
 
 def trained_model(base: Path, blocks: int | None, bf16: bool):
-    """LoRA on the last `blocks` blocks as the verdict trainer builds it, or (None) every weight:
-    fp32 weights, computed under bf16 autocast where bf16 is chosen, as the Trainer runs it."""
+    """The verdict method's model: LoRA on the last `blocks` blocks, or (None) every weight,
+    whose fp32 weights compute under bf16 autocast where bf16 is chosen, as the Trainer runs it."""
     import torch
 
     weights = "full" if blocks is None else "lora"
     config = TrainConfig(method="verdict", weights=weights, lora_layers=blocks).resolved()
-    if blocks is not None:
-        return config, _lora_model(config, base, None, bf16), contextlib.nullcontext()
-    model = load_trainable_model(config, base, None)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-    return config, model, autocast
+    # LoRA computes in bf16 inside verdict_logits (`_lora_in_base_dtype`) already.
+    full_bf16 = bf16 and blocks is None
+    autocast = (
+        torch.autocast("cpu", dtype=torch.bfloat16) if full_bf16 else contextlib.nullcontext()
+    )
+    return config, verdict_model(config, base, None, bf16), autocast
 
 
 def time_steps(base: Path, rows: list[dict], tokenizer, blocks: int | None, bf16: bool) -> dict:

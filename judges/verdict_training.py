@@ -79,16 +79,21 @@ def verdict_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
     """The verdict-letter trainer for the inputs: every weight (fp32 weights under the
     Trainer's bf16 autocast, when chosen) or a LoRA adapter (on a bf16 base, see `_lora_model`)."""
     config = inputs.config
+    model = verdict_model(config, inputs.base_model_path, inputs.parent_adapter_path, bf16)
+    autocast_bf16 = bf16 and config.weights == TrainedWeights.FULL
+    return _trainer(config, inputs.rows, inputs.tokenizer, model, work, autocast_bf16)
+
+
+def verdict_model(
+    config: TrainConfig, base_model_path: Path, parent_adapter_path: str | Path | None, bf16: bool
+) -> Any:
+    """The model the verdict method trains: every weight, fp32 (the Trainer's autocast computes
+    in bf16 when chosen), or a LoRA adapter on a bf16 or fp32 base (`_lora_model`)."""
     if config.weights == TrainedWeights.FULL:
-        model = load_trainable_model(
-            config,
-            inputs.base_model_path,
-            inputs.parent_adapter_path,
-            attention=left_padded_attention(bf16),
+        return load_trainable_model(
+            config, base_model_path, parent_adapter_path, attention=left_padded_attention(bf16)
         )
-        return _trainer(config, inputs.rows, inputs.tokenizer, model, work, autocast_bf16=bf16)
-    model = _lora_model(config, inputs.base_model_path, inputs.parent_adapter_path, bf16)
-    return _trainer(config, inputs.rows, inputs.tokenizer, model, work)
+    return _lora_model(config, base_model_path, parent_adapter_path, bf16)
 
 
 def _trainer(
