@@ -34,8 +34,12 @@ class BatchContext:
         # Each sequence attends to its own cells only: faster when they share no prefix
         # (measured with 8 sequences: 36 ms a step against 49 for one shared cache).
         params.kv_unified = False
-        # No flash attention, as in the streaming context: a batch then says what one does.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # Flash attention, unlike the streaming context (which must judge a prompt read in two
+        # parts, part cached, as one read whole): a batch reads each prompt whole. Measured
+        # with 8 sequences of 400 tokens: 25 ms a step against 30, and 8 demo pairs judged at
+        # 70 pairs/min against 62. A batched answer may differ from the streamed one where the
+        # judge is near a tie, as it could before: a batch's shapes change the arithmetic too.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.n_threads, params.n_threads_batch = threads
         self.ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
         if self.ctx is None:
