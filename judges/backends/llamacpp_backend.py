@@ -34,7 +34,7 @@ import numpy as np
 
 from judges.backends import base
 from judges.backends.adapters import check_version_files, weights_kind
-from judges.backends.llamacpp_batch import logits_copy
+from judges.backends.llamacpp_batch import BatchContext, logits_copy
 from vocabulary import TrainedWeights
 
 log = logging.getLogger(__name__)
@@ -230,8 +230,6 @@ class LlamaCppBackend(base.Backend):
         when batches are answered one conversation at a time (a batch size of 1, or llama.cpp
         could not make it)."""
         if self._batch is None and self.max_batch_size > 1:
-            from judges.backends.llamacpp_batch import BatchContext
-
             try:
                 self._batch = BatchContext(
                     self.llm, self.max_batch_size, self.batch_tokens_per_sequence, self.threads
