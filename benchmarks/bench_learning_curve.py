@@ -177,7 +177,7 @@ def _train_and_judge(
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         lora_rank=args.lora_rank,
-        lora_layers=args.lora_layers,
+        trained_layers=args.trained_layers,
         lora_alpha=2 * args.lora_rank,
         include_swapped=not args.one_order,
         heldout_share=1 / len(rows),
@@ -323,7 +323,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument(
-        "--lora-layers", type=int, default=None, help="LoRA on the last N blocks only"
+        "--trained-layers",
+        type=int,
+        default=None,
+        help="train the last N blocks only (LoRA there, or their weights)",
     )
     parser.add_argument(
         "--one-order",
@@ -345,8 +348,8 @@ def parse_args() -> argparse.Namespace:
 
 
 # What a run's figures depend on besides its place in the plan: a resumed run must match them.
-SETTINGS_KEYS = ("heldout", "epochs", "batch_size", "learning_rate", "lora_rank", "lora_layers",
-                 "pool_limit", "guard_limit", "one_order", "weights")  # fmt: skip
+SETTINGS_KEYS = ("heldout", "epochs", "batch_size", "learning_rate", "lora_rank",
+                 "trained_layers", "pool_limit", "guard_limit", "one_order", "weights")  # fmt: skip
 
 
 def saved_runs(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:

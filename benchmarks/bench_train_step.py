@@ -1,20 +1,25 @@
-"""How close one `verdict` training step comes to this CPU's matmul peak, by where LoRA sits.
+"""How close one `verdict` training step comes to this CPU's matmul peak, by what it trains.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--full] [--blocks 30 10 6] [--batches 6]
+    .venv/bin/python benchmarks/bench_train_step.py [--full-blocks 0 15] [--blocks 30 10 6]
+        [--batches 6]
 
 Measures the machine's bf16 (or fp32, as training would choose) matmul peak with a 2048 x 2048
 product, then times training steps of the product's `verdict` method on the embedded judge:
-the model and LoRA as `judges.verdict_training` builds them (rank 16 / alpha 32, every linear
-layer of the last N blocks), its left-padded batches of 8 real verdict prompts from the pooled
-human-labeled sets (../shared/data/llmbar, sorted by length as group_by_length does), forward
-with logits at the verdict position only, backward, AdamW step. The first batch warms up and is
-not counted.
+the model as `judges.verdict_training` builds it, with LoRA (rank 16 / alpha 32, every linear
+layer of the last N blocks, --blocks) or every weight of the last N blocks (--full-blocks; 0:
+every block), on its left-padded batches of 8 real verdict prompts from the pooled
+human-labeled sets (../shared/data/llmbar), longest first as the Trainer's length-grouped
+sampler reads them (so later, shorter steps reuse memory the first one took, and do not pay
+page faults the product's runs do not), forward with logits at the verdict position only,
+backward, AdamW step. The first batch warms up and is not counted.
 
-Share of peak counts the matmul work a step must do: 2 x (parameters of the transformer blocks)
-per token forward, and twice that again backward through the blocks that carry LoRA (the
-gradient of each input; LoRA's own weight gradients are small); with --full, every weight
-trained as the product's default does, the weight gradients of every block once more. Prints
-and saves benchmarks/results/bench_train_step.json.
+Share of peak counts the matmul work a step must do, in units of 2 x (parameters of the
+transformer blocks) per token: 1 forward, plus for each trained block its share of 1 for the
+gradient of its input, and (every weight) 1 more for its weight gradients (LoRA's own are
+small). Before 2026-12-05 this counted one unit too many (4 for every weight, 3 for LoRA on
+every block), so the shares saved then read a third (LoRA: a half) high; and its batches grew
+in length, so it under-reported examples/s. Prints and saves
+benchmarks/results/bench_train_step.json.
 """
 
 from __future__ import annotations
@@ -74,25 +79,27 @@ def training_rows(base: Path) -> tuple[list[dict], object]:
     return verdict_rows(plan.training_side(), tokenizer, config), tokenizer
 
 
-def trained_model(base: Path, blocks: int | None, bf16: bool):
-    """The verdict method's model: LoRA on the last `blocks` blocks, or (None) every weight,
-    whose fp32 weights compute under bf16 autocast where bf16 is chosen, as the Trainer runs it."""
+def trained_model(base: Path, weights: str, blocks: int | None, bf16: bool):
+    """The verdict method's model: LoRA, or every weight (fp32 weights computing under bf16
+    autocast where bf16 is chosen, as the Trainer runs it), on the last `blocks` blocks (None:
+    all)."""
     import torch
 
-    weights = "full" if blocks is None else "lora"
-    config = TrainConfig(method="verdict", weights=weights, lora_layers=blocks).resolved()
+    config = TrainConfig(method="verdict", weights=weights, trained_layers=blocks).resolved()
     # LoRA computes in bf16 inside verdict_logits (`_lora_in_base_dtype`) already.
-    full_bf16 = bf16 and blocks is None
+    full_bf16 = bf16 and weights == "full"
     autocast = (
         torch.autocast("cpu", dtype=torch.bfloat16) if full_bf16 else contextlib.nullcontext()
     )
     return config, verdict_model(config, base, None, bf16), autocast
 
 
-def time_steps(base: Path, rows: list[dict], tokenizer, blocks: int | None, bf16: bool) -> dict:
+def time_steps(
+    base: Path, rows: list[dict], tokenizer, weights: str, blocks: int | None, bf16: bool
+) -> dict:
     import torch
 
-    config, model, autocast = trained_model(base, blocks, bf16)
+    config, model, autocast = trained_model(base, weights, blocks, bf16)
     block_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
@@ -113,13 +120,13 @@ def time_steps(base: Path, rows: list[dict], tokenizer, blocks: int | None, bf16
     total_blocks = model.config.num_hidden_layers
     trained = total_blocks if blocks is None else min(blocks, total_blocks)
     # Forward, the input gradients through the trained blocks, and (every weight) the weight
-    # gradients of every block.
-    weight_grads = 1 if blocks is None else 0
-    flops_per_token = 2 * block_params * (1 + 2 * trained / total_blocks + weight_grads)
+    # gradients of the trained blocks.
+    backward = (2 if weights == "full" else 1) * trained / total_blocks
+    flops_per_token = 2 * block_params * (1 + backward)
     tokens_per_s = tokens / sum(seconds)
     return {
         "weights": config.weights,
-        "lora_blocks": None if blocks is None else trained,
+        "blocks": trained,
         "examples_per_s": round(BATCH * len(seconds) / sum(seconds), 3),
         "tokens_per_s": round(tokens_per_s, 1),
         "step_s_median": round(statistics.median(seconds), 3),
@@ -129,9 +136,15 @@ def time_steps(base: Path, rows: list[dict], tokenizer, blocks: int | None, bf16
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, nargs="*", default=[30, 10, 6])
     parser.add_argument(
-        "--full", action="store_true", help="also every weight (the product's default)"
+        "--blocks", type=int, nargs="*", default=[30, 10, 6], help="LoRA on the last N blocks"
+    )
+    parser.add_argument(
+        "--full-blocks",
+        type=int,
+        nargs="*",
+        default=[],
+        help="every weight of the last N blocks (0: of every block)",
     )
     parser.add_argument("--batches", type=int, default=6, help="batches of 8, the first warms up")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -145,10 +158,12 @@ def main() -> None:
     rows, tokenizer = training_rows(base)
     lengths = sorted(len(r["input_ids"]) for r in rows)
     sample = random.Random(0).sample(rows, BATCH * args.batches)
-    sample.sort(key=lambda row: len(row["input_ids"]))  # like lengths per batch
+    # Like lengths per batch, the longest first (the Trainer's group_by_length).
+    sample.sort(key=lambda row: len(row["input_ids"]), reverse=True)
     runs = []
-    for blocks in [None] * args.full + args.blocks:
-        run = time_steps(base, sample, tokenizer, blocks, bf16)
+    plan = [("full", n or None) for n in args.full_blocks] + [("lora", n) for n in args.blocks]
+    for weights, blocks in plan:
+        run = time_steps(base, sample, tokenizer, weights, blocks, bf16)
         run["share_of_peak"] = round(run["gflops"] / peak, 3)
         print(json.dumps(run), flush=True)
         runs.append(run)

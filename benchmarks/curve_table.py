@@ -85,9 +85,10 @@ def _every_weight(args: dict[str, Any]) -> bool:
 
 
 def _weights(args: dict[str, Any]) -> str:
+    # Files from before full runs could train the top blocks only name the setting lora_layers.
+    blocks = args.get("trained_layers") or args.get("lora_layers")
     if _every_weight(args):
-        return "all (full fine-tuning)"
-    blocks = args.get("lora_layers")
+        return f"all weights, last {blocks} blocks" if blocks else "all (full fine-tuning)"
     return f"LoRA, last {blocks} blocks" if blocks else "LoRA, all blocks"
 
 

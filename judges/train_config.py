@@ -82,11 +82,12 @@ class TrainConfig:
         },
     )
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank r (a new adapter only)."})
-    lora_layers: int | None = field(
+    trained_layers: int | None = field(
         default=None,
         metadata={
-            "help": "LoRA on the last N transformer blocks only (unset: all); the backward "
-            "pass stops at the lowest, so fewer train faster (a new adapter only)."
+            "help": "Train the last N transformer blocks only (unset: all): full, their weights "
+            "and the final norm, the embeddings frozen; lora, a new adapter on them. The "
+            "backward pass stops at the lowest, so fewer train faster."
         },
     )
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
@@ -152,7 +153,10 @@ class TrainConfig:
             (self.max_steps is None or self.max_steps > 0, "max_steps must be positive"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.lora_rank >= 1, "lora_rank must be at least 1"),
-            (self.lora_layers is None or self.lora_layers >= 1, "lora_layers must be at least 1"),
+            (
+                self.trained_layers is None or self.trained_layers >= 1,
+                "trained_layers must be at least 1",
+            ),
             (
                 self.learning_rate is None or self.learning_rate > 0,
                 "learning_rate must be positive",
@@ -245,3 +249,15 @@ def _plain_type(hint: Any) -> type:
     """`int` for `int | None`; the hint itself when it is not optional."""
     kinds = [k for k in typing.get_args(hint) if k is not type(None)]
     return kinds[0] if kinds else hint
+
+
+# Settings stored by runs of earlier versions under another name.
+_RENAMED_SETTINGS = {"lora_layers": "trained_layers"}
+
+
+def stored_config(values: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a stored run: the run's other keys (its job) are left out, and a
+    setting stored under its former name is read under the current one."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    renamed = {_RENAMED_SETTINGS.get(key, key): value for key, value in values.items()}
+    return TrainConfig(**{key: value for key, value in renamed.items() if key in names})

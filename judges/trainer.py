@@ -197,14 +197,29 @@ def load_trainable_model(
     model = AutoModelForCausalLM.from_pretrained(
         str(start), dtype=dtype, local_files_only=True, attn_implementation=attention
     )
-    if parent is None or whole_parent:
-        return model
-    if config.weights == TrainedWeights.LORA:
-        from peft import PeftModel
+    if parent is not None and not whole_parent:
+        if config.weights == TrainedWeights.LORA:
+            from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(parent), is_trainable=True)
-    # PEFT froze the base weights when it loaded the adapter; a full run trains them all.
-    return merge_adapter(model, parent).requires_grad_(True)
+            return PeftModel.from_pretrained(model, str(parent), is_trainable=True)
+        # PEFT froze the base weights when it loaded the adapter; a full run trains them all.
+        model = merge_adapter(model, parent).requires_grad_(True)
+    if config.weights == TrainedWeights.FULL:
+        freeze_lower_blocks(model, config.trained_layers)
+    return model
+
+
+def freeze_lower_blocks(model: Any, trained_layers: int | None) -> None:
+    """A full run on the last `trained_layers` blocks: the blocks below and the embeddings stop
+    taking gradients, so the backward pass ends at the lowest trained block. The embeddings
+    are frozen with them although the LM head shares their weight (tied in the embedded judge):
+    a trainable embedding would carry the backward pass down through every block again."""
+    blocks = model.get_decoder().layers
+    if trained_layers is None or trained_layers >= len(blocks):
+        return
+    model.get_input_embeddings().requires_grad_(False)
+    for block in blocks[: len(blocks) - trained_layers]:
+        block.requires_grad_(False)
 
 
 def check_parent(config: TrainConfig, parent_adapter_path: str | Path | None) -> None:
@@ -229,16 +244,16 @@ def new_adapter(config: TrainConfig, model: Any) -> Any:
 
 def lora_config(config: TrainConfig, model: Any) -> Any:
     """The LoRA of a new adapter at the run's rank: every linear layer of the model's last
-    `lora_layers` blocks (all blocks when unset). The backward pass stops at the lowest block
+    `trained_layers` blocks (all blocks when unset). The backward pass stops at the lowest block
     that has an adapter, so fewer blocks train faster."""
     from peft import LoraConfig
 
     placement: dict[str, Any] = {"target_modules": "all-linear"}
     blocks = model.config.num_hidden_layers
-    if config.lora_layers is not None and config.lora_layers < blocks:
+    if config.trained_layers is not None and config.trained_layers < blocks:
         placement = {  # PEFT takes a block list only with module names
             "target_modules": block_linear_names(model),
-            "layers_to_transform": list(range(blocks - config.lora_layers, blocks)),
+            "layers_to_transform": list(range(blocks - config.trained_layers, blocks)),
         }
     return LoraConfig(
         r=config.lora_rank,

@@ -4,7 +4,6 @@ a failure or refusal marks it failed with the reason, and nothing half-done is r
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from judges.train import (
     plan_run,
     run_job,
 )
+from judges.train_config import stored_config
 from services.training_runs import finish_run
 from settings import Settings, load_settings
 from storage import queries
@@ -89,8 +89,7 @@ def run_training_worker(run_id: int, services: Services | None = None) -> int:
         log.warning("training run %d is %s; not starting", run_id, run["status"])
         return 1
     job = run["config"]["job"]
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in run["config"].items() if k in names})
+    config = stored_config(run["config"])
     progress = _ProgressWriter(services, run_id)
     try:
         records = json.loads(Path(job["records_path"]).read_text())

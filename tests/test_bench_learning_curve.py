@@ -79,7 +79,7 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
     from benchmarks import curve_table
 
     report: dict = {
-        "args": {"lora_layers": 20, "learning_rate": 3e-4, "lora_rank": 16, "batch_size": 8},
+        "args": {"trained_layers": 20, "learning_rate": 3e-4, "lora_rank": 16, "batch_size": 8},
         "base": {"heldout": 0.4, "LLMBar_Natural": 0.5},
         "load_average_at_start": [0.5, 0.4, 0.3],
         "load_average_at_end": [1.75, 1.7, 1.6],
@@ -132,9 +132,13 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
     text = curve_table.markdown({"curve.json": report}, {})
     assert "- `curve.json`: diverged, no figures: random N=200 seed 0 (NaN weights)" in text
     report.pop("diverged")
-    report["args"]["lora_layers"] = None
+    report["args"]["trained_layers"] = None
     row = curve_table.setting_rows("curve.json", report)[0]
     assert row["weights trained"] == "LoRA, all blocks"
+    old_file = report | {"args": report["args"] | {"lora_layers": 10}}  # the setting's old name
+    assert curve_table.setting_rows("curve.json", old_file)[0]["weights trained"] == (
+        "LoRA, last 10 blocks"
+    )
     report["args"] |= {"weights": "full", "one_order": True}
     row = curve_table.setting_rows("curve.json", report)[0]
     assert (row["weights trained"], row["orders per label"], row["rank"]) == (
@@ -142,6 +146,10 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
         "1 (seeded coin)",
         "-",
     )
+    report["args"]["trained_layers"] = 15
+    row = curve_table.setting_rows("curve.json", report)[0]
+    assert row["weights trained"] == "all weights, last 15 blocks"
+    report["args"]["trained_layers"] = None
     # A file from before full fine-tuning was a setting of the product names it its own way.
     report["args"] = {k: v for k, v in report["args"].items() if k != "weights"}
     report["args"]["full_finetune"] = True

@@ -89,6 +89,21 @@ def test_every_weight_trains_and_the_version_is_a_whole_model(tiny_model, tmp_pa
     assert as_version != pytest.approx(verdict_table(tiny_model), abs=1e-4)
 
 
+@pytest.mark.parametrize("method", ["verdict", "sft"])
+def test_trained_layers_trains_the_last_blocks_whole_and_leaves_the_rest(
+    tiny_model, tmp_path, method
+):
+    """trained_layers=1 on the tiny model's 2 blocks: block 1, the final norm and the (untied)
+    LM head move; block 0 and the embeddings are saved as the base had them."""
+    config = full_config(tmp_path, method=method, trained_layers=1)
+    result = main(plan_run(config, make_records()), tiny_model, build_messages=short_messages)
+    base, tuned = weights_of(tiny_model), weights_of(result.adapter_path)
+    moved = {k for k in base if not torch.equal(base[k].bfloat16(), tuned[k])}
+    above = {"model.norm.weight", "lm_head.weight"}
+    assert {k for k in base if ".layers.1." in k} | above == moved
+    assert result.steps == 2
+
+
 def test_grpo_trains_every_weight(tiny_model, tmp_path, monkeypatch) -> None:
     from judges import grpo_training
 

@@ -322,6 +322,24 @@ def test_retrain_tab_handlers_render_runs_and_versions(services):
     assert "no parent to roll back to" in message and list(versions["active"]) == ["yes"]
 
 
+def test_the_retrain_form_puts_each_value_in_its_place() -> None:
+    from types import SimpleNamespace
+
+    from webui.retrain_tab import RetrainHandlers
+
+    started: list[TrainConfig] = []
+    services = SimpleNamespace(start_training_run=lambda config: started.append(config) or 5)
+    h = RetrainHandlers(services)
+    assert "Run 5 started" in h.start("verdict", "full", 2, 8, None, 0.25, 15)
+    assert "Run 5 started" in h.start("sft", "lora", 1, 4, 1e-4, 0.2, None)
+    assert started == [
+        TrainConfig(method="verdict", weights="full", epochs=2.0, lora_rank=8, trained_layers=15,
+                    heldout_share=0.25),
+        TrainConfig(method="sft", weights="lora", epochs=1.0, lora_rank=4, learning_rate=1e-4,
+                    heldout_share=0.2),
+    ]  # fmt: skip
+
+
 def test_cli_evaluate_prints_the_active_versions_figures(services, monkeypatch, capsys):
     from fakes import FakeBackend
 

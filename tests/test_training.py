@@ -274,6 +274,17 @@ def test_parser_is_generated_from_the_config_fields():
     assert options["max_steps"].type is int and options["epochs"].type is float
 
 
+def test_a_stored_run_reads_its_settings_under_their_current_names():
+    """A run stored before lora_layers became trained_layers trains its last blocks still;
+    the run's job and other keys the config does not know are left out."""
+    from judges.train_config import stored_config
+
+    stored = {"weights": "lora", "lora_layers": 3, "seed": 4, "job": {"records_path": "r.json"}}
+    config = stored_config(stored)
+    assert (config.weights, config.trained_layers, config.seed) == ("lora", 3, 4)
+    assert stored_config(dataclasses.asdict(config)) == config
+
+
 def test_parsed_options_build_the_config():
     args = make_parser().parse_args(
         [

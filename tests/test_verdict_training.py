@@ -162,9 +162,9 @@ def test_an_fp32_model_trains_every_weight_under_the_trainers_bf16_autocast(tiny
 
 
 @pytest.mark.parametrize("method", ["verdict", "sft"])
-def test_lora_layers_puts_the_adapter_on_the_last_blocks_only(tiny_model, tmp_path, method):
-    """lora_layers=1 on the tiny model's 2 blocks: every adapter weight is in block 1, trained."""
-    config = tiny_config(tmp_path, method=method, lora_layers=1)
+def test_trained_layers_puts_the_adapter_on_the_last_blocks_only(tiny_model, tmp_path, method):
+    """trained_layers=1 on the tiny model's 2 blocks: every adapter weight is in block 1."""
+    config = tiny_config(tmp_path, method=method, trained_layers=1)
     result = train_main(plan_run(config, make_records()), tiny_model, build_messages=short_messages)
     tensors = read_tensors(result.adapter_path)
     blocks = {name.split(".layers.")[1].split(".")[0] for name in tensors}

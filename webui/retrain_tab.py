@@ -120,8 +120,10 @@ class RetrainHandlers:
         rank: float,
         lr: float | None,
         share: float,
+        blocks: float | None = None,
     ) -> str:
-        """`lr` None (the field left blank): the measured default for the weights trained."""
+        """`lr` None (the field left blank): the measured default for the weights trained;
+        `blocks` None: every block trains."""
         try:
             config = TrainConfig(
                 method=method,
@@ -130,6 +132,7 @@ class RetrainHandlers:
                 lora_rank=int(rank),
                 learning_rate=float(lr) if lr else None,
                 heldout_share=float(share),
+                trained_layers=int(blocks) if blocks else None,
             )
             run_id = self.services.start_training_run(config)
         except Exception as exc:
@@ -209,6 +212,12 @@ def build_retrain_tab(services: Any) -> gr.Tab:
             share = gr.Slider(
                 0.05, 0.5, value=config_default("heldout_share"), step=0.05, label="Held-out share"
             )
+            blocks = gr.Number(
+                value=config_default("trained_layers"),
+                label="Blocks trained, from the top (blank: all)",
+                precision=0,
+                minimum=1,
+            )
         with gr.Row():
             start = gr.Button("Start training", variant="primary", elem_id="grm-retrain-start")
             cancel = gr.Button("Cancel", variant="stop", elem_id="grm-retrain-cancel")
@@ -237,7 +246,10 @@ def build_retrain_tab(services: Any) -> gr.Tab:
         timer = gr.Timer(POLL_S)
     outputs = [status, loss, metrics, versions, curve]
     start.click(
-        h.start, [method, weights, epochs, rank, lr, share], [message], api_name="start_training"
+        h.start,
+        [method, weights, epochs, rank, lr, share, blocks],
+        [message],
+        api_name="start_training",
     )
     cancel.click(h.cancel, None, [message], api_name="cancel_training")
     activate.click(
