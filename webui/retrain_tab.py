@@ -123,7 +123,7 @@ class RetrainHandlers:
         blocks: float | None = None,
     ) -> str:
         """`lr` None (the field left blank): the measured default for the weights trained;
-        `blocks` None: every block trains."""
+        `blocks` None or 0 (the field left blank): every block trains."""
         try:
             config = TrainConfig(
                 method=method,
@@ -212,11 +212,11 @@ def build_retrain_tab(services: Any) -> gr.Tab:
             share = gr.Slider(
                 0.05, 0.5, value=config_default("heldout_share"), step=0.05, label="Held-out share"
             )
+            # No minimum: Gradio sends a blank field as 0 and would refuse it before the handler.
             blocks = gr.Number(
                 value=config_default("trained_layers"),
                 label="Blocks trained, from the top (blank: all)",
                 precision=0,
-                minimum=1,
             )
         with gr.Row():
             start = gr.Button("Start training", variant="primary", elem_id="grm-retrain-start")
