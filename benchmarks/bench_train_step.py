@@ -46,11 +46,13 @@ from judges.train_config import TrainConfig  # noqa: E402
 from judges.trainer import use_bf16  # noqa: E402
 from judges.verdict_training import (  # noqa: E402
     _LeftPadding,
+    autocasts,
     verdict_logits,
     verdict_model,
     verdict_rows,
 )
 from settings import load_settings  # noqa: E402
+from vocabulary import TrainedWeights  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_train_step.json"
 SETS = ("Processed_MT-Bench", "Processed_LLMEval_2", "Processed_FairEval")
@@ -79,23 +81,23 @@ def training_rows(base: Path) -> tuple[list[dict], object]:
     return verdict_rows(plan.training_side(), tokenizer, config), tokenizer
 
 
-def trained_model(base: Path, weights: str, blocks: int | None, bf16: bool):
+def trained_model(base: Path, weights: TrainedWeights, blocks: int | None, bf16: bool):
     """The verdict method's model: LoRA, or every weight (fp32 weights computing under bf16
     autocast where bf16 is chosen, as the Trainer runs it), on the last `blocks` blocks (None:
     all)."""
     import torch
 
     config = TrainConfig(method="verdict", weights=weights, trained_layers=blocks).resolved()
-    # LoRA computes in bf16 inside verdict_logits (`_lora_in_base_dtype`) already.
-    full_bf16 = bf16 and weights == "full"
     autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if full_bf16 else contextlib.nullcontext()
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if autocasts(config, bf16)
+        else contextlib.nullcontext()
     )
     return config, verdict_model(config, base, None, bf16), autocast
 
 
 def time_steps(
-    base: Path, rows: list[dict], tokenizer, weights: str, blocks: int | None, bf16: bool
+    base: Path, rows: list[dict], tokenizer, weights: TrainedWeights, blocks: int | None, bf16: bool
 ) -> dict:
     import torch
 
@@ -121,7 +123,7 @@ def time_steps(
     trained = total_blocks if blocks is None else min(blocks, total_blocks)
     # Forward, the input gradients through the trained blocks, and (every weight) the weight
     # gradients of the trained blocks.
-    backward = (2 if weights == "full" else 1) * trained / total_blocks
+    backward = (2 if weights == TrainedWeights.FULL else 1) * trained / total_blocks
     flops_per_token = 2 * block_params * (1 + backward)
     tokens_per_s = tokens / sum(seconds)
     return {
@@ -161,7 +163,8 @@ def main() -> None:
     # Like lengths per batch, the longest first (the Trainer's group_by_length).
     sample.sort(key=lambda row: len(row["input_ids"]), reverse=True)
     runs = []
-    plan = [("full", n or None) for n in args.full_blocks] + [("lora", n) for n in args.blocks]
+    plan = [(TrainedWeights.FULL, n or None) for n in args.full_blocks]
+    plan += [(TrainedWeights.LORA, n) for n in args.blocks]
     for weights, blocks in plan:
         run = time_steps(base, sample, tokenizer, weights, blocks, bf16)
         run["share_of_peak"] = round(run["gflops"] / peak, 3)

@@ -80,8 +80,13 @@ def verdict_trainer(inputs: AdapterInputs, work: Path, bf16: bool) -> Any:
     Trainer's bf16 autocast, when chosen) or a LoRA adapter (on a bf16 base, see `_lora_model`)."""
     config = inputs.config
     model = verdict_model(config, inputs.base_model_path, inputs.parent_adapter_path, bf16)
-    autocast_bf16 = bf16 and config.weights == TrainedWeights.FULL
-    return _trainer(config, inputs.rows, inputs.tokenizer, model, work, autocast_bf16)
+    return _trainer(config, inputs.rows, inputs.tokenizer, model, work, autocasts(config, bf16))
+
+
+def autocasts(config: TrainConfig, bf16: bool) -> bool:
+    """Whether the Trainer computes under bf16 autocast: for every weight (fp32 weights) where
+    bf16 is chosen; a LoRA model computes in bf16 itself (`_lora_in_base_dtype`)."""
+    return bf16 and config.weights == TrainedWeights.FULL
 
 
 def verdict_model(
