@@ -477,7 +477,7 @@ def _add_prompt_commands(sub) -> None:
         "compare",
         help="two judge setups on the same labels",
         description="Judge a dataset's labeled pairs with two judge setups (reusing stored "
-        "judgments of the same setup and prompt) and report accuracy, Cohen's kappa and "
+        "judgments of the same setup, prompt and sampling) and report accuracy, Cohen's kappa and "
         "position consistency side by side, McNemar's exact test and the pairs that differ.",
     )
     compare.add_argument("--a", required=True, metavar="SETUP", help=SETUP_HELP)

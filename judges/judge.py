@@ -33,6 +33,9 @@ TOP_LOGPROBS = 10  # alternatives kept per generated token, where the backend of
 # the value the judge ran with before: stored options without them read back as they ran, not
 # with today's default (judgments made without a penalty are continued without one).
 ADDED_FIELDS: dict[str, Any] = {"repetition_penalty": 1.0}
+# The options besides protocol, prompt, k and swap that change what a judgment says; a stored
+# run records them, and `grm compare` reuses a run only where they match.
+SAMPLING_OPTIONS = ("temperature", "repetition_penalty", "max_new_tokens", "seed", "logprobs")
 
 
 class JudgeOptions(BaseModel):
@@ -88,6 +91,10 @@ class JudgeOptions(BaseModel):
     def from_stored(cls, data: dict[str, Any]) -> JudgeOptions:
         """Options read back from the database, filled as they ran (ADDED_FIELDS)."""
         return cls(**stored_as_ran(data))
+
+    def sampling(self) -> dict[str, Any]:
+        """The SAMPLING_OPTIONS values, as a judgment run stores them."""
+        return self.model_dump(include=set(SAMPLING_OPTIONS))
 
     def plan(self) -> list[tuple[int, bool]]:
         """(sample_index, swapped) of every sample of one pair, in the order they run."""

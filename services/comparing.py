@@ -1,12 +1,14 @@
 """Two judge setups compared on the same labels (`grm compare`).
 
-A setup is a prompt version x a judge version x a protocol x k / swap / aggregation rule. Each
-labeled pair of the dataset is judged by each setup once: a stored run of that setup whose
-prompt is what the setup would send now (same template, same guidelines) is reused, the other
-pairs are judged and stored like any judgment. Then both setups' verdicts (each run's samples
-combined by the setup's rule) are scored against the same human labels, the pair's latest
-label: accuracy, Cohen's kappa, position consistency side by side, McNemar's exact test on the
-pairs one setup got right and the other did not, and the pairs where the two verdicts differ.
+A setup is a prompt version x a judge version x a protocol x k / swap / aggregation rule,
+sampled as the current judge samples (temperature, penalty, tokens, seed, log-probs). Each
+labeled pair of the dataset is judged by each setup once: a stored run of that setup, sampled
+so, whose prompt is what the setup would send now (same template, same guidelines) is reused,
+the other pairs are judged and stored like any judgment. Then both setups' verdicts (each
+run's samples combined by the setup's rule) are scored against the same human labels, the
+pair's latest label: accuracy, Cohen's kappa, position consistency side by side, McNemar's
+exact test on the pairs one setup got right and the other did not, and the pairs where the
+two verdicts differ.
 """
 
 from __future__ import annotations
@@ -156,9 +158,9 @@ class Comparing:
             self._judge(setup, options, protocol, missing, _offset(on_progress, done, total))
             done += len(missing)
         verdicts = []
-        for setup, (_, protocol, _) in zip(setups, plans, strict=True):
+        for setup, (options, protocol, _) in zip(setups, plans, strict=True):
             with reading(self.sessions) as s:
-                verdicts.append(fitting_verdicts(s, setup, protocol, pairs))
+                verdicts.append(fitting_verdicts(s, setup, options, protocol, pairs))
         judged_now = [len(missing) for _, _, missing in plans]
         report = comparison_report(records, setups, verdicts, judged_now)
         labels = "imported labels" if gold else "labeled pairs"
@@ -172,7 +174,7 @@ class Comparing:
         options = setup.options(self.judging.judge.options)
         with reading(self.sessions) as s:
             protocol = judge_protocol(s, options, dataset_id)
-            found = fitting_verdicts(s, setup, protocol, pairs)
+            found = fitting_verdicts(s, setup, options, protocol, pairs)
         return options, protocol, [p for p in pairs if p.pair_id not in found]
 
     def _judge(
@@ -194,7 +196,7 @@ class Comparing:
         finally:
             if owned:
                 backend.close()
-        self.judging.store(results, setup.judge_version_id)
+        self.judging.store(results, setup.judge_version_id, options)
 
 
 def _offset(
@@ -282,10 +284,15 @@ def record_pair(record: dict[str, Any]) -> PairInput:
 
 
 def fitting_verdicts(
-    s: Session, setup: JudgeSetup, protocol: Protocol, pairs: list[PairInput]
+    s: Session,
+    setup: JudgeSetup,
+    options: JudgeOptions,
+    protocol: Protocol,
+    pairs: list[PairInput],
 ) -> dict[int, AggregateJudgment]:
-    """Per pair, the setup's newest stored run whose prompt is what `protocol` sends now,
-    its samples combined by the setup's rule; pairs without one are left out."""
+    """Per pair, the setup's newest stored run sampled as `options` sample (the setup's
+    options) whose prompt is what `protocol` sends now, its samples combined by the setup's
+    rule; pairs without one are left out."""
     runs = prompt_versions.setup_runs(
         s,
         [p.pair_id for p in pairs if p.pair_id is not None],
@@ -294,6 +301,7 @@ def fitting_verdicts(
         prompt_version=setup.prompt_version,
         k=setup.k,
         swap=setup.swap,
+        sampling=options.sampling(),
     )
     found = {}
     for pair in pairs:

@@ -165,7 +165,7 @@ class Judging:
                 final = update.aggregate
             yield update
         if final is not None:
-            self.store([final], version_id)
+            self.store([final], version_id, options)
 
     def warm(self, pair: queries.PairView) -> Future | None:
         """Let the loaded judge read this pair's prompt in the background, so a click on Judge
@@ -192,11 +192,13 @@ class Judging:
             with self._warm_lock:
                 self._warm_waiting -= 1
 
-    def store(self, results: list[AggregateJudgment], version_id: int) -> int:
-        """Each result as a judgment run with its samples, all in one write; how many sample
-        rows were stored."""
+    def store(
+        self, results: list[AggregateJudgment], version_id: int, options: JudgeOptions
+    ) -> int:
+        """Each result (judged with `options`) as a judgment run with its samples, all in one
+        write; how many sample rows were stored."""
         with writing(self.sessions) as s:
-            return store_runs(s, results, version_id)
+            return store_runs(s, results, version_id, options)
 
     # --- what was judged -----------------------------------------------------------------------
 
@@ -233,17 +235,22 @@ def store_runs(
     s: Session,
     results: list[AggregateJudgment],
     version_id: int,
+    options: JudgeOptions,
     judging_job_id: int | None = None,
 ) -> int:
-    """Each result as a judgment run with its samples in the caller's transaction (a batch
-    judging job's, with the job's progress); how many sample rows were stored. The one place
-    a run is written."""
+    """Each result, judged with `options`, as a judgment run with its samples in the caller's
+    transaction (a batch judging job's, with the job's progress); how many sample rows were
+    stored. The one place a run is written."""
     stored = 0
     for result in results:
         if not result.samples:
             continue  # nothing was judged: no run to record
         samples = [judgment_row(j, version_id, result.aggregation) for j in result.samples]
-        run = {**judgment_run_row(result, version_id), "judging_job_id": judging_job_id}
+        run = {
+            **judgment_run_row(result, version_id),
+            **options.sampling(),
+            "judging_job_id": judging_job_id,
+        }
         judgment_runs.add_judgment_run(s, run, samples)
         stored += len(samples)
     return stored

@@ -282,7 +282,8 @@ class JudgingJobs:
             began = time.perf_counter()
             results = self._judge_batch(backend, job, batch, options, protocols, watch)
             if results:
-                stored = self._store_batch(job, owner, results, time.perf_counter() - began)
+                seconds = time.perf_counter() - began
+                stored = self._store_batch(job, owner, options, results, seconds)
                 if stored is None:
                     log.info("judging job %s is no longer this process's: stopping", job["id"])
                     return False
@@ -328,14 +329,19 @@ class JudgingJobs:
         return results
 
     def _store_batch(
-        self, job: dict[str, Any], owner: str, results: list[AggregateJudgment], seconds: float
+        self,
+        job: dict[str, Any],
+        owner: str,
+        options: JudgeOptions,
+        results: list[AggregateJudgment],
+        seconds: float,
     ) -> int | None:
         """The batch's runs and the job's progress in one transaction; the sample rows stored,
         or None (nothing stored) when this process no longer runs the job."""
         with writing(self.sessions) as s:
             if not queries.advance_judging_job(s, job["id"], owner, len(results), seconds):
                 return None  # nothing written yet: the transaction commits nothing
-            return store_runs(s, results, job["judge_version_id"], job["id"])
+            return store_runs(s, results, job["judge_version_id"], options, job["id"])
 
     def _end(self, job_id: int, owner: str, status: str | None, error: str | None = None) -> None:
         try:

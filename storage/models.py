@@ -138,6 +138,13 @@ class JudgmentRun(Base):
     k: Mapped[int] = mapped_column(Integer, default=1)  # samples per order
     swap: Mapped[bool] = mapped_column(Boolean, default=False)  # both orders judged
     aggregation: Mapped[str | None] = mapped_column(String(20))  # the rule that decided
+    # The sampling it was judged with (judges.judge.SAMPLING_OPTIONS); NULL for runs stored
+    # before migration 0006, whose sampling is not known.
+    temperature: Mapped[float | None] = mapped_column(Float)
+    repetition_penalty: Mapped[float | None] = mapped_column(Float)
+    max_new_tokens: Mapped[int | None] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    logprobs: Mapped[bool | None] = mapped_column(Boolean)
     verdict: Mapped[str] = mapped_column(String(10))  # "A" | "B" | "tie" | "none"
     votes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # stated verdict -> count
     verdict_probability: Mapped[float | None] = mapped_column(Float)

@@ -121,19 +121,24 @@ def setup_runs(
     prompt_version: str,
     k: int,
     swap: bool,
+    sampling: dict[str, Any],
 ) -> dict[int, dict[str, Any]]:
     """Per pair, the newest run of this setup (judge version, protocol, prompt version, k,
-    swap) that has a sample which did not fail: {pair_id: {"run": row, "samples": rows}},
-    samples ordered by (sample index, order). Pairs without such a run are left out."""
+    swap, and the `sampling` columns' values, JudgeOptions.sampling) that has a sample which
+    did not fail: {pair_id: {"run": row, "samples": rows}}, samples ordered by (sample index,
+    order). Pairs without such a run are left out, and so are runs stored without their
+    sampling (before migration 0006): NULL equals no value."""
     has_result = exists().where(
         Judgment.run_id == JudgmentRun.id, Judgment.status != FAILED_JUDGMENT_STATUS
     )
+    sampled_so = [JudgmentRun.__table__.c[name] == value for name, value in sampling.items()]
     newest = select(func.max(JudgmentRun.id), JudgmentRun.pair_id).where(
         JudgmentRun.judge_version_id == judge_version_id,
         JudgmentRun.protocol == protocol,
         JudgmentRun.prompt_version == prompt_version,
         JudgmentRun.k == k,
         JudgmentRun.swap == swap,
+        *sampled_so,
         has_result,
     )
     run_ids: list[int] = []

@@ -9,10 +9,13 @@ import re
 
 import pytest
 from seeding import add_pairs, label_pairs, numbered_pair
+from sqlalchemy import select
 
 import cli
 from judges.judge import JudgeOptions
 from services import Services, parse_setup
+from storage.db import reading
+from storage.models import JudgmentRun
 from tests.fakes import FakeBackend, user_text
 
 B_SYSTEM = "You are the second judge."
@@ -102,6 +105,32 @@ def test_judgments_of_another_prompt_or_k_are_not_taken_for_the_setups(services,
     assert (report["a"]["reused"], report["a"]["judged_now"]) == (8, 0)
     assert report["b"]["judged_now"] == 8
     assert report["a"]["accuracy"] == pytest.approx(5 / 7)  # one order: A_SAYS as said
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"temperature": 0.7},
+        {"repetition_penalty": 1.0},
+        {"max_new_tokens": 64},
+        {"seed": 3},
+        {"logprobs": False},
+    ],
+)
+def test_runs_sampled_otherwise_are_not_taken_for_the_setup(services, judge, change):
+    current = services.judging.judge.options
+    other = JudgeOptions(**{**current.model_dump(), "prompt_version": "pairwise-v3", **change})
+    assert other.sampling() != current.sampling()
+    services.judge_pending(dataset="cmp", options=other)
+    columns = [JudgmentRun.__table__.c[name] for name in other.sampling()]
+    with reading(services.sessions) as s:
+        stored = [dict(row) for row in s.execute(select(*columns)).mappings()]
+    assert stored == [other.sampling()] * 8
+
+    report = services.compare_setups("prompt=pairwise-v3", B, "cmp")
+    assert (report["a"]["reused"], report["a"]["judged_now"]) == (0, 8)
+    again = services.compare_setups("prompt=pairwise-v3", B, "cmp")
+    assert (again["a"]["reused"], again["a"]["judged_now"]) == (8, 0)  # its own runs fit
 
 
 def test_a_limit_compares_the_first_labeled_pairs_and_the_latest_label_counts(services):

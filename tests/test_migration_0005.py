@@ -55,7 +55,7 @@ def test_upgrade_keeps_runs_outside_any_job_and_downgrade_keeps_them(db):
     with db.engine.begin() as connection:
         _fill_0004(connection)
     init_db(db.engine)  # what the app does when it starts
-    assert current_revision(db.engine) == head_revision() == "0005_judging_job"
+    assert current_revision(db.engine) == head_revision() == "0006_run_sampling"
     with db.engine.connect() as connection:
         runs = connection.execute(text("SELECT id, verdict, judging_job_id FROM judgment_run"))
         assert [tuple(r) for r in runs] == [(1, "A", None)]

@@ -125,7 +125,7 @@ def test_upgrade_groups_existing_judgments_into_runs_and_keeps_everything(at_000
     with at_0002.engine.begin() as connection:
         _fill_0002(connection)
     init_db(at_0002.engine)  # what the app does when it starts
-    assert current_revision(at_0002.engine) == head_revision() == "0005_judging_job"
+    assert current_revision(at_0002.engine) == head_revision() == "0006_run_sampling"
     with at_0002.engine.connect() as connection:
         counts = {t: _count(connection, t) for t in ("judgment", "label", "label_event", "pair")}
         runs = _runs(connection)

@@ -71,7 +71,7 @@ def test_upgrade_from_empty_database_creates_every_table_and_is_idempotent(tmp_p
     assert current_revision(engine) is None
     init_db(engine)
     assert TABLES | {"alembic_version"} == set(inspect(engine).get_table_names())
-    assert current_revision(engine) == head_revision() == "0005_judging_job"
+    assert current_revision(engine) == head_revision() == "0006_run_sampling"
 
     factory = make_session_factory(engine)
     with factory.begin() as s:
