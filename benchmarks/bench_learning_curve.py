@@ -275,7 +275,11 @@ def summary(report: dict) -> dict:
 def _summary_of(report: dict, suffix: str, order: str, largest: int, runs: list) -> dict:
     key, guard = "heldout" + suffix, GUARD + suffix
     acc = statistics.mean(r["figures"][key]["second_accuracy"] for r in runs)
-    first = runs[0]["figures"]  # the first seed's judge: a paired test is per trained judge
+    # A paired test is per trained judge: the summary quotes the test of the seed whose judge
+    # did worst (a user's one run may be that one), not the first seed's.
+    worst = min(
+        (r["figures"][key] for r in runs), key=lambda f: (f["second_accuracy"], -f["p_value"])
+    )
     return {
         "method": "verdict",
         "order": order,
@@ -284,9 +288,9 @@ def _summary_of(report: dict, suffix: str, order: str, largest: int, runs: list)
         "base_accuracy": round(report["base"][key], 4),
         "accuracy": round(acc, 4),
         "gain_points": round(100 * (acc - report["base"][key]), 2),
-        "p_value": first[key]["p_value"],
+        "p_value": worst["p_value"],
         "p_values_per_seed": [r["figures"][key]["p_value"] for r in runs],
-        "difference_ci": [first[key]["difference_ci_low"], first[key]["difference_ci_high"]],
+        "difference_ci": [worst["difference_ci_low"], worst["difference_ci_high"]],
         "llmbar_natural_base": round(report["base"][guard], 4),
         "llmbar_natural_delta_points": round(
             100 * statistics.mean(r["figures"][guard]["difference"] for r in runs), 2

@@ -170,3 +170,29 @@ def test_one_order_shows_each_pair_once_and_keeps_the_labeled_response_right() -
     assert better == [f"good{i}" for i in range(200)]
     flipped = sum(r["label"] == "B" for r in shown)
     assert 70 < flipped < 130  # a fair coin: about half are shown swapped
+
+
+def test_the_summary_takes_the_best_order_and_quotes_its_worst_seed() -> None:
+    runs = [
+        curve_run("random", 300, 0.60, 0.01, 0.02),
+        curve_run("random", 300, 0.50, 0.30, 0.04),
+        curve_run("least-sure", 300, 0.52, 0.20, 0.00),
+        curve_run("random", 100, 0.70, 0.001, 0.0),  # not the largest N
+    ]
+    runs[1]["figures"]["heldout"]["difference_ci_low"] = -0.08
+    report = {
+        "orders": ["random", "least-sure"],
+        "runs": runs,
+        "base": {"heldout": 0.4, "LLMBar_Natural": 0.5},
+    }
+    for run in runs:  # the forced-choice figures, as the benchmark saves them
+        run["figures"]["heldout_forced"] = run["figures"]["heldout"]
+        run["figures"]["LLMBar_Natural_forced"] = run["figures"]["LLMBar_Natural"]
+    report["base"] |= {"heldout_forced": 0.4, "LLMBar_Natural_forced": 0.5}
+    found = bench.summary(report)["product_rule"]
+    assert (found["order"], found["labels"], found["seeds"]) == ("random", 300, 2)
+    assert (found["accuracy"], found["gain_points"]) == (0.55, 15.0)
+    assert found["p_values_per_seed"] == [0.01, 0.30]
+    # the test of the seed that did worst, with its own interval: not the first seed's
+    assert (found["p_value"], found["difference_ci"]) == (0.30, [-0.08, 0.2])
+    assert found["llmbar_natural_delta_points"] == 3.0
