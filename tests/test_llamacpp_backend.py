@@ -186,19 +186,28 @@ def agree_but_for_near_ties(alone, together) -> None:
 BATCHED = GenerationOptions(max_new_tokens=48, top_logprobs=2)
 
 
-def test_a_batch_is_decoded_together_and_says_what_each_says_alone(llamacpp, monkeypatch):
+def counted_steps(monkeypatch, fail_at: int | None = None) -> list[int]:
+    """How many sequences each llama.cpp batch step feeds, from now on; the step numbered
+    `fail_at` (from 1) fails as llama.cpp's decode would."""
     from judges.backends.llamacpp_batch import BatchContext
 
-    conversations = [MESSAGES, *_demo_conversations(3)]
-    alone = [collect(llamacpp, messages, BATCHED)[1] for messages in conversations]
-    widths = []
+    widths: list[int] = []
     step = BatchContext.step
 
     def counted(context, entries):
+        if len(widths) + 1 == fail_at:
+            raise BackendError("llama.cpp could not decode a batch (code 1)")
         widths.append(len(entries))
         return step(context, entries)
 
     monkeypatch.setattr(BatchContext, "step", counted)
+    return widths
+
+
+def test_a_batch_is_decoded_together_and_says_what_each_says_alone(llamacpp, monkeypatch):
+    conversations = [MESSAGES, *_demo_conversations(3)]
+    alone = [collect(llamacpp, messages, BATCHED)[1] for messages in conversations]
+    widths = counted_steps(monkeypatch)
     together = llamacpp.generate_batch(conversations, BATCHED)
     assert widths[0] == 4  # every answer advanced by one token per llama.cpp step
     assert len(widths) == max(g.completion_tokens for g in together) - 1
@@ -210,19 +219,9 @@ def test_a_batch_is_decoded_together_and_says_what_each_says_alone(llamacpp, mon
 
 
 def test_a_failure_mid_batch_keeps_what_each_answer_said(llamacpp, monkeypatch):
-    from judges.backends.llamacpp_batch import BatchContext
-
     conversations = _demo_conversations(2)
     whole = llamacpp.generate_batch(conversations, BATCHED)
-    step, calls = BatchContext.step, []
-
-    def breaks_at_the_fifth(context, entries):
-        calls.append(1)
-        if len(calls) == 5:
-            raise BackendError("llama.cpp could not decode a batch (code 1)")
-        return step(context, entries)
-
-    monkeypatch.setattr(BatchContext, "step", breaks_at_the_fifth)
+    counted_steps(monkeypatch, fail_at=5)
     broken = llamacpp.generate_batch(conversations, BATCHED)
     for full, cut in zip(whole, broken, strict=True):
         assert cut.finish_reason == "error" and "code 1" in cut.error
@@ -464,31 +463,16 @@ def test_an_answer_that_ends_gives_its_sequence_to_the_next_conversation(
     embedded_model_dir, monkeypatch
 ):
     from judges.backends.llamacpp_backend import LlamaCppBackend
-    from judges.backends.llamacpp_batch import BatchContext
     from judges.embedded import embedded_gguf_path
 
     backend = LlamaCppBackend(embedded_gguf_path(), embedded_model_dir, max_batch_size=2)
     try:
         conversations = [MESSAGES, *_demo_conversations(3)]
         alone = [collect(backend, messages, BATCHED)[1] for messages in conversations]
-        widths = []
-        step = BatchContext.step
-
-        def counted(context, entries):
-            widths.append(len(entries))
-            return step(context, entries)
-
-        monkeypatch.setattr(BatchContext, "step", counted)
+        steps = counted_steps(monkeypatch)
         together = backend.generate_batch(conversations, BATCHED)
-        steps = widths.copy()
-
-        def breaks_at_the_third(context, entries):
-            if len(widths) == 2:
-                raise BackendError("llama.cpp could not decode a batch (code 1)")
-            return counted(context, entries)
-
-        widths.clear()
-        monkeypatch.setattr(BatchContext, "step", breaks_at_the_third)
+        monkeypatch.undo()  # the failing counter below wraps the real step, not this one
+        counted_steps(monkeypatch, fail_at=3)
         broken = backend.generate_batch(conversations, BATCHED)
     finally:
         backend.close()
