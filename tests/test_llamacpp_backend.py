@@ -186,28 +186,19 @@ def agree_but_for_near_ties(alone, together) -> None:
 BATCHED = GenerationOptions(max_new_tokens=48, top_logprobs=2)
 
 
-def counted_steps(monkeypatch, fail_at: int | None = None) -> list[int]:
-    """How many sequences each llama.cpp batch step feeds, from now on; the step numbered
-    `fail_at` (from 1) fails as llama.cpp's decode would."""
+def test_a_batch_is_decoded_together_and_says_what_each_says_alone(llamacpp, monkeypatch):
     from judges.backends.llamacpp_batch import BatchContext
 
-    widths: list[int] = []
+    conversations = [MESSAGES, *_demo_conversations(3)]
+    alone = [collect(llamacpp, messages, BATCHED)[1] for messages in conversations]
+    widths = []
     step = BatchContext.step
 
     def counted(context, entries):
-        if len(widths) + 1 == fail_at:
-            raise BackendError("llama.cpp could not decode a batch (code 1)")
         widths.append(len(entries))
         return step(context, entries)
 
     monkeypatch.setattr(BatchContext, "step", counted)
-    return widths
-
-
-def test_a_batch_is_decoded_together_and_says_what_each_says_alone(llamacpp, monkeypatch):
-    conversations = [MESSAGES, *_demo_conversations(3)]
-    alone = [collect(llamacpp, messages, BATCHED)[1] for messages in conversations]
-    widths = counted_steps(monkeypatch)
     together = llamacpp.generate_batch(conversations, BATCHED)
     assert widths[0] == 4  # every answer advanced by one token per llama.cpp step
     assert len(widths) == max(g.completion_tokens for g in together) - 1
@@ -219,9 +210,19 @@ def test_a_batch_is_decoded_together_and_says_what_each_says_alone(llamacpp, mon
 
 
 def test_a_failure_mid_batch_keeps_what_each_answer_said(llamacpp, monkeypatch):
+    from judges.backends.llamacpp_batch import BatchContext
+
     conversations = _demo_conversations(2)
     whole = llamacpp.generate_batch(conversations, BATCHED)
-    counted_steps(monkeypatch, fail_at=5)
+    step, calls = BatchContext.step, []
+
+    def breaks_at_the_fifth(context, entries):
+        calls.append(1)
+        if len(calls) == 5:
+            raise BackendError("llama.cpp could not decode a batch (code 1)")
+        return step(context, entries)
+
+    monkeypatch.setattr(BatchContext, "step", breaks_at_the_fifth)
     broken = llamacpp.generate_batch(conversations, BATCHED)
     for full, cut in zip(whole, broken, strict=True):
         assert cut.finish_reason == "error" and "code 1" in cut.error
@@ -457,35 +458,3 @@ def test_the_app_runs_the_bf16_copy_only_where_the_cpu_has_bf16(native_bf16, tmp
     chosen = _llamacpp_args(settings, {})["gguf_path"]
     shipped = embedded_gguf_path()
     assert chosen == (bf16_copy(shipped, settings.model_cache) if native_bf16 else shipped)
-
-
-def test_an_answer_that_ends_gives_its_sequence_to_the_next_conversation(
-    embedded_model_dir, monkeypatch
-):
-    from judges.backends.llamacpp_backend import LlamaCppBackend
-    from judges.embedded import embedded_gguf_path
-
-    backend = LlamaCppBackend(embedded_gguf_path(), embedded_model_dir, max_batch_size=2)
-    try:
-        conversations = [MESSAGES, *_demo_conversations(3)]
-        alone = [collect(backend, messages, BATCHED)[1] for messages in conversations]
-        steps = counted_steps(monkeypatch)
-        together = backend.generate_batch(conversations, BATCHED)
-        monkeypatch.undo()  # the failing counter below wraps the real step, not this one
-        counted_steps(monkeypatch, fail_at=3)
-        broken = backend.generate_batch(conversations, BATCHED)
-    finally:
-        backend.close()
-    # The two answers begun keep what they said; the two not begun are answered alone.
-    assert [g.completion_tokens for g in broken[:2]] == [3, 3]
-    assert all(g.finish_reason == "error" and "code 1" in g.error for g in broken[:2])
-    assert [g.text for g in broken[2:]] == [g.text for g in alone[2:]]
-    for one, batched in zip(alone, together, strict=True):
-        agree_but_for_near_ties(one, batched)
-    lengths = [g.completion_tokens for g in together]
-    assert len(set(lengths)) > 1  # the premise: some answers end before others
-    # Both sequences decode while a conversation waits; only the last answers run alone.
-    assert max(steps) == 2 and steps == sorted(steps, reverse=True)
-    assert sum(steps) == sum(n - 1 for n in lengths)  # each token after the first: one entry
-    # Fewer llama.cpp steps than batches of two that each wait for their longest answer.
-    assert len(steps) < sum(max(lengths[i : i + 2]) - 1 for i in (0, 2))

@@ -109,12 +109,10 @@ class LlamaCppBackend(base.Backend):
     def generate_batch(
         self, conversations: list[base.Messages], options: base.GenerationOptions
     ) -> list[base.Generation]:
-        """Answer conversations decoded together (llamacpp_batch), `max_batch_size` at once:
-        when one answer ends, the next conversation takes its sequence, so the batch stays
-        full. One is answered alone, in the streaming context, when its prompt is too long for
-        a batch sequence or llama.cpp cannot make the batch context (too little memory for its
-        cache). A failure mid-batch keeps what each answer said so far, marked as an error;
-        the conversations not begun yet are answered alone."""
+        """Answer conversations `max_batch_size` at a time, decoded together (llamacpp_batch).
+        One is answered alone, in the streaming context, when its prompt is too long for a
+        batch sequence or llama.cpp cannot make the batch context (too little memory for its
+        cache). A failure mid-batch keeps what each answer said so far, marked as an error."""
         results: list[base.Generation | None] = [None] * len(conversations)
         together: list[tuple[int, list[int]]] = []
         for index, messages in enumerate(conversations):
@@ -125,12 +123,13 @@ class LlamaCppBackend(base.Backend):
                 continue
             if len(ids) + options.max_new_tokens <= self.batch_tokens_per_sequence:
                 together.append((index, ids))
-        if together:
+        for start in range(0, len(together), self.max_batch_size):
+            chunk = together[start : start + self.max_batch_size]
             with self._lock:
                 context = self._batch_context()
                 if context is not None:
-                    answers = self._decode_together(context, [ids for _, ids in together], options)
-                    for (index, _), generation in zip(together, answers, strict=True):
+                    answers = self._decode_together(context, [ids for _, ids in chunk], options)
+                    for (index, _), generation in zip(chunk, answers, strict=True):
                         results[index] = generation
         for index, messages in enumerate(conversations):
             if results[index] is None:
@@ -205,44 +204,26 @@ class LlamaCppBackend(base.Backend):
 
     def _decode_together(
         self, context, prompts: list[list[int]], options: base.GenerationOptions
-    ) -> list[base.Generation | None]:
-        """Each prompt's answer, one token of every unfinished answer per llama.cpp step, in
-        the context's sequences: a sequence freed by an answer that ended reads the next
-        prompt, so a long answer does not hold the rest of a batch back. After a failure, the
-        answers begun end as errors with what they said; those not begun are None."""
+    ) -> list[base.Generation]:
+        """Each prompt's answer, one token of every unfinished answer per llama.cpp step."""
         answers = [_Answer(ids, options, self._stops, self.llm) for ids in prompts]
-        waiting = list(range(len(prompts)))[::-1]  # pop() gives the next prompt
-        decoding: dict[int, int] = {}  # sequence -> the answer decoded in it
-
-        def advance(sequence: int, row: np.ndarray) -> None:
-            answer = answers[decoding[sequence]]
-            if not answer.finish:  # one asked for no new token ends before its first
-                answer.take(row)
-            if answer.finish:
-                del decoding[sequence]  # free for the next prompt
-
+        live: list[int] = []
         try:
             context.clear()
-            while True:
-                for sequence in range(context.sequences):
-                    while sequence not in decoding and waiting:
-                        decoding[sequence] = waiting.pop()
-                        context.forget(sequence)
-                        advance(sequence, context.read(sequence, prompts[decoding[sequence]]))
-                if not decoding:
-                    break
-                live = list(decoding.items())
-                rows = context.step([answers[a].next_entry(s) for s, a in live])
-                for (sequence, _), row in zip(live, rows, strict=True):
-                    advance(sequence, row)
+            logits = [context.read(sequence, ids) for sequence, ids in enumerate(prompts)]
+            live = list(range(len(prompts)))  # the answers whose next logits are in hand
+            while live:
+                for sequence, row in zip(live, logits, strict=True):
+                    if not answers[sequence].finish:
+                        answers[sequence].take(row)
+                live = [sequence for sequence in live if not answers[sequence].finish]
+                if live:
+                    logits = context.step([answers[s].next_entry(s) for s in live])
         except (RuntimeError, ValueError) as exc:
-            for answer in decoding.values():
-                answers[answer].fail(f"generation failed: {exc}")
-        begun = set(range(len(prompts))) - set(waiting)
-        return [
-            self._summary(answer, options) if index in begun else None
-            for index, answer in enumerate(answers)
-        ]
+            error = f"generation failed: {exc}"
+            for sequence in live or range(len(prompts)):
+                answers[sequence].fail(error)
+        return [self._summary(answer, options) for answer in answers]
 
     def _batch_context(self):
         """The multi-sequence context, made at the first batch (its cache costs memory); None

@@ -17,8 +17,8 @@ from judges.backends import base
 
 class BatchContext:
     """A llama.cpp context holding `sequences` independent sequences of up to
-    `tokens_per_sequence` tokens each: emptied by `clear` (all) or `forget` (one), fed by
-    `read` (a prompt) and `step` (one token each)."""
+    `tokens_per_sequence` tokens each: emptied by `clear`, fed by `read` (a prompt) and `step`
+    (one token each)."""
 
     def __init__(
         self, llm, sequences: int, tokens_per_sequence: int, threads: tuple[int, int]
@@ -26,7 +26,6 @@ class BatchContext:
         import llama_cpp
 
         self._llama = llama_cpp
-        self.sequences = sequences
         self.vocab = llm.n_vocab()
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = sequences * tokens_per_sequence
@@ -50,13 +49,8 @@ class BatchContext:
     def clear(self) -> None:
         self._llama.llama_memory_clear(self._llama.llama_get_memory(self.ctx), True)
 
-    def forget(self, sequence: int) -> None:
-        """Empty one sequence's cells, for the next prompt it reads."""
-        self._llama.llama_memory_seq_rm(self._llama.llama_get_memory(self.ctx), sequence, -1, -1)
-
     def read(self, sequence: int, ids: list[int]) -> np.ndarray:
-        """Feed a whole prompt to `sequence` (empty since `clear` or `forget`); its last
-        token's logits."""
+        """Feed a whole prompt to `sequence` (empty since `clear`); its last token's logits."""
         entries = [(sequence, token, position) for position, token in enumerate(ids)]
         self._decode(entries, wanted=[len(entries) - 1])
         return self._logits(len(entries) - 1)
