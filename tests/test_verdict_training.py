@@ -15,6 +15,7 @@ from judges.train import main as train_main
 from judges.trainer import load_tokenizer
 from judges.types import PairInput, Verdict
 from judges.verdict_training import (
+    OrdersTogether,
     _LeftPadding,
     _lora_model,
     _trainer,
@@ -60,6 +61,51 @@ def test_ties_are_trained_as_c_or_left_out(tiny_model, tmp_path) -> None:
         ties, tokenizer, tiny_config(tmp_path, method="verdict", verdict_ties=False)
     )
     assert skipped == []
+
+
+def test_each_batch_holds_both_orders_of_its_labels_and_like_lengths() -> None:
+    """40 labels of made-up lengths, both orders each (rows 2i and 2i + 1), batches of 8: every
+    row read once per epoch, each batch of 8 is 4 whole labels, the longest batch comes first
+    and, within a mega-batch, lengths only fall."""
+    torch.manual_seed(0)
+    lengths = [int(x) for x in torch.randint(50, 900, (40,)).repeat_interleave(2)]
+    rows = [{"input_ids": [0] * n} for n in lengths]
+    order = list(OrdersTogether(rows, batch_size=8, orders=2))
+    assert sorted(order) == list(range(80))
+    batches = [order[i : i + 8] for i in range(0, 80, 8)]
+    for batch in batches:
+        assert {row ^ 1 for row in batch} == set(batch)  # each row's other order is beside it
+    assert max(lengths[r] for r in batches[0]) == max(lengths)
+    assert order != list(OrdersTogether(rows, batch_size=8, orders=2))  # shuffled anew
+
+
+def test_the_trainer_reads_both_orders_of_a_label_in_one_batch(tiny_model, tmp_path) -> None:
+    """So each batch holds as many A as B targets: the position signal cancels in every step."""
+    tokenizer = load_tokenizer(tiny_model)
+    config = tiny_config(tmp_path, method="verdict", batch_size=4)
+    records = [
+        r | {"prompt": r["prompt"] + " and more" * i} for i, r in enumerate(make_records(12))
+    ]
+    rows = verdict_rows(plan_run(config, records).training_side(), tokenizer, config)
+    trainer = _trainer(
+        config, rows, tokenizer, _lora_model(config, tiny_model, None, False), tmp_path
+    )
+    label_of = {tuple(row["input_ids"]): i // 2 for i, row in enumerate(rows)}
+    letters = letter_ids(tokenizer)
+    seen = []
+    for batch in trainer.get_train_dataloader():
+        ids = [
+            tuple(token for token, real in zip(row, mask, strict=True) if real)
+            for row, mask in zip(
+                batch["input_ids"].tolist(), batch["attention_mask"].tolist(), strict=True
+            )
+        ]
+        labels = [label_of[row] for row in ids]
+        assert all(labels.count(label) == 2 for label in labels)
+        targets = batch["labels"].tolist()
+        assert targets.count(letters[Verdict.A]) == targets.count(letters[Verdict.B])
+        seen += ids
+    assert sorted(seen) == sorted(label_of)
 
 
 def test_left_padding_puts_every_verdict_position_last() -> None:
