@@ -65,8 +65,7 @@ def test_ties_are_trained_as_c_or_left_out(tiny_model, tmp_path) -> None:
 
 def test_each_batch_holds_both_orders_of_its_labels_and_like_lengths() -> None:
     """40 labels of made-up lengths, both orders each (rows 2i and 2i + 1), batches of 8: every
-    row read once per epoch, each batch of 8 is 4 whole labels, the longest batch comes first
-    and, within a mega-batch, lengths only fall."""
+    row read once per epoch, each batch of 8 is 4 whole labels, the longest batch comes first."""
     torch.manual_seed(0)
     lengths = [int(x) for x in torch.randint(50, 900, (40,)).repeat_interleave(2)]
     rows = [{"input_ids": [0] * n} for n in lengths]
