@@ -85,5 +85,9 @@ def additive_mask(mask: Any, batch: int, length: int, keys: int, dtype: Any, dev
         # The last `length` queries of `keys` positions, each attending to itself and before.
         mask = torch.ones(length, keys, dtype=torch.bool, device=device).tril(keys - length)
         mask = mask.expand(batch, 1, length, keys)
+    # Under autocast the products run in its type, not the query's: an fp32 lowest value
+    # would turn into -inf there (fp32 weights, bf16 autocast: every loss NaN).
+    if torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
     lowest = torch.finfo(dtype).min
     return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, lowest)

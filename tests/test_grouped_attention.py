@@ -42,19 +42,29 @@ def left_padded_batch(tokenizer, lengths=(11, 4, 7, 1)):
     return batch
 
 
-def weight_gradients(model, batch):
+def weight_gradients(model, batch, autocast=False):
     model.zero_grad()
-    logits = verdict_logits(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = verdict_logits(model, batch)
     torch.nn.functional.cross_entropy(logits, torch.tensor([5, 6, 7, 8])).backward()
     return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
-def test_the_verdict_logits_and_gradients_match_sdpa(tiny_model, dtype, tolerance) -> None:
+@pytest.mark.parametrize(
+    ("dtype", "autocast", "tolerance"),
+    [
+        (torch.float32, False, 1e-5),
+        (torch.bfloat16, False, 0.05),
+        # Full fine-tuning in bf16: fp32 weights, the products under bf16 autocast.
+        (torch.float32, True, 0.05),
+    ],
+)
+def test_the_verdict_logits_and_gradients_match_sdpa(tiny_model, dtype, autocast, tolerance):
     tokenizer, sdpa, grouped = twin_models(tiny_model, dtype)
     batch = left_padded_batch(tokenizer)
-    expected_logits, expected_grads = weight_gradients(sdpa, batch)
-    logits, grads = weight_gradients(grouped, batch)
+    expected_logits, expected_grads = weight_gradients(sdpa, batch, autocast)
+    logits, grads = weight_gradients(grouped, batch, autocast)
+    assert torch.isfinite(logits).all()
     assert grouped.config._attn_implementation == GROUPED
     scale = expected_logits.abs().max()
     assert (logits - expected_logits).abs().max() <= tolerance * scale
