@@ -10,7 +10,6 @@ import pytest
 import torch
 from test_training import build_tiny_model, make_records, read_tensors, short_messages, tiny_config
 
-from judges.grouped_attention import GROUPED
 from judges.train import evaluation_options, plan_run
 from judges.train import main as train_main
 from judges.trainer import load_tokenizer
@@ -264,9 +263,8 @@ def test_a_run_whose_weights_turn_nan_says_so_and_saves_nothing(tiny_model, tmp_
 
 
 def test_bf16_training_on_a_gpu_uses_eager_attention(tiny_model, tmp_path, monkeypatch) -> None:
-    """SDPA's bf16 backward gave NaN gradients on left-padded rows on an H200; a CPU uses the
-    grouped products in bf16 (faster there) and keeps SDPA in fp32. The verdict trainer asks
-    for that choice, for every weight and for LoRA."""
+    """SDPA's bf16 backward gave NaN gradients on left-padded rows on an H200; a CPU keeps it.
+    The verdict trainer asks for that choice, for every weight and for LoRA."""
     from judges import verdict_training
     from judges.trainer import AdapterInputs, left_padded_attention, load_trainable_model
 
@@ -274,8 +272,7 @@ def test_bf16_training_on_a_gpu_uses_eager_attention(tiny_model, tmp_path, monke
     assert left_padded_attention(bf16=True) == "eager"
     assert left_padded_attention(bf16=False) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the Trainer runs here
-    assert left_padded_attention(bf16=True) == GROUPED
-    assert left_padded_attention(bf16=False) is None
+    assert left_padded_attention(bf16=True) is None
 
     asked: list[bool] = []
     monkeypatch.setattr(
