@@ -285,3 +285,36 @@ def test_bf16_training_on_a_gpu_uses_eager_attention(tiny_model, tmp_path, monke
         assert trainer.model.config._attn_implementation == "eager", weights
     assert asked == [False, False]
     assert load_trainable_model(config, tiny_model, None).config._attn_implementation == "sdpa"
+
+
+def test_the_trainer_steps_with_fused_adamw_and_moves_weights_as_the_loop_does(
+    tiny_model, tmp_path
+) -> None:
+    """The fused AdamW (one pass per tensor, measured faster) makes the same update as
+    torch's per-tensor loop."""
+    from judges import verdict_training
+    from judges.trainer import AdapterInputs
+
+    config, tokenizer, rows = _eight_rows(tiny_model, tmp_path)
+    inputs = AdapterInputs(replace(config, weights="full"), rows, tokenizer, tiny_model, None)
+    trainer = verdict_training.verdict_trainer(inputs, tmp_path / "fused", False)
+    fused = trainer.create_optimizer()
+    assert isinstance(fused, torch.optim.AdamW) and fused.defaults["fused"] is True
+
+    model = trainer.model
+    twin = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    # The Trainer sets weight decay per group (0 unless told), not in the defaults.
+    (decay,) = {group["weight_decay"] for group in fused.param_groups}
+    same = {k: fused.defaults[k] for k in ("lr", "betas", "eps")} | {"weight_decay": decay}
+    loop = torch.optim.AdamW(twin.values(), **same, foreach=False)
+    batch = _LeftPadding(tokenizer.pad_token_id)(rows)
+    labels = batch.pop("labels")
+    torch.nn.functional.cross_entropy(verdict_logits(model, batch), labels).backward()
+    for name, param in model.named_parameters():
+        twin[name].grad = param.grad.clone()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fused.step()
+    loop.step()
+    for name, param in model.named_parameters():
+        assert not torch.equal(param, before[name]), name
+        assert torch.allclose(param, twin[name], atol=1e-7), name
