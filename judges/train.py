@@ -162,7 +162,8 @@ def check_labels(records: Sequence[TrainingRecord], min_labels: int) -> list[Tra
 
 def prepare_split(records: Sequence[TrainingRecord], config: TrainConfig) -> Split:
     """The run's split; refuses when the training side would have too little to learn from."""
-    split = split_pairs([r.pair_id for r in records], config.heldout_share, config.seed)
+    prompts = [(r.pair_id, r.pair.prompt_text()) for r in records]
+    split = split_pairs(prompts, config.heldout_share, config.seed)
     if not split.train or not split.heldout:
         raise TrainingRefused(
             f"{len(records)} labels cannot be split into training and held-out pairs "

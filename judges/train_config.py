@@ -97,7 +97,10 @@ class TrainConfig:
         default=1.0, metadata={"help": "dpo+sft: weight of the NLL term on the chosen judgment."}
     )
     heldout_share: float = field(
-        default=0.2, metadata={"help": "Share of labeled pairs held out for evaluation."}
+        default=0.2,
+        metadata={
+            "help": "Share of labeled pairs held out for evaluation (a prompt's pairs together)."
+        },
     )
     max_prompt_tokens: int = field(
         default=768, metadata={"help": "Token budget of the judge prompt, template included."}

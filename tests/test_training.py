@@ -17,6 +17,7 @@ from fakes import FakeBackend
 from tiny_llama import tiny_llama
 
 from judges.judge import JudgeOptions
+from judges.split import BY_PROMPT
 from judges.train import (
     TrainConfig,
     TrainingRefused,
@@ -181,6 +182,22 @@ def test_result_records_the_split_and_trains_only_on_the_training_side(tiny_mode
     assert [r.label_id for r in plan.records] == [100 + i for i in range(1, 13)]
     assert result.data_stats["pairs"] == len(split.train)
     assert json.loads(json.dumps(result.as_record()))["split"]["heldout"] == list(split.heldout)
+
+
+def test_a_run_never_holds_out_a_question_it_trains_on(tmp_path):
+    # Four answer pairs per question, some asked as chat turns: the run's held-out figure must
+    # come from questions the judge never saw in training.
+    records = make_records(40)
+    for rec in records:
+        question = f"question {rec['pair_id'] % 10}"
+        turns = [{"role": "user", "content": question}]
+        rec["prompt"] = turns if rec["pair_id"] % 2 else question
+    plan = plan_run(tiny_config(tmp_path, heldout_share=0.3), records)
+    prompt_of = {r.pair_id: r.pair.prompt_text() for r in plan.records}
+    trained = {prompt_of[pid] for pid in plan.split.train}
+    held = {prompt_of[pid] for pid in plan.split.heldout}
+    assert held and trained.isdisjoint(held)
+    assert plan.split.method == BY_PROMPT
 
 
 def test_protocol_prompts_fit_the_token_budget_and_keep_both_ends(tiny_model, tmp_path):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from judges.prompts import truncate_middle
-from judges.split import Split, split_pairs
+from judges.split import BY_PAIR, BY_PROMPT, Split, split_pairs, split_unit
 from judges.swap_text import swap_labels_in_text, swap_scores_in_text
 from judges.training_data import (
     DataConfig,
@@ -415,40 +415,75 @@ def test_truncate_pair_handles_chat_turns():
 # ---------------------------------------------------------------- split
 
 
+def own_prompts(ids):
+    """Items for split_pairs where every pair has a prompt of its own."""
+    return [(pid, f"question {pid}") for pid in ids]
+
+
 def test_split_is_deterministic_disjoint_and_complete():
     ids = list(range(1, 201))
-    split = split_pairs(ids, 0.2, seed=3)
-    assert split == split_pairs(list(reversed(ids)), 0.2, seed=3)
+    split = split_pairs(own_prompts(ids), 0.2, seed=3)
+    assert split == split_pairs(list(reversed(own_prompts(ids))), 0.2, seed=3)
     assert set(split.train).isdisjoint(split.heldout)
     assert sorted(split.train + split.heldout) == ids
     assert 20 <= len(split.heldout) <= 60  # about 40
-    assert split_pairs(ids, 0.2, seed=4).heldout != split.heldout
+    assert split_pairs(own_prompts(ids), 0.2, seed=4).heldout != split.heldout
     assert split.as_record()["heldout"] == list(split.heldout)
     assert split.as_record()["seed"] == 3
     assert Split.from_record(json.loads(json.dumps(split.as_record()))) == split
 
 
+def test_split_keeps_pairs_of_one_prompt_on_one_side():
+    # MT-Bench's shape: 50 questions, 4 answer pairs each; a held-out question is never trained on.
+    items = [(pid, f"question {pid // 4}") for pid in range(200)]
+    split = split_pairs(items, 0.3, seed=1)
+    prompt_of = dict(items)
+    trained = {prompt_of[pid] for pid in split.train}
+    held = {prompt_of[pid] for pid in split.heldout}
+    assert trained.isdisjoint(held)
+    assert len(held) >= 5 and len(trained) >= 20  # about 15 and 35 of the 50 questions
+    assert sorted(split.train + split.heldout) == list(range(200))
+    assert split.method == BY_PROMPT
+    # A prompt pasted with stray spaces around it is the same question.
+    for seed in range(10):
+        sides = split_pairs([(1, " q "), (2, "q"), (3, "other")], 0.5, seed=seed)
+        assert {1, 2} <= set(sides.train) or {1, 2} <= set(sides.heldout)
+
+
+def test_split_of_labels_on_one_prompt_goes_a_pair_at_a_time():
+    split = split_pairs([(pid, "the only question") for pid in range(1, 41)], 0.25, seed=0)
+    assert split.method == BY_PAIR
+    assert split.heldout == tuple(pid for pid in range(1, 41) if split_unit(str(pid), 0) < 0.25)
+    assert 3 <= len(split.heldout) <= 20 and len(split.train) == 40 - len(split.heldout)
+
+
+def test_split_stored_before_prompts_were_grouped_reads_back_as_the_pair_rule():
+    old = {"train": [1, 2], "heldout": [3], "seed": 0, "heldout_share": 0.2}
+    assert Split.from_record(old).method == BY_PAIR
+
+
 def test_split_keeps_held_out_pairs_held_out_when_labels_grow():
-    small = split_pairs(range(1, 101), 0.25, seed=0)
-    large = split_pairs(range(1, 401), 0.25, seed=0)
+    small = split_pairs(own_prompts(range(1, 101)), 0.25, seed=0)
+    large = split_pairs(own_prompts(range(1, 401)), 0.25, seed=0)
     assert set(small.heldout) <= set(large.heldout)
     assert set(small.train) <= set(large.train)
 
 
-def test_split_gives_each_side_a_pair_when_it_can():
+def test_split_gives_each_side_a_prompt_when_it_can():
     for seed in range(20):
-        split = split_pairs([1, 2], 0.01, seed=seed)
+        split = split_pairs(own_prompts([1, 2]), 0.01, seed=seed)
         assert len(split.train) == 1 and len(split.heldout) == 1
-    assert split_pairs([5], 0.5).heldout in ((), (5,))
-    assert split_pairs([1, 2, 3], 0.0).heldout == ()
+    assert split_pairs(own_prompts([5]), 0.5).heldout in ((), (5,))
+    assert split_pairs(own_prompts([1, 2, 3]), 0.0).heldout == ()
 
 
 @pytest.mark.parametrize(
-    ("ids", "share", "message"), [([1, 1], 0.2, "twice"), ([1], 1.0, "\\[0, 1\\)")]
+    ("items", "share", "message"),
+    [([(1, "a"), (1, "b")], 0.2, "pair id 1 twice"), ([(1, "a")], 1.0, "\\[0, 1\\)")],
 )
-def test_split_refuses_bad_input(ids, share, message):
+def test_split_refuses_bad_input(items, share, message):
     with pytest.raises(ValueError, match=message):
-        split_pairs(ids, share)
+        split_pairs(items, share)
 
 
 # ---------------------------------------------------------------- records
