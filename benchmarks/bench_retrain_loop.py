@@ -1,13 +1,15 @@
 """Play the whole retraining loop on real human labels and save accuracy before and after.
 
-    .venv/bin/python benchmarks/bench_retrain_loop.py                      # the full loop (hours)
+    .venv/bin/python benchmarks/bench_retrain_loop.py --heldout-share 0.33 --swap  # ~20 min
     .venv/bin/python benchmarks/bench_retrain_loop.py --train-limit 20 --eval-limit 20 \\
-        --max-steps 10 --max-new-tokens 96                                   # about 15 minutes
+        --method sft --max-steps 10 --max-new-tokens 96                # about 15 minutes
 
-1. Import Processed_MT-Bench and Processed_LLMEval_2 (../shared/data/llmbar, read in place) and
-   store their human labels as a person's labels (annotator "llmbar-human").
-2. Judge them with the active (embedded) judge, through services, as the Batch tab does.
-3. Start a training run through services (its own worker process), follow it to the end.
+1. Import Processed_MT-Bench, Processed_LLMEval_2 and Processed_FairEval (../shared/data/llmbar,
+   read in place) and store their human labels as a person's labels (annotator "llmbar-human").
+2. For a method that reads the judge's judgments (not `verdict`), judge them with the active
+   (embedded) judge, through services, as the Batch tab does.
+3. Start a training run through services (its own worker process), follow it to the end: it
+   measures the base and the new version on its held-out pairs (whole prompts held out).
 4. Evaluate the base and the new version on LLMBar_Natural (never trained on, never labeled):
    accuracy with a bootstrap 95% interval, kappa, position consistency, no-verdict rate.
 
@@ -33,17 +35,17 @@ sys.path.insert(0, str(ROOT))
 from cli import watch_run  # noqa: E402
 from judges.evaluation import evaluate_judge  # noqa: E402
 from judges.judge import JudgeOptions  # noqa: E402
-from judges.train import TrainConfig, config_from_args  # noqa: E402
+from judges.train import TrainConfig, config_from_args, evaluation_options  # noqa: E402
 from judges.train_config import add_dataclass_arguments  # noqa: E402
 from judges.types import PairInput  # noqa: E402
 from services import Services  # noqa: E402
 from settings import load_settings  # noqa: E402
 from storage import queries  # noqa: E402
-from vocabulary import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
+from vocabulary import DEFAULT_MAX_NEW_TOKENS, TrainedWeights, TrainingMethod  # noqa: E402
 from webui.figures import metric_rows  # noqa: E402
 
 LLMBAR = ROOT.parent / "shared" / "data" / "llmbar"
-TRAIN_SETS = ["Processed_MT-Bench", "Processed_LLMEval_2"]
+TRAIN_SETS = ["Processed_MT-Bench", "Processed_LLMEval_2", "Processed_FairEval"]
 EVAL_SET = "LLMBar_Natural"
 ANNOTATOR = "llmbar-human"
 RESULTS = ROOT / "benchmarks" / "results" / "bench_retrain_loop.json"
@@ -120,10 +122,15 @@ def evaluate_on(services: Services, version: dict, pairs: list, options: JudgeOp
     return report
 
 
-def training_flops(result: dict, config: TrainConfig, n_params: int) -> float:
-    """Estimated training FLOPs: 4·N per token (forward 2N, activation gradients 2N; LoRA
-    weight gradients are negligible), plus 2·N per token for DPO's reference forward, with
-    sequences at most max_prompt_tokens + max_target_tokens long (an upper bound)."""
+def training_flops(result: dict, config: TrainConfig, n_params: int) -> float | None:
+    """Estimated training FLOPs of a LoRA run: 4·N per token (forward 2N, activation gradients
+    2N; LoRA weight gradients are negligible), plus 2·N per token for DPO's reference forward,
+    with sequences at most max_prompt_tokens + max_target_tokens long (an upper bound).
+
+    None for the verdict method and for every weight: its prompts are the judge's own, not cut
+    to max_prompt_tokens, so there is no such bound (bench_train_step measures its steps)."""
+    if config.method == TrainingMethod.VERDICT or config.weights == TrainedWeights.FULL:
+        return None
     sequences = result["steps"] * config.batch_size * config.gradient_accumulation_steps
     per_token = 4 * n_params
     if config.method != "sft":
@@ -136,7 +143,7 @@ def training_figures(services: Services, config: TrainConfig, result: dict) -> d
     """The run's training figures, with its estimated FLOP/s against this machine's peak."""
     peaks = matmul_peak_flops()
     flops = training_flops(result, config, n_params=_param_count(services))
-    achieved = flops / result["runtime_s"] if result["runtime_s"] else None
+    achieved = flops / result["runtime_s"] if flops and result["runtime_s"] else None
     peak = peaks["bf16" if result["bf16"] else "fp32"]
     return {
         "method": config.method,
@@ -167,14 +174,16 @@ def main() -> int:
     services.import_file(_subset(EVAL_SET, args.eval_limit, home), EVAL_SET, format="llmbar")
     timings["import_s"] = time.perf_counter() - started
 
+    config = config_from_args(args)
     mark = time.perf_counter()
-    for name in TRAIN_SETS:
-        report = services.judge_pending(dataset=name, options=options)
-        print(f"judged {name}: {report.judged} pairs in {report.seconds:.0f} s", flush=True)
+    # The verdict method trains on the labels alone; the others read the judge's judgments.
+    if config.method != TrainingMethod.VERDICT:
+        for name in TRAIN_SETS:
+            report = services.judge_pending(dataset=name, options=options)
+            print(f"judged {name}: {report.judged} pairs in {report.seconds:.0f} s", flush=True)
     timings["judge_s"] = time.perf_counter() - mark
     services.reload_judge()  # free the model before the worker loads its own
 
-    config = config_from_args(args)
     mark = time.perf_counter()
     run = watch_run(services, services.start_training_run(config), every_s=5)
     timings["train_run_s"] = time.perf_counter() - mark
@@ -186,8 +195,10 @@ def main() -> int:
 
     mark = time.perf_counter()
     eval_pairs = dataset_pairs(services, EVAL_SET)
-    before = evaluate_on(services, base, eval_pairs, options)
-    after = evaluate_on(services, new, eval_pairs, options)
+    # Judged as the run judged its own held-out pairs (the verdict method: its verdict alone).
+    eval_options = evaluation_options(config, options)
+    before = evaluate_on(services, base, eval_pairs, eval_options)
+    after = evaluate_on(services, new, eval_pairs, eval_options)
     timings["evaluate_s"] = time.perf_counter() - mark
     timings["wall_s"] = time.perf_counter() - started
 
@@ -199,6 +210,8 @@ def main() -> int:
         "training": training_figures(services, config, run["progress"]["result"]),
         "heldout_before": _short(run["metrics_before"]),
         "heldout_after": _short(run["metrics_after"]),
+        # As the Retrain tab shows it: McNemar's p and the paired bootstrap interval.
+        "heldout_paired": (new["metrics"] or {}).get("paired"),
         "llmbar_natural_before": before,
         "llmbar_natural_after": after,
     }
@@ -237,11 +250,16 @@ def _print_table(summary: dict, before: dict, after: dict) -> None:
     print(f"\nLLMBar_Natural ({summary['eval_pairs']} pairs), base vs retrained")
     for row in metric_rows(before, after):
         print(f"  {row['figure']:24}{row['before']:>18}{row['after']:>18}")
+    paired = summary["heldout_paired"] or {}
+    print(
+        f"held-out ({paired.get('n')} pairs): {paired.get('first_accuracy')} -> "
+        f"{paired.get('second_accuracy')}, McNemar p = {paired.get('p_value')}"
+    )
     t = summary["training"]
+    share = f", ~{t['share_of_peak']:.1%} of matmul peak" if t["share_of_peak"] else ""
     print(
         f"training: {t['steps']} steps, {t['train_examples']} examples, "
-        f"{t['examples_per_s']:.3f} examples/s, ~{(t['share_of_peak'] or 0):.1%} of matmul peak; "
-        f"wall {summary['timings']['wall_s']:.0f} s"
+        f"{t['examples_per_s']:.3f} examples/s{share}; wall {summary['timings']['wall_s']:.0f} s"
     )
 
 
