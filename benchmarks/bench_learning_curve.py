@@ -314,6 +314,9 @@ def parse_args() -> argparse.Namespace:
         help="orders whose later seeds are run (at the largest N only)",
     )
     parser.add_argument("--heldout", type=int, default=150)
+    parser.add_argument(
+        "--split-seed", type=int, default=0, help="which pairs are held out (the hash's seed)"
+    )
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
@@ -440,12 +443,14 @@ def main() -> None:
     args = parse_args()
     base_model = Path(str(resolve_model_path(load_settings())))
     pool = [row for name in POOL for row in load(name)][: args.pool_limit]
-    train_pool, heldout = split_by_prompt(pool, args.heldout, seed=0)
+    train_pool, heldout = split_by_prompt(pool, args.heldout, seed=args.split_seed)
     evals = {"heldout": (heldout, None), GUARD: (load(GUARD)[: args.guard_limit], None)}
     print(f"pool {len(pool)}, train {len(train_pool)}, held out {len(heldout)}", flush=True)
 
     started = time.perf_counter()
-    base, base_on_pool, base_acc = judge_with_base(base_model, evals, train_pool)
+    # The base judge's doubt orders the labels for "least-sure" only (judging the pool: ~10 min).
+    judged_pool = train_pool if "least-sure" in args.orders else []
+    base, base_on_pool, base_acc = judge_with_base(base_model, evals, judged_pool)
     print(f"base judge: {base_acc} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     report: dict[str, Any] = {
