@@ -8,9 +8,9 @@ the training setting, each seed's held-out accuracy and McNemar p against the ba
 mean and gain, LLMBar_Natural's change (the regression guard), examples/s and train + evaluate
 seconds (means over seeds), and the load average when the file was started and last written.
 A file's own note (a trial since reverted, a run stopped early) is listed under the table.
-The other methods' measured runs (benchmarks/bench_retrain_loop*.json: 40 labels, judged on
-40 LLMBar_Natural pairs) follow in a second table. Prints both and saves them to
-benchmarks/results/learning_curve_settings.md.
+The whole loop's runs through the product (benchmarks/bench_retrain_loop*.json: labels
+imported, a training run in its own worker, the new version judged) follow in a second table.
+Prints both and saves them to benchmarks/results/learning_curve_settings.md.
 """
 
 from __future__ import annotations
@@ -97,24 +97,43 @@ def _load(report: dict[str, Any]) -> str:
     return " / ".join(f"{value[0]:.2f}" if value else "?" for value in (start, end))
 
 
-LOOP_COLUMNS = ("file", "method", "train examples", "examples/s", f"{GUARD} before -> after")
+LOOP_COLUMNS = (
+    "file",
+    "method",
+    "labels",
+    "train examples",
+    "examples/s",
+    "held-out before -> after (McNemar p)",
+    f"{GUARD} before -> after",
+    "wall s",
+)
 
 
 def loop_row(name: str, report: dict[str, Any]) -> dict[str, str]:
-    """bench_retrain_loop's one run: the method, its speed, and the guard set before and after."""
+    """bench_retrain_loop's one run: the method, its speed, the run's own held-out pairs and the
+    guard set before and after (runs saved before the paired figures show "-" there)."""
     training, before, after = (
         report["training"],
         report["llmbar_natural_before"],
         report["llmbar_natural_after"],
     )
+    paired = report.get("heldout_paired")
     return {
         "file": name,
         "method": training["method"],
+        "labels": str(sum(report["labels"].values())),
         "train examples": str(training["train_examples"]),
         "examples/s": f"{training['examples_per_s']:.3f}",
+        "held-out before -> after (McNemar p)": (
+            f"{paired['first_accuracy']:.3f} -> {paired['second_accuracy']:.3f} "
+            f"({paired['n']} pairs, p {paired['p_value']:.2g})"
+            if paired
+            else "-"
+        ),
         f"{GUARD} before -> after": (
             f"{before['accuracy']:.3f} -> {after['accuracy']:.3f} ({after['n']} pairs)"
         ),
+        "wall s": f"{report['timings']['wall_s']:.0f}",
     }
 
 
@@ -151,8 +170,12 @@ def markdown(reports: dict[str, dict[str, Any]], loops: dict[str, dict[str, Any]
     ]
     lines += [""] + notes if notes else []
     if loops:
-        lines += ["", "## Other methods (bench_retrain_loop, 40 labels)", ""]
+        lines += ["", "## The whole loop through the product (bench_retrain_loop)", ""]
         lines += _table(LOOP_COLUMNS, [loop_row(name, r) for name, r in loops.items()])
+        loop_notes = [
+            f"- `{name}`: {r[key]}" for name, r in loops.items() for key in NOTES if r.get(key)
+        ]
+        lines += [""] + loop_notes if loop_notes else []
     return "\n".join(lines) + "\n"
 
 

@@ -120,14 +120,21 @@ def test_the_settings_table_has_one_row_per_order_and_size_with_seed_figures() -
     assert (large["orders per label"], large["rank"]) == ("2 (swap)", "16")
     assert (large["train + eval s"], large["load avg start / end"]) == ("1300", "0.50 / 1.75")
     loop = {
+        "labels": {"MT-Bench": 20, "LLMEval": 20},
+        "timings": {"wall_s": 1203.1},
         "training": {"method": "sft", "train_examples": 78, "examples_per_s": 0.1106},
         "llmbar_natural_before": {"accuracy": 0.425, "n": 40},
         "llmbar_natural_after": {"accuracy": 0.075, "n": 40},
     }
-    text = curve_table.markdown({"curve.json": report}, {"loop.json": loop})
+    paired = {"n": 150, "first_accuracy": 0.44, "second_accuracy": 0.6, "p_value": 0.00123}
+    paired_loop = loop | {"heldout_paired": paired, "provenance": "the product's defaults"}
+    loops = {"loop.json": loop, "loop_paired.json": paired_loop}
+    text = curve_table.markdown({"curve.json": report}, loops)
     assert "| curve.json | NVIDIA H200 | random | 300 | LoRA, last 20 blocks | 2 (swap) |" in text
     assert "- `curve.json`: stopped after seed 1" in text
-    assert "| loop.json | sft | 78 | 0.111 | 0.425 -> 0.075 (40 pairs) |" in text
+    assert "| loop.json | sft | 40 | 78 | 0.111 | - | 0.425 -> 0.075 (40 pairs) | 1203 |" in text
+    assert "| 0.111 | 0.440 -> 0.600 (150 pairs, p 0.0012) | 0.425 -> 0.075" in text
+    assert "- `loop_paired.json`: the product's defaults" in text
     report["diverged"] = [{"order": "random", "labels": 200, "seed": 0, "error": "NaN weights"}]
     text = curve_table.markdown({"curve.json": report}, {})
     assert "- `curve.json`: diverged, no figures: random N=200 seed 0 (NaN weights)" in text
