@@ -13,10 +13,11 @@
 4. Evaluate the base and the new version on LLMBar_Natural (never trained on, never labeled):
    accuracy with a bootstrap 95% interval, kappa, position consistency, no-verdict rate.
 
-Saves benchmarks/results/bench_retrain_loop.json: the before/after figures, wall time per stage,
-training examples/s, and training FLOP/s as a share of this machine's measured matmul peak.
-The FLOP count is an estimate (see `training_flops`): tokens per example are bounded by the
-prompt and target budgets, so the share is an upper bound on the real utilisation.
+Saves benchmarks/results/bench_retrain_loop_<method>.json: the before/after figures, wall time
+per stage, training examples/s, and (LoRA runs of the judgment methods) training FLOP/s as a
+share of this machine's measured matmul peak. The FLOP count is an estimate (see
+`training_flops`): tokens per example are bounded by the prompt and target budgets, so the
+share is an upper bound on the real utilisation.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ LLMBAR = ROOT.parent / "shared" / "data" / "llmbar"
 TRAIN_SETS = ["Processed_MT-Bench", "Processed_LLMEval_2", "Processed_FairEval"]
 EVAL_SET = "LLMBar_Natural"
 ANNOTATOR = "llmbar-human"
-RESULTS = ROOT / "benchmarks" / "results" / "bench_retrain_loop.json"
+RESULTS = ROOT / "benchmarks" / "results"
 log = logging.getLogger("bench_retrain_loop")
 
 
@@ -64,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--swap", action="store_true", help="judge both orders when evaluating")
     parser.add_argument("--home", default=None, help="data directory (default: a temp dir)")
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--out", default=None, help="default: bench_retrain_loop_<method>.json")
     return parser.parse_args()
 
 
@@ -133,7 +134,7 @@ def training_flops(result: dict, config: TrainConfig, n_params: int) -> float | 
         return None
     sequences = result["steps"] * config.batch_size * config.gradient_accumulation_steps
     per_token = 4 * n_params
-    if config.method != "sft":
+    if config.method != TrainingMethod.SFT:
         sequences *= 2  # chosen and rejected
         per_token += 2 * n_params  # the reference model's forward
     return float(sequences * (config.max_prompt_tokens + config.max_target_tokens) * per_token)
@@ -216,9 +217,11 @@ def main() -> int:
         "llmbar_natural_after": after,
     }
     _print_table(summary, before, after)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2, default=str))
-    print(f"saved {args.out}")
+    # One file per method, so a run never replaces another method's figures.
+    out = Path(args.out or RESULTS / f"bench_retrain_loop_{config.method}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2, default=str))
+    print(f"saved {out}")
     return 0
 
 
